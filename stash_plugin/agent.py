@@ -1,0 +1,367 @@
+"""``stash-agent``: the program every backup and recovery step runs, as a process or a pod.
+
+It wraps restic with what a scheduled, unattended run needs and restic alone does not
+do: create the repository on first use (but never over a wrong password), clear stale
+locks left by a killed run while waiting for live ones, turn restic's JSON into one
+result document, and restore through a staging folder so that a failed restore never
+leaves a half-written target that looks complete.
+
+The result goes to ``$STASH_RESULT_FILE`` and, in a pod, to ``/airflow/xcom/return.json``
+where KubernetesPodOperator collects it. Only stdlib and ``stash_plugin.plan`` are used,
+so the agent image needs nothing of Airflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import posixpath
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+XCOM_FILE = Path("/airflow/xcom/return.json")
+LOCKED = "repository is already locked"
+NO_REPOSITORY = "Is there a repository at the following location?"
+WRONG_PASSWORD = "wrong password"
+
+
+class AgentError(RuntimeError):
+    """A failure with a message fit for the task log (never holding a secret)."""
+
+
+def _restic() -> str:
+    return os.environ.get("STASH_RESTIC_BINARY", "restic")
+
+
+def log(message: str) -> None:
+    print(f"stash-agent: {message}", file=sys.stderr, flush=True)
+
+
+def restic(
+    args: Sequence[str], *, lock_wait: float = 0.0, echo: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run one restic command, waiting (with backoff) while another run holds the lock."""
+    argv = [_restic(), *args[1:]] if args and args[0] == "restic" else [_restic(), *args]
+    deadline = time.monotonic() + lock_wait
+    delay = 2.0
+    while True:
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603
+        if proc.stderr and echo:
+            sys.stderr.write(proc.stderr)
+            sys.stderr.flush()
+        if proc.returncode == 0 or LOCKED not in proc.stderr or time.monotonic() >= deadline:
+            return proc
+        log(f"repository is locked by another run; waiting {delay:.0f}s")
+        time.sleep(delay)
+        delay = min(delay * 2, 30.0)
+
+
+def ensure_repository() -> None:
+    """Create the repository when, and only when, there is none at the location."""
+    probe = restic(["restic", "cat", "config"], echo=False)
+    if probe.returncode == 0:
+        return
+    if WRONG_PASSWORD in probe.stderr:
+        raise AgentError("wrong repository password (RESTIC_PASSWORD of the storage Secret)")
+    if NO_REPOSITORY not in probe.stderr:
+        sys.stderr.write(probe.stderr)
+        raise AgentError(f"cannot open the repository (restic exit {probe.returncode})")
+    log("no repository at the location yet; initialising it")
+    init = restic(["restic", "init"])
+    if init.returncode != 0:
+        raise AgentError(
+            f"cannot reach or create the repository (restic exit {init.returncode}); "
+            "check the backend address, bucket and credentials"
+        )
+
+
+def unlock_stale() -> None:
+    """``restic unlock`` removes only stale locks (dead process or older than 30 min)."""
+    proc = restic(["restic", "unlock"])
+    if proc.returncode != 0:
+        log(f"could not clear stale locks (restic exit {proc.returncode}); continuing")
+
+
+def _json_lines(text: str) -> list[Any]:
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith(("{", "[")):
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
+def _tag_value(tags: Sequence[str], key: str) -> str | None:
+    prefix = f"{key}="
+    return next((t[len(prefix) :] for t in tags if t.startswith(prefix)), None)
+
+
+def _arg_value(args: Sequence[str], flag: str) -> str | None:
+    return next((a.split("=", 1)[1] for a in args if a.startswith(flag + "=")), None)
+
+
+def _backup_result(args: Sequence[str], proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    summary = next(
+        (d for d in _json_lines(proc.stdout) if isinstance(d, dict) and d.get("message_type") == "summary"),
+        None,
+    )
+    tags = (_arg_value(args, "--tag") or "").split(",")
+    result: dict[str, Any] = {"path": _tag_value(tags, "path") or args[-1]}
+    if summary:
+        for key in (
+            "snapshot_id",
+            "files_new",
+            "files_changed",
+            "files_unmodified",
+            "dirs_new",
+            "dirs_changed",
+            "data_added",
+            "total_files_processed",
+            "total_bytes_processed",
+            "total_duration",
+        ):
+            if key in summary:
+                result[key] = summary[key]
+    return result
+
+
+def _snapshot_view(snap: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": snap.get("id"),
+        "short_id": snap.get("short_id") or str(snap.get("id", ""))[:8],
+        "time": snap.get("time"),
+        "paths": snap.get("paths", []),
+        "hostname": snap.get("hostname"),
+        "tags": snap.get("tags") or [],
+    }
+
+
+def run_commands(commands: list[list[str]], lock_wait: float) -> dict[str, Any]:
+    """Run restic commands in order; stop at the first failure."""
+    results: dict[str, Any] = {"backups": [], "forgets": [], "snapshots": []}
+    for args in commands:
+        verb = args[1] if len(args) > 1 else ""
+        proc = restic(args, lock_wait=lock_wait)
+        if verb == "backup":
+            entry = _backup_result(args, proc)
+            if proc.returncode == 3 and entry.get("snapshot_id"):
+                # Some files could not be read: the snapshot is incomplete and must not
+                # count as a good backup (nor shield an older good one from retention).
+                restic(["restic", "forget", str(entry["snapshot_id"])], lock_wait=lock_wait)
+                raise AgentError(
+                    f"backup of {entry['path']} could not read every file; the incomplete "
+                    f"snapshot {entry['snapshot_id']} was removed"
+                )
+            if proc.returncode != 0:
+                raise AgentError(f"backup of {entry['path']} failed (restic exit {proc.returncode})")
+            results["backups"].append(entry)
+            log(
+                f"snapshot {entry.get('snapshot_id')} of {entry['path']}: "
+                f"{entry.get('files_new', 0)} new, {entry.get('files_changed', 0)} changed files, "
+                f"{entry.get('data_added', 0)} bytes added"
+            )
+        elif proc.returncode != 0:
+            raise AgentError(f"restic {verb} failed (restic exit {proc.returncode})")
+        elif verb == "forget":
+            groups = next(iter(_json_lines(proc.stdout)), []) or []
+            kept = sum(len(g.get("keep") or []) for g in groups)
+            removed = sum(len(g.get("remove") or []) for g in groups)
+            tags = (_arg_value(args, "--tag") or "").split(",")
+            results["forgets"].append(
+                {"path": _tag_value(tags, "path"), "kept": kept, "removed": removed,
+                 "dry_run": "--dry-run" in args}
+            )
+            log(f"retention for {_tag_value(tags, 'path')}: kept {kept}, removed {removed}")
+        elif verb == "snapshots":
+            snaps = next(iter(_json_lines(proc.stdout)), []) or []
+            tags = (_arg_value(args, "--tag") or "").split(",")
+            results["snapshots"].append(
+                {"path": _tag_value(tags, "path"), "snapshots": [_snapshot_view(s) for s in snaps]}
+            )
+    return results
+
+
+# ----------------------------------------------------------------------------- restore
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _workload_path(snap: dict[str, Any]) -> str:
+    """The path the workload saw: our ``path=`` tag, or (Stash 0.8) the snapshot path."""
+    return _tag_value(snap.get("tags") or [], "path") or snap["paths"][0]
+
+
+def _list_snapshots(ref: str) -> list[dict[str, Any]]:
+    args = ["restic", "snapshots", "--json"] + ([] if ref == "latest" else [ref])
+    proc = restic(args, lock_wait=300)
+    if proc.returncode != 0:
+        if WRONG_PASSWORD in proc.stderr:
+            raise AgentError("wrong repository password (RESTIC_PASSWORD of the storage Secret)")
+        raise AgentError(f"cannot list snapshots {ref} (restic exit {proc.returncode})")
+    snaps = next(iter(_json_lines(proc.stdout)), []) or []
+    if not snaps:
+        raise AgentError(f"no snapshot {ref} in the repository")
+    return [s for s in snaps if s.get("paths")]
+
+
+def _pick(snaps: list[dict[str, Any]], wanted: str, ref: str) -> dict[str, Any]:
+    covering = [s for s in snaps if _under(wanted, _workload_path(s)) or _under(_workload_path(s), wanted)]
+    if not covering:
+        raise AgentError(f"snapshot {ref} holds nothing under {wanted}")
+    return max(covering, key=lambda s: s.get("time", ""))
+
+
+def _is_empty(path: Path) -> bool:
+    return not path.exists() or (path.is_dir() and not any(path.iterdir()))
+
+
+def _move_into(src: Path, dest: Path) -> None:
+    """Move ``src`` to ``dest``, merging directories and replacing files."""
+    if src.is_dir() and not src.is_symlink() and dest.is_dir() and not dest.is_symlink():
+        for child in src.iterdir():
+            _move_into(child, dest / child.name)
+        shutil.copystat(src, dest, follow_symlinks=False)
+        src.rmdir()
+        return
+    if dest.is_symlink() or dest.is_file():
+        dest.unlink()
+    elif dest.is_dir():
+        shutil.rmtree(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(src, dest)
+
+
+def restore(
+    snapshot: str, mounts: list[tuple[str, str]], paths: list[str], overwrite: bool
+) -> dict[str, Any]:
+    snaps = _list_snapshots(snapshot)
+    wanted_all = paths or [m for m, _ in mounts]
+    # Refuse before writing anything: one non-empty target stops the whole recovery.
+    plan: list[tuple[str, str, Path]] = []
+    for wanted in wanted_all:
+        mount, target = next((m, t) for m, t in mounts if _under(wanted, m))
+        dest = Path(target) / posixpath.relpath(wanted, mount) if wanted != mount else Path(target)
+        if not overwrite and not _is_empty(dest):
+            raise AgentError(
+                f"target {dest} (for {wanted}) is not empty; set volumeRestorer.overwrite: true "
+                "to restore over existing files"
+            )
+        plan.append((wanted, mount, dest))
+    stats = []
+    for wanted, mount, dest in plan:
+        started = time.monotonic()
+        snap = _pick(snaps, wanted, snapshot)
+        wpath = _workload_path(snap)
+        spath = snap["paths"][0]
+        if _under(wanted, wpath):
+            include = posixpath.normpath(posixpath.join(spath, posixpath.relpath(wanted, wpath)))
+            final = dest
+        else:  # the snapshot is of a folder inside the wanted path
+            include = spath
+            final = dest / posixpath.relpath(wpath, wanted)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".stash-restore-", dir=final.parent))
+        try:
+            proc = restic(
+                ["restic", "restore", str(snap["id"]), f"--target={staging}", f"--include={include}"],
+                lock_wait=300,
+            )
+            restored = staging / include.lstrip("/")
+            if proc.returncode != 0:
+                raise AgentError(f"restore of {wanted} failed (restic exit {proc.returncode})")
+            if not restored.exists() and not restored.is_symlink():
+                raise AgentError(f"snapshot {snap['short_id']} has no {wanted}")
+            _move_into(restored, final)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        took = time.monotonic() - started
+        log(f"restored {wanted} from snapshot {snap['short_id']} into {final} in {took:.2f}s")
+        stats.append(
+            {"path": wanted, "snapshot_id": snap["id"], "target": str(final),
+             "phase": "Succeeded", "duration": f"{took:.3f}s"}
+        )
+    return {"restores": stats}
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def _split_commands(rest: list[str]) -> list[list[str]]:
+    commands: list[list[str]] = []
+    for item in rest:
+        if item == "--":
+            commands.append([])
+        elif not commands:
+            raise AgentError(f"unexpected argument {item!r} before '--'")
+        else:
+            commands[-1].append(item)
+    return [c for c in commands if c]
+
+
+def _write_result(result: dict[str, Any]) -> None:
+    text = json.dumps(result)
+    target = os.environ.get("STASH_RESULT_FILE")
+    if target:
+        Path(target).write_text(text)
+    if XCOM_FILE.parent.is_dir():
+        XCOM_FILE.write_text(text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="stash-agent")
+    sub = parser.add_subparsers(dest="verb", required=True)
+    run_p = sub.add_parser("run", help="run restic commands, each after a '--'")
+    run_p.add_argument("--init", action="store_true", help="create the repository if missing")
+    run_p.add_argument("--unlock", action="store_true", help="clear stale locks first")
+    run_p.add_argument("--lock-wait", type=float, default=600.0)
+    res_p = sub.add_parser("restore", help="restore a snapshot into target folders")
+    res_p.add_argument("--snapshot", default="latest")
+    res_p.add_argument("--mount-path", action="append", default=[])
+    res_p.add_argument("--target", action="append", default=[])
+    res_p.add_argument("--path", action="append", default=[])
+    res_p.add_argument("--overwrite", action="store_true")
+    head = argv[: argv.index("--")] if "--" in argv else argv
+    tail = argv[len(head) :]
+    args = parser.parse_args(head)
+    try:
+        if "RESTIC_REPOSITORY" not in os.environ or "RESTIC_PASSWORD" not in os.environ:
+            raise AgentError("RESTIC_REPOSITORY and RESTIC_PASSWORD must be set")
+        if args.verb == "run":
+            commands = _split_commands(tail)
+            if args.init:
+                ensure_repository()
+            if args.unlock:
+                unlock_stale()
+            result = run_commands(commands, args.lock_wait)
+        else:
+            if len(args.mount_path) != len(args.target) or not args.target:
+                raise AgentError("give --mount-path and --target in pairs")
+            result = restore(
+                args.snapshot, list(zip(args.mount_path, args.target, strict=True)), args.path,
+                args.overwrite,
+            )
+    except AgentError as exc:
+        log(f"error: {exc}")
+        return 1
+    except FileNotFoundError as exc:
+        log(f"error: {exc.strerror}: {exc.filename}")
+        return 1
+    _write_result(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

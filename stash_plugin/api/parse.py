@@ -1,0 +1,107 @@
+"""From one decoded YAML/JSON document to a model, or to an error that names it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from .. import GROUP
+from .errors import ResourceError, field_path
+from .kube import WORKLOAD_KINDS, Secret, Workload, parse_secret, parse_workload
+from .resources import BackupAgent, Recovery, Repository, Restic, StashResource
+
+STASH_KINDS: dict[str, type[StashResource]] = {
+    "Repository": Repository,
+    "Restic": Restic,
+    "Recovery": Recovery,
+    "BackupAgent": BackupAgent,
+}
+CLUSTER_SCOPED = {"BackupAgent"}
+
+# Fields that only the Stash 0.8 shapes have: such an object is recognised and named
+# as old-style rather than drowned in "unknown field" errors.
+_LEGACY_MARKERS = {
+    "Restic": {"selector", "fileGroups", "backend", "volumeMounts", "type"},
+    "Recovery": {"snapshot", "paths", "recoveredVolumes", "nodeSelector"},
+}
+
+Parsed = StashResource | Secret | Workload
+
+
+def _ident(doc: Mapping[str, Any]) -> tuple[str, str | None, str | None]:
+    kind = doc.get("kind") if isinstance(doc.get("kind"), str) else "document"
+    meta = doc.get("metadata") if isinstance(doc.get("metadata"), Mapping) else {}
+    name = meta.get("name") if isinstance(meta.get("name"), str) else None
+    ns = meta.get("namespace") if isinstance(meta.get("namespace"), str) else None
+    if name is not None and ns is None and kind not in CLUSTER_SCOPED:
+        ns = "default"
+    return str(kind), ns, name
+
+
+def parse_document(doc: Any, origin: str | None = None) -> Parsed | list[ResourceError] | None:
+    """Parse one document.
+
+    Returns the model, a list of errors (each naming object and field), or None for
+    kinds Stash does not read (ConfigMaps, Services...), which are ignored.
+    """
+    if not isinstance(doc, Mapping):
+        return [ResourceError("document", None, None, None, "is not a mapping", origin)]
+    kind, ns, name = _ident(doc)
+
+    def error(field: str | None, message: str) -> list[ResourceError]:
+        return [ResourceError(kind, ns, name, field, message, origin)]
+
+    api_version = doc.get("apiVersion")
+    if kind in STASH_KINDS and isinstance(api_version, str) and api_version.startswith(GROUP):
+        if name is None:
+            return error("metadata.name", "missing")
+        spec = doc.get("spec")
+        legacy = _LEGACY_MARKERS.get(kind, set())
+        if isinstance(spec, Mapping) and legacy & set(spec) and "targetType" not in spec:
+            return error(
+                "spec",
+                f"this is the Stash 0.8 shape of {kind} (fields "
+                f"{', '.join(sorted(legacy & set(spec)))}); convert it to the new shape "
+                "(see ../spec/examples) — automatic conversion is not available yet",
+            )
+        try:
+            model = STASH_KINDS[kind].model_validate(doc)
+        except ValidationError as exc:
+            return [
+                ResourceError(kind, ns, name, field_path(e["loc"]) or None, _message(e), origin)
+                for e in exc.errors(include_input=False, include_url=False)
+            ]
+        if kind not in CLUSTER_SCOPED and model.metadata.namespace is None:
+            model = model.model_copy(
+                update={"metadata": model.metadata.model_copy(update={"namespace": ns})}
+            )
+        return model
+    if kind == "Secret" and api_version == "v1":
+        if name is None:
+            return error("metadata.name", "missing")
+        try:
+            return parse_secret(doc, ns or "default", name)
+        except ValueError as exc:
+            return error(None, str(exc))
+    if kind in WORKLOAD_KINDS:
+        if name is None:
+            return error("metadata.name", "missing")
+        try:
+            return parse_workload(doc, ns or "default", name)
+        except (ValueError, TypeError, KeyError) as exc:
+            return error(None, str(exc))
+    if kind == "document":
+        return error("kind", "missing: every document needs apiVersion and kind")
+    return None
+
+
+def _message(err: Mapping[str, Any]) -> str:
+    kind = err.get("type")
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "missing":
+        return "required field is missing"
+    msg = str(err.get("msg", "invalid"))
+    return msg.removeprefix("Value error, ")

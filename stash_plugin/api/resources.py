@@ -1,0 +1,298 @@
+"""The four Stash custom resources in their new shape (``../spec/examples``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import AliasChoices, Field, model_validator
+
+from .backend import Backend, HostPathSource, PVCSource
+from .common import (
+    AbsolutePath,
+    AppRef,
+    ConnectionURL,
+    LabelSelector,
+    Model,
+    ObjectMeta,
+    ObjectRef,
+    RetentionPolicy,
+)
+
+# --------------------------------------------------------------------------- Repository
+
+
+class BackupRepo(Model):
+    """One target's record in ``Repository.status.backupRepos``.
+
+    The first nine fields are the spec's sample; the rest are ours, kept next to them
+    so that one glance at the Repository shows the target's health.
+    """
+
+    type: Literal["Volumes", "Database", "Cluster"]
+    workload_kind: str | None = None
+    workload_name: str | None = None
+    restic_name: str
+    restic_namespace: str
+    repo_dir: str
+    backup_count: int = 0
+    first_backup_time: datetime | None = None
+    last_backup_time: datetime | None = None
+    last_backup_duration: str | None = None
+    last_successful_backup_time: datetime | None = None
+    snapshot_count: int | None = None
+    last_snapshot_id: str | None = None
+    failed_backup_count: int = 0
+    last_failure_time: datetime | None = None
+    last_failure: str | None = None
+
+
+class RepositoryStatus(Model):
+    backup_repos: list[BackupRepo] = Field(default_factory=list)
+
+
+class RepositorySpec(Model):
+    backend: Backend
+    wipe_out: bool = False
+
+
+class Repository(Model):
+    api_version: str
+    kind: Literal["Repository"]
+    metadata: ObjectMeta
+    spec: RepositorySpec
+    status: RepositoryStatus | None = None
+
+
+# --------------------------------------------------------------------------- Restic
+
+
+class Directory(Model):
+    """A directory inside a target volume, as the workload sees it."""
+
+    path: AbsolutePath
+    retention_policy_name: str | None = None
+    tags: list[str] = Field(default_factory=list)
+
+
+class TargetVolume(Model):
+    """A volume of the workload's pod template, by name, and what to back up in it."""
+
+    name: str = Field(min_length=1)
+    mount_path: AbsolutePath
+    directories: list[Directory] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _directories_inside_mount(self) -> TargetVolume:
+        mount = self.mount_path.rstrip("/") + "/"
+        for d in self.directories:
+            if not (d.path.rstrip("/") + "/").startswith(mount):
+                raise ValueError(f"directory {d.path} is not inside mountPath {self.mount_path}")
+        return self
+
+
+class VolumeSelector(Model):
+    selector: LabelSelector
+    target_volumes: list[TargetVolume] = Field(min_length=1)
+
+
+class DatabaseAccessor(Model):
+    app_ref: AppRef | None = Field(default=None, validation_alias=AliasChoices("AppRef", "appRef"))
+    connection_url: ConnectionURL | None = Field(
+        default=None, validation_alias=AliasChoices("connectionURL", "connectionUrl")
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> DatabaseAccessor:
+        if (self.app_ref is None) == (self.connection_url is None):
+            raise ValueError("give exactly one of AppRef or connectionURL")
+        return self
+
+
+class DatabaseSelector(Model):
+    app_ref: AppRef | None = Field(default=None, validation_alias=AliasChoices("AppRef", "appRef"))
+    connection_url: ConnectionURL | None = Field(
+        default=None, validation_alias=AliasChoices("connectionURL", "connectionUrl")
+    )
+    database_accessors: list[DatabaseAccessor] = Field(default_factory=list)
+    retention_policy_name: str | None = None
+
+    @model_validator(mode="after")
+    def _some_database(self) -> DatabaseSelector:
+        given = [self.app_ref, self.connection_url]
+        if sum(x is not None for x in given) + bool(self.database_accessors) != 1:
+            raise ValueError("give exactly one of AppRef, connectionURL or databaseAccessors")
+        return self
+
+    def accessors(self) -> list[DatabaseAccessor]:
+        """The selected databases, whichever form named them."""
+        if self.database_accessors:
+            return list(self.database_accessors)
+        return [DatabaseAccessor(app_ref=self.app_ref, connection_url=self.connection_url)]
+
+
+class ResourceGroup(Model):
+    group: str
+    resources: list[str] = Field(min_length=1)
+
+
+class ClusterResources(Model):
+    retention_policy_name: str | None = None
+    sanitize: bool = True
+    parents_only: bool = False
+    resource_selector: list[ResourceGroup] = Field(default_factory=list)
+
+
+class ResticSpec(Model):
+    target_type: Literal["Volume", "Database", "Cluster"]
+    backup_type: Literal["Scheduled", "Instant"] = "Scheduled"
+    schedule: str | None = None
+    backup_mode: Literal["Online", "Offline"] = "Online"
+    backup_agent: str | None = None
+    prefix: str | None = None
+    repository: ObjectRef
+    paused: bool = False
+    volume_selector: VolumeSelector | None = None
+    database_selector: DatabaseSelector | None = None
+    cluster_resources: ClusterResources | None = None
+    retention_policies: list[RetentionPolicy] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _selector_matches_type(self) -> ResticSpec:
+        needed = {
+            "Volume": "volumeSelector",
+            "Database": "databaseSelector",
+            "Cluster": "clusterResources",
+        }[self.target_type]
+        given = {
+            "volumeSelector": self.volume_selector,
+            "databaseSelector": self.database_selector,
+            "clusterResources": self.cluster_resources,
+        }
+        if given[needed] is None:
+            raise ValueError(f"targetType {self.target_type} needs {needed}")
+        extra = [k for k, v in given.items() if v is not None and k != needed]
+        if extra:
+            raise ValueError(f"targetType {self.target_type} does not take {', '.join(extra)}")
+        if self.backup_type == "Scheduled" and not self.schedule:
+            raise ValueError("backupType Scheduled needs a schedule")
+        names = [p.name for p in self.retention_policies]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"retentionPolicies names repeat: {', '.join(dupes)}")
+        return self
+
+
+class Restic(Model):
+    api_version: str
+    kind: Literal["Restic"]
+    metadata: ObjectMeta
+    spec: ResticSpec
+
+
+# --------------------------------------------------------------------------- Recovery
+
+
+class RecoverTo(Model):
+    """Where the data that the workload saw at ``mountPath`` is restored to."""
+
+    mount_path: AbsolutePath
+    host_path: HostPathSource | None = None
+    persistent_volume_claim: PVCSource | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RecoverTo:
+        if (self.host_path is None) == (self.persistent_volume_claim is None):
+            raise ValueError("give exactly one of hostPath or persistentVolumeClaim")
+        return self
+
+
+class VolumeRestorer(Model):
+    repo_dir: AbsolutePath
+    snapshot: str | None = None
+    paths: list[AbsolutePath] = Field(default_factory=list)
+    recover_to: list[RecoverTo] = Field(min_length=1)
+    overwrite: bool = False
+    """Restore into a non-empty target, replacing files of the same name. Off by
+    default: a Recovery never clobbers data unless it says so."""
+
+
+class DatabaseRecoverTo(Model):
+    app_ref: AppRef | None = Field(default=None, validation_alias=AliasChoices("AppRef", "appRef"))
+    connection_url: ConnectionURL | None = Field(
+        default=None, validation_alias=AliasChoices("connectionURL", "connectionUrl")
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> DatabaseRecoverTo:
+        if (self.app_ref is None) == (self.connection_url is None):
+            raise ValueError("give exactly one of AppRef or connectionURL")
+        return self
+
+
+class DatabaseRestorer(Model):
+    repo_dir: AbsolutePath
+    snapshot: str | None = None
+    recover_to: DatabaseRecoverTo
+
+
+class RecoveryPathStats(Model):
+    path: str
+    phase: Literal["Pending", "Running", "Succeeded", "Failed", "Unknown"]
+    duration: str | None = None
+
+
+class RecoveryStatus(Model):
+    phase: Literal["Pending", "Running", "Succeeded", "Failed", "Unknown"] = "Pending"
+    stats: list[RecoveryPathStats] = Field(default_factory=list)
+
+
+class RecoverySpec(Model):
+    target_type: Literal["Volume", "Database", "Cluster"]
+    recovery_agent: str | None = None
+    repository: ObjectRef
+    volume_restorer: VolumeRestorer | None = None
+    database_restorer: DatabaseRestorer | None = None
+
+    @model_validator(mode="after")
+    def _restorer_matches_type(self) -> RecoverySpec:
+        if self.target_type == "Volume" and self.volume_restorer is None:
+            raise ValueError("targetType Volume needs volumeRestorer")
+        if self.target_type == "Database" and self.database_restorer is None:
+            raise ValueError("targetType Database needs databaseRestorer")
+        if self.volume_restorer is not None and self.database_restorer is not None:
+            raise ValueError("give only one of volumeRestorer or databaseRestorer")
+        return self
+
+
+class Recovery(Model):
+    api_version: str
+    kind: Literal["Recovery"]
+    metadata: ObjectMeta
+    spec: RecoverySpec
+    status: RecoveryStatus | None = None
+
+
+# --------------------------------------------------------------------------- BackupAgent
+
+
+class AgentCommands(Model):
+    backup: list[str] = Field(default_factory=list)
+    recovery: list[str] = Field(default_factory=list)
+
+
+class BackupAgentSpec(Model):
+    image: str = Field(min_length=1)
+    commands: AgentCommands = Field(default_factory=AgentCommands)
+
+
+class BackupAgent(Model):
+    """Which image (and command) runs a kind of backup; cluster-scoped."""
+
+    api_version: str
+    kind: Literal["BackupAgent"]
+    metadata: ObjectMeta
+    spec: BackupAgentSpec
+
+
+StashResource = Repository | Restic | Recovery | BackupAgent

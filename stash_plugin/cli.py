@@ -1,0 +1,126 @@
+"""The ``stash`` command: check manifests, show plans and status, write a demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .api.errors import ResourceError
+from .plan import PlanSet, make_plans
+from .plan.model import Step
+from .source import load_directory
+
+
+def _plans(folder: str, runtime: str) -> PlanSet:
+    return make_plans(load_directory(folder), runtime)  # type: ignore[arg-type]
+
+
+def _print_errors(errors: list[ResourceError]) -> None:
+    for e in errors:
+        print(f"error: {e}", file=sys.stderr)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    plans = _plans(args.folder, args.runtime)
+    _print_errors(plans.errors)
+    print(
+        f"{len(plans.backups)} backup DAG(s), {len(plans.recoveries)} recovery DAG(s), "
+        f"{len(plans.errors)} error(s)"
+    )
+    return 1 if plans.errors else 0
+
+
+def _step_text(step: Step) -> str:
+    env = ", ".join(f"{k}={v}" for k, v in step.env)
+    secrets = ", ".join(f"{s.name}<-{s.secret}[{s.key}]" for s in step.secret_env if not s.optional)
+    return f"    {step.task_id}: {json.dumps(list(step.argv))}\n      env: {env}; secrets: {secrets}"
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    plans = _plans(args.folder, args.runtime)
+    for dag_id, plan in sorted(plans.backups.items()):
+        sched = plan.schedule
+        print(f"{dag_id}  schedule={sched.kind}:{sched.value}{' (paused)' if plan.paused else ''}")
+        steps = [plan.backup, plan.retention, plan.verify]
+        for step in steps:
+            if step is not None:
+                print(_step_text(step))
+        print("    update_status")
+    for dag_id, rplan in sorted(plans.recoveries.items()):
+        print(f"{dag_id}  schedule=once")
+        print(_step_text(rplan.restore))
+        print("    update_status")
+    _print_errors(plans.errors)
+    return 1 if plans.errors else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .runtime.status import LocalStatusStore
+
+    state = Path(args.state_dir) if args.state_dir else _settings().state_dir
+    statuses = LocalStatusStore(state).all_statuses()
+    if args.json:
+        print(json.dumps(statuses, indent=2))
+        return 0
+    if not statuses:
+        print(f"no status recorded yet under {state}")
+    for obj, status in statuses.items():
+        print(obj)
+        for entry in status.get("backupRepos", []):
+            print(
+                f"  {entry.get('workloadKind')}/{entry.get('workloadName')} "
+                f"({entry['resticNamespace']}/{entry['resticName']}) {entry['repoDir']}: "
+                f"{entry.get('backupCount', 0)} backup(s), last {entry.get('lastBackupTime', '-')} "
+                f"took {entry.get('lastBackupDuration', '-')}, "
+                f"{entry.get('snapshotCount', '-')} snapshot(s)"
+                + (f", last failure {entry['lastFailureTime']}: {entry['lastFailure']}"
+                   if entry.get("lastFailure") else "")
+            )
+        if "phase" in status:
+            print(f"  phase {status['phase']}")
+            for st in status.get("stats", []):
+                print(f"    {st['path']}: {st['phase']} {st.get('duration') or ''}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import write_demo
+
+    print(write_demo(Path(args.folder), schedule=args.schedule))
+    return 0
+
+
+def _settings():  # type: ignore[no-untyped-def]
+    from .settings import load_settings
+
+    return load_settings()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="stash", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, func, text in (
+        ("validate", cmd_validate, "check every manifest; exit 1 naming each error"),
+        ("plan", cmd_plan, "show the DAGs and steps the manifests make"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("folder", help="folder of manifests")
+        p.add_argument("--runtime", choices=("local", "kubernetes"), default="local")
+        p.set_defaults(func=func)
+    p = sub.add_parser("status", help="show recorded Repository and Recovery status")
+    p.add_argument("--state-dir", help="default: [stash] state_dir")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("demo", help="write the demo manifests and data under a folder")
+    p.add_argument("folder")
+    p.add_argument("--schedule", default="@every 1m")
+    p.set_defaults(func=cmd_demo)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,141 @@
+"""Plans -> Airflow DAGs. The only module that knows both Stash plans and DAGs.
+
+Parsing makes no network call: it reads the manifest folder (or the cluster source's
+snapshot file), plans, and builds DAGs whose tasks hold their steps as data. A worker
+that parses for one task (``get_parsing_context().dag_id``) builds only that DAG.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from airflow.sdk import DAG, DeltaTriggerTimetable, Param, get_parsing_context
+
+from stash_plugin.api.errors import ResourceError
+from stash_plugin.operators.status import StashBackupStatusOperator, StashRecoveryStatusOperator
+from stash_plugin.operators.step import StashRetentionOperator, StashStepOperator
+from stash_plugin.plan import BackupPlan, PlanSet, RecoveryPlan, Schedule, make_plans
+from stash_plugin.sensors.snapshot import SnapshotSensor
+from stash_plugin.settings import Settings, load_settings
+from stash_plugin.source import load_directory
+
+log = logging.getLogger(__name__)
+START_DATE = datetime(2024, 1, 1, tzinfo=UTC)
+DEFAULT_ARGS: dict[str, Any] = {
+    "owner": "stash",
+    "retries": 2,
+    "retry_delay": timedelta(seconds=30),
+    "retry_exponential_backoff": True,
+}
+
+
+def airflow_schedule(schedule: Schedule, paused: bool) -> Any:
+    """A paused Restic keeps its DAG (history, manual runs) but schedules nothing."""
+    if paused or schedule.kind == "none":
+        return None
+    if schedule.kind == "once":
+        return "@once"
+    if schedule.kind == "every":
+        assert isinstance(schedule.value, int)
+        return DeltaTriggerTimetable(timedelta(seconds=schedule.value))
+    return schedule.value
+
+
+def backup_dag(plan: BackupPlan) -> DAG:
+    """``backup -> [retention] -> verify -> update_status``."""
+    doc = f"### Stash backup\n\n{plan.description}\n\n" + (
+        "Trigger by hand for an instant backup; set `retention` to false to keep every "
+        "snapshot this time."
+    )
+    with DAG(
+        dag_id=plan.dag_id,
+        schedule=airflow_schedule(plan.schedule, plan.paused),
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        tags=[*plan.tags, *(["paused"] if plan.paused else [])],
+        doc_md=doc,
+        description=plan.description[:200],
+        is_paused_upon_creation=False,
+        default_args=DEFAULT_ARGS,
+        params={
+            "retention": Param(
+                plan.retention is not None,
+                type="boolean",
+                description="Apply the retention policy after this backup",
+            )
+        },
+    ) as dag:
+        backup = StashStepOperator(step=plan.backup)
+        verify = SnapshotSensor(step=plan.verify)
+        status = StashBackupStatusOperator(plan=plan)
+        if plan.retention is not None:
+            retention = StashRetentionOperator(step=plan.retention, trigger_rule="all_success")
+            verify.trigger_rule = "none_failed"  # type: ignore[assignment]
+            backup >> retention >> verify >> status
+        else:
+            backup >> verify >> status
+    return dag
+
+
+def recovery_dag(plan: RecoveryPlan) -> DAG:
+    """``restore -> update_status``, run once."""
+    with DAG(
+        dag_id=plan.dag_id,
+        schedule="@once",
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        tags=list(plan.tags),
+        doc_md=f"### Stash recovery\n\n{plan.description}",
+        description=plan.description[:200],
+        is_paused_upon_creation=False,
+        # A Recovery of "latest" made before the first backup finds no snapshot yet:
+        # retrying gives the first scheduled backup time to land.
+        default_args={**DEFAULT_ARGS, "retry_delay": timedelta(seconds=60)},
+    ) as dag:
+        StashStepOperator(step=plan.restore) >> StashRecoveryStatusOperator(plan=plan)
+    return dag
+
+
+def load_plans(settings: Settings | None = None, only_dag_id: str | None = None) -> PlanSet:
+    settings = settings or load_settings()
+    resources = load_directory(settings.manifests_dir)
+    return make_plans(resources, settings.runtime, only_dag_id=only_dag_id)
+
+
+def build_dags(settings: Settings | None = None) -> tuple[dict[str, DAG], list[ResourceError]]:
+    """Every DAG the resources describe, plus the errors of the resources that made none."""
+    wanted = get_parsing_context().dag_id
+    plans = load_plans(settings, only_dag_id=wanted)
+    dags: dict[str, DAG] = {}
+    for dag_id, bplan in plans.backups.items():
+        if not wanted or dag_id == wanted:
+            dags[dag_id] = backup_dag(bplan)
+    for dag_id, rplan in plans.recoveries.items():
+        if not wanted or dag_id == wanted:
+            dags[dag_id] = recovery_dag(rplan)
+    for error in plans.errors:
+        log.warning("Stash: %s", error)
+    return dags, plans.errors
+
+
+class StashResourceErrors(Exception):
+    """Raised by ``dags/stash_errors.py`` so invalid resources show as import errors."""
+
+    def __init__(self, errors: list[ResourceError]) -> None:
+        lines = "\n".join(f"- {e}" for e in errors)
+        super().__init__(f"{len(errors)} Stash resource(s) made no DAG:\n{lines}")
+        self.errors = errors
+
+
+def raise_resource_errors(settings: Settings | None = None) -> None:
+    """Surface every resource error in the Airflow UI (the DAG import errors list)
+    without touching the good DAGs, which another file builds."""
+    if get_parsing_context().dag_id:
+        return
+    errors = load_plans(settings).errors
+    if errors:
+        raise StashResourceErrors(errors)

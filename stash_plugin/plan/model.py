@@ -1,0 +1,133 @@
+"""Plans: what each DAG will do, as plain data.
+
+A plan holds everything needed to run a backup or a recovery (argv, environment,
+secret references, mounts) and nothing that needs Airflow or a cluster to compute, so
+the same plan can become a local process or a Kubernetes pod.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..api.errors import ResourceError
+
+Runtime = Literal["local", "kubernetes"]
+
+
+@dataclass(frozen=True)
+class SecretEnv:
+    """An environment variable whose value comes from a key of a Secret."""
+
+    name: str
+    secret: str
+    key: str
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A volume the agent needs, and where it sees it.
+
+    In the local runtime ``path`` is the host path itself and ``source`` is the
+    ``hostPath`` volume source it came from.
+    """
+
+    name: str
+    path: str
+    source: Mapping[str, Any]
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class Step:
+    """One unit of work: a command run by the agent, as a process or a pod.
+
+    ``argv`` starts with ``stash-agent``; values from resources are separate argv
+    items (never pasted into a shell string) and secrets only travel as ``secret_env``.
+    """
+
+    task_id: str
+    argv: tuple[str, ...]
+    namespace: str
+    env: tuple[tuple[str, str], ...] = ()
+    secret_env: tuple[SecretEnv, ...] = ()
+    mounts: tuple[Mount, ...] = ()
+    image: str | None = None
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A normalised schedule.
+
+    ``kind`` is ``cron`` (value: a cron expression or an Airflow preset such as
+    ``@daily``), ``every`` (value: seconds between runs, from Stash's ``@every 1h30m``),
+    ``once`` (``backupType: Instant``) or ``none`` (manual runs only).
+    """
+
+    kind: Literal["cron", "every", "once", "none"]
+    value: str | int | None = None
+
+
+@dataclass(frozen=True)
+class TargetRef:
+    """Which Repository status entry a backup plan reports into."""
+
+    type: Literal["Volumes", "Database", "Cluster"]
+    target: str
+    """``deployment.NAME``, a database accessor's name, or ``cluster``."""
+    repository_namespace: str
+    repository_name: str
+    restic_namespace: str
+    restic_name: str
+    repo_dir: str
+    workload_kind: str | None = None
+    workload_name: str | None = None
+
+
+@dataclass(frozen=True)
+class BackupPlan:
+    """One backup target of one Restic: the source of one backup DAG."""
+
+    dag_id: str
+    target: TargetRef
+    schedule: Schedule
+    paused: bool
+    tags: tuple[str, ...]
+    description: str
+    backup: Step
+    retention: Step | None
+    verify: Step
+    snapshot_paths: tuple[str, ...]
+    """The workload paths (one snapshot each) that a run must produce."""
+    origin: str | None = None
+
+
+@dataclass(frozen=True)
+class RecoveryPlan:
+    """One Recovery: the source of one recovery DAG (runs once)."""
+
+    dag_id: str
+    namespace: str
+    name: str
+    repository_namespace: str
+    repository_name: str
+    tags: tuple[str, ...]
+    description: str
+    restore: Step
+    paths: tuple[str, ...]
+    origin: str | None = None
+
+
+@dataclass
+class PlanSet:
+    """All plans made from one resource set, and every error met on the way."""
+
+    backups: dict[str, BackupPlan] = field(default_factory=dict)
+    recoveries: dict[str, RecoveryPlan] = field(default_factory=dict)
+    errors: list[ResourceError] = field(default_factory=list)
+
+    @property
+    def dag_ids(self) -> list[str]:
+        return sorted([*self.backups, *self.recoveries])

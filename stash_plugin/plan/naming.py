@@ -1,0 +1,36 @@
+"""Names that must stay stable: DAG ids, repository folders, restic hosts and tags.
+
+Changing any of these orphans existing snapshots (retention and restore select by
+host and tags), so they live in one place and follow Stash 0.8's layout.
+"""
+
+from __future__ import annotations
+
+from ..api.kube import Workload
+
+
+def backup_dag_id(namespace: str, restic: str, target: str) -> str:
+    return f"stash-backup.{namespace}.{restic}.{target}"
+
+
+def recovery_dag_id(namespace: str, recovery: str) -> str:
+    return f"stash-recovery.{namespace}.{recovery}"
+
+
+def workload_target(workload: Workload) -> str:
+    """``deployment.stash-demo``: also Stash 0.8's Repository object name for the target."""
+    return f"{workload.kind.lower()}.{workload.name}"
+
+
+def volume_repo_dir(workload: Workload, prefix: str | None = None) -> str:
+    """``/volumes/deployment/NAME``; Stash 0.8 used ``deployment/NAME`` for all of
+    Deployment, ReplicaSet and ReplicationController, kept here for compatibility."""
+    kind = workload.kind.lower()
+    if kind in ("replicaset", "replicationcontroller"):
+        kind = "deployment"
+    return f"/{(prefix or 'volumes').strip('/')}/{kind}/{workload.name}"
+
+
+def snapshot_tags(namespace: str, restic: str, target: str, path: str) -> list[str]:
+    """Tags that select exactly one directory of one target of one Restic."""
+    return [f"namespace={namespace}", f"restic={restic}", f"target={target}", f"path={path}"]

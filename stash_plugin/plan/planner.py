@@ -1,0 +1,71 @@
+"""From a resource set to every plan, collecting named errors instead of stopping."""
+
+from __future__ import annotations
+
+from ..api.errors import ResourceError
+from ..api.resources import Recovery, Repository, Restic
+from ..api.resourceset import ResourceSet
+from .model import PlanSet, Runtime
+from .recovery import plan_recovery
+from .restic import PlanError
+from .volume import plan_volume_backups
+
+
+def _repository(
+    resources: ResourceSet, obj: Restic | Recovery, check_secrets: bool
+) -> Repository:
+    ref = obj.spec.repository
+    ns = ref.namespace or obj.metadata.namespace or "default"
+    repo = resources.repositories.get((ns, ref.name))
+    if repo is None:
+        raise PlanError("spec.repository", f"Repository {ns}/{ref.name} not found")
+    secret = repo.spec.backend.storage_secret_name
+    if check_secrets and secret and (ns, secret) not in resources.secrets:
+        raise PlanError(
+            "spec.repository",
+            f"Repository {ns}/{ref.name} names storageSecretName {secret!r}, but there is no "
+            f"Secret {ns}/{secret}",
+        )
+    return repo
+
+
+def make_plans(
+    resources: ResourceSet, runtime: Runtime = "local", only_dag_id: str | None = None
+) -> PlanSet:
+    """Plan every Restic and Recovery; one bad resource never stops the others.
+
+    ``only_dag_id`` skips objects that cannot produce that DAG (the parsing context of a
+    worker that runs one task), keeping its cost to one resource.
+    """
+    plans = PlanSet(errors=list(resources.errors))
+    check_secrets = runtime == "local"  # the directory source holds the Secrets too
+
+    def fail(obj: Restic | Recovery, exc: PlanError) -> None:
+        ns, name = obj.metadata.namespace, obj.metadata.name
+        origin = resources.origin_of(obj.kind, ns, name)
+        plans.errors.append(ResourceError(obj.kind, ns, name, exc.field, str(exc), origin))
+
+    for (ns, name), restic in sorted(resources.restics.items()):
+        if only_dag_id and not only_dag_id.startswith(f"stash-backup.{ns}.{name}."):
+            continue
+        try:
+            if restic.spec.target_type != "Volume":
+                raise PlanError(
+                    "spec.targetType",
+                    f"{restic.spec.target_type} backup is not available yet (Volume backup is)",
+                )
+            repo = _repository(resources, restic, check_secrets)
+            for plan in plan_volume_backups(restic, repo, resources, runtime):
+                plans.backups[plan.dag_id] = plan
+        except PlanError as exc:
+            fail(restic, exc)
+    for (ns, name), recovery in sorted(resources.recoveries.items()):
+        if only_dag_id and only_dag_id != f"stash-recovery.{ns}.{name}":
+            continue
+        try:
+            repo = _repository(resources, recovery, check_secrets)
+            rplan = plan_recovery(recovery, repo, runtime)
+            plans.recoveries[rplan.dag_id] = rplan
+        except PlanError as exc:
+            fail(recovery, exc)
+    return plans

@@ -1,0 +1,107 @@
+"""Planning a Recovery: one restore step into the places ``recoverTo`` names."""
+
+from __future__ import annotations
+
+import re
+
+from ..api.resources import Recovery, Repository
+from . import naming
+from .model import Mount, RecoveryPlan, Runtime, Step
+from .restic import AGENT, PlanError, repository_env, repository_mounts, repository_url
+
+_HEX_ID = re.compile(r"^[0-9a-f]{8,64}$")
+
+
+def snapshot_ref(ref: str | None, field: str) -> str:
+    """``latest``, a restic id, or a Stash name ``<repository>-<8-char id>`` -> what restic takes."""
+    if not ref or ref == "latest":
+        return "latest"
+    if _HEX_ID.match(ref):
+        return ref
+    _, sep, tail = ref.rpartition("-")
+    if sep and _HEX_ID.match(tail):
+        return tail
+    raise PlanError(
+        field,
+        f"{ref!r} is not 'latest', a restic snapshot id, or a Stash snapshot name such as "
+        "deployment.stash-demo-e0e9c272",
+    )
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def plan_recovery(recovery: Recovery, repository: Repository, runtime: Runtime) -> RecoveryPlan:
+    spec = recovery.spec
+    if spec.target_type != "Volume" or spec.volume_restorer is None:
+        raise PlanError(
+            "spec.targetType",
+            f"{spec.target_type} recovery is not available yet (volume recovery is)",
+        )
+    ns = recovery.metadata.namespace or "default"
+    vr = spec.volume_restorer
+    backend = repository.spec.backend
+    try:
+        url = repository_url(backend, vr.repo_dir, runtime)
+        secret_env = repository_env(backend)
+    except PlanError as exc:
+        raise PlanError(
+            None,
+            f"Repository {repository.metadata.namespace}/{repository.metadata.name}: "
+            f"{exc.field}: {exc}",
+        ) from None
+    snapshot = snapshot_ref(vr.snapshot, "spec.volumeRestorer.snapshot")
+    argv = [AGENT, "restore", f"--snapshot={snapshot}"]
+    mounts = list(repository_mounts(backend, runtime))
+    for i, rt in enumerate(vr.recover_to):
+        if runtime == "local":
+            if rt.host_path is None:
+                raise PlanError(
+                    f"spec.volumeRestorer.recoverTo[{i}]",
+                    "the local runtime restores into hostPath only",
+                )
+            dest = rt.host_path.path
+            source = {"hostPath": rt.host_path.model_dump(by_alias=True, exclude_none=True)}
+        else:
+            dest = rt.mount_path
+            source = rt.model_dump(by_alias=True, exclude_none=True, exclude={"mount_path"})
+        mounts.append(Mount(f"recover-to-{i}", dest, source))
+        argv += [f"--mount-path={rt.mount_path}", f"--target={dest}"]
+    for i, p in enumerate(vr.paths):
+        if not any(_under(p, rt.mount_path) for rt in vr.recover_to):
+            raise PlanError(
+                f"spec.volumeRestorer.paths[{i}]",
+                f"{p} is not under any recoverTo mountPath "
+                f"({', '.join(rt.mount_path for rt in vr.recover_to)})",
+            )
+        argv.append(f"--path={p}")
+    if vr.overwrite:
+        argv.append("--overwrite")
+    step = Step(
+        "restore",
+        tuple(argv),
+        ns,
+        (("RESTIC_REPOSITORY", url),),
+        secret_env,
+        tuple(mounts),
+        spec.recovery_agent,
+    )
+    repo_ns = repository.metadata.namespace or "default"
+    name = recovery.metadata.name
+    return RecoveryPlan(
+        dag_id=naming.recovery_dag_id(ns, name),
+        namespace=ns,
+        name=name,
+        repository_namespace=repo_ns,
+        repository_name=repository.metadata.name,
+        tags=("stash", "recovery", f"namespace:{ns}", "type:volume", f"repository:{repository.metadata.name}"),
+        description=(
+            f"Restores snapshot {snapshot} of {vr.repo_dir} in Repository {repo_ns}/"
+            f"{repository.metadata.name} ({url}) into "
+            + ", ".join(f"{rt.mount_path}" for rt in vr.recover_to)
+            + f" for Recovery {ns}/{name}."
+        ),
+        restore=step,
+        paths=tuple(vr.paths) or tuple(rt.mount_path for rt in vr.recover_to),
+    )

@@ -1,0 +1,168 @@
+"""restic command lines, repository URLs and credential environment.
+
+Every value from a resource is its own argv item in ``--flag=value`` form, so that a
+path or tag can never be read as another flag, and nothing goes through a shell.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Iterable, Sequence
+
+from ..api.backend import Backend
+from ..api.common import RetentionPolicy
+from .model import Mount, Runtime, SecretEnv
+
+AGENT = "stash-agent"
+
+# Keys of the storage Secret that become the agent's environment, per backend.
+# RESTIC_PASSWORD is always required; the rest are optional (cloud roles, public CAs).
+CREDENTIAL_KEYS: dict[str, tuple[str, ...]] = {
+    "local": (),
+    "s3": ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION"),
+    "gcs": ("GOOGLE_PROJECT_ID", "GOOGLE_SERVICE_ACCOUNT_JSON_KEY"),
+    "azure": ("AZURE_ACCOUNT_NAME", "AZURE_ACCOUNT_KEY"),
+    "swift": (
+        "OS_AUTH_URL",
+        "OS_PROJECT_ID",
+        "OS_PROJECT_NAME",
+        "OS_TENANT_ID",
+        "OS_TENANT_NAME",
+        "OS_USERNAME",
+        "OS_PASSWORD",
+        "OS_REGION_NAME",
+        "OS_USER_DOMAIN_NAME",
+        "OS_PROJECT_DOMAIN_NAME",
+        "OS_STORAGE_URL",
+        "OS_AUTH_TOKEN",
+    ),
+    "b2": ("B2_ACCOUNT_ID", "B2_ACCOUNT_KEY"),
+    "rest": ("RESTIC_REST_USERNAME", "RESTIC_REST_PASSWORD"),
+}
+REPOSITORY_MOUNT = "stash-repository"
+
+
+class PlanError(ValueError):
+    """A resource that cannot be planned; ``field`` names where the problem is."""
+
+    def __init__(self, field: str | None, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _join(*parts: str | None) -> str:
+    clean = [p.strip("/") for p in parts if p and p.strip("/")]
+    return "/".join(clean)
+
+
+def repository_url(backend: Backend, repo_dir: str, runtime: Runtime) -> str:
+    """Where restic finds the target's repository (``RESTIC_REPOSITORY``).
+
+    ``repo_dir`` is the per-target folder under the backend's prefix (``/volumes/
+    deployment/NAME``); the layout is Stash 0.8's, so old repositories keep working.
+    """
+    if backend.local is not None:
+        local = backend.local
+        if runtime == "local":
+            if local.host_path is None:
+                raise PlanError(
+                    "spec.backend.local",
+                    "the local runtime can only use a hostPath repository volume",
+                )
+            base = local.host_path.path
+        else:
+            base = local.mount_path
+        return "/" + _join(base, local.sub_path, repo_dir)
+    if backend.s3 is not None:
+        s3 = backend.s3
+        endpoint = (s3.endpoint or "s3.amazonaws.com").rstrip("/")
+        return f"s3:{endpoint}/" + _join(s3.bucket, s3.prefix, repo_dir)
+    if backend.gcs is not None:
+        return f"gs:{backend.gcs.bucket}:/" + _join(backend.gcs.prefix, repo_dir)
+    if backend.azure is not None:
+        return f"azure:{backend.azure.container}:/" + _join(backend.azure.prefix, repo_dir)
+    if backend.swift is not None:
+        return f"swift:{backend.swift.container}:/" + _join(backend.swift.prefix, repo_dir)
+    if backend.b2 is not None:
+        return f"b2:{backend.b2.bucket}:/" + _join(backend.b2.prefix, repo_dir)
+    assert backend.rest is not None
+    return f"rest:{backend.rest.url.rstrip('/')}/" + _join(repo_dir)
+
+
+def repository_env(backend: Backend) -> tuple[SecretEnv, ...]:
+    """Credential environment from the storage Secret (never values, only references)."""
+    if not backend.storage_secret_name:
+        raise PlanError(
+            "spec.backend.storageSecretName",
+            "required: the Secret holding RESTIC_PASSWORD (and the backend's keys)",
+        )
+    secret = backend.storage_secret_name
+    env = [SecretEnv("RESTIC_PASSWORD", secret, "RESTIC_PASSWORD")]
+    env += [SecretEnv(k, secret, k, optional=True) for k in CREDENTIAL_KEYS[backend.kind]]
+    env.append(SecretEnv("CA_CERT_DATA", secret, "CA_CERT_DATA", optional=True))
+    return tuple(env)
+
+
+def repository_mounts(backend: Backend, runtime: Runtime) -> tuple[Mount, ...]:
+    """The backend's own volume, for local/NFS/PVC repositories (pods only need it)."""
+    local = backend.local
+    if local is None or runtime == "local":
+        return ()
+    source = local.model_dump(by_alias=True, exclude_none=True, exclude={"mount_path", "sub_path"})
+    return (Mount(REPOSITORY_MOUNT, local.mount_path, source),)
+
+
+def tag_list(tags: Iterable[str]) -> str:
+    """restic ANDs the tags of one ``--tag`` value, separated by commas."""
+    return ",".join(tags)
+
+
+def backup_args(path: str, host: str, tags: Sequence[str]) -> list[str]:
+    return ["restic", "backup", "--json", "--quiet", f"--host={host}", f"--tag={tag_list(tags)}", path]
+
+
+def forget_args(policy: RetentionPolicy, host: str, tags: Sequence[str]) -> list[str]:
+    """``restic forget`` for exactly one target directory's snapshots.
+
+    ``--keep-last`` is at least 1 so that retention never deletes the newest snapshot
+    (a policy of only ``keepTags`` would otherwise be able to).
+    """
+    args = ["restic", "forget", "--json", f"--host={host}", f"--tag={tag_list(tags)}"]
+    args.append(f"--keep-last={max(policy.keep_last or 0, 1)}")
+    for flag, value in (
+        ("--keep-hourly", policy.keep_hourly),
+        ("--keep-daily", policy.keep_daily),
+        ("--keep-weekly", policy.keep_weekly),
+        ("--keep-monthly", policy.keep_monthly),
+        ("--keep-yearly", policy.keep_yearly),
+    ):
+        if value:
+            args.append(f"{flag}={value}")
+    args += [f"--keep-tag={t}" for t in policy.keep_tags]
+    if policy.prune:
+        args.append("--prune")
+    if policy.dry_run:
+        args.append("--dry-run")
+    return args
+
+
+def snapshots_args(host: str, tags: Sequence[str]) -> list[str]:
+    return ["restic", "snapshots", "--json", f"--host={host}", f"--tag={tag_list(tags)}"]
+
+
+def agent_run(commands: Sequence[Sequence[str]], *options: str) -> tuple[str, ...]:
+    """The agent argv that runs restic commands in order: ``stash-agent run [opts] -- cmd -- cmd``."""
+    argv: list[str] = [AGENT, "run", *options]
+    for cmd in commands:
+        argv += ["--", *cmd]
+    return tuple(argv)
+
+
+def check_tag(tag: str) -> str:
+    if not tag or "," in tag or tag.startswith("-") or any(c.isspace() for c in tag):
+        raise ValueError(f"tag {tag!r} must be non-empty, without commas or spaces, not start with '-'")
+    return tag
+
+
+def normpath(path: str) -> str:
+    return posixpath.normpath(path)

@@ -1,0 +1,61 @@
+"""Schedules as users write them: cron, Airflow presets, and Stash's ``@every``."""
+
+from __future__ import annotations
+
+import re
+
+from .model import Schedule
+
+PRESETS = {
+    "@hourly",
+    "@daily",
+    "@midnight",
+    "@weekly",
+    "@monthly",
+    "@quarterly",
+    "@yearly",
+    "@annually",
+}
+_GO_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+_GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_CRON_FIELD = re.compile(r"^[\d*/,\-?LW#A-Za-z]+$")
+
+
+def parse_go_duration(text: str) -> float:
+    """Seconds in a Go duration such as ``1h30m`` or ``90s`` (what Stash's ``@every`` takes)."""
+    text = text.strip()
+    pos = 0
+    total = 0.0
+    for match in _GO_DURATION.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _GO_UNIT_SECONDS[match.group(2)]
+        pos = match.end()
+    if not text or pos != len(text):
+        raise ValueError(f"{text!r} is not a duration such as 30s, 1m or 1h30m")
+    return total
+
+
+def parse_schedule(text: str) -> Schedule:
+    """Normalise a schedule string; raises ValueError with a message a user can act on."""
+    text = text.strip()
+    if text.startswith("@every"):
+        seconds = parse_go_duration(text.removeprefix("@every"))
+        if seconds < 1 or seconds != int(seconds):
+            raise ValueError(f"{text!r}: @every needs a whole number of seconds, at least 1s")
+        return Schedule("every", int(seconds))
+    if text.startswith("@"):
+        if text not in PRESETS:
+            raise ValueError(f"{text!r} is not a known preset ({', '.join(sorted(PRESETS))})")
+        return Schedule("cron", text)
+    fields = text.split()
+    if len(fields) != 5 or not all(_CRON_FIELD.match(f) for f in fields):
+        raise ValueError(f"{text!r} is not a cron expression of 5 fields, a preset or @every")
+    try:
+        from croniter import croniter  # a dependency of Airflow itself; pure Python
+
+        if not croniter.is_valid(text):
+            raise ValueError(f"{text!r} is not a valid cron expression")
+    except ImportError:  # pragma: no cover - croniter always ships with Airflow
+        pass
+    return Schedule("cron", text)

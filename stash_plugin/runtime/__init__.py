@@ -1,0 +1,1 @@
+"""Run-time services that know nothing of DAGs: running steps, status, metrics."""

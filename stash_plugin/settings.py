@@ -1,0 +1,48 @@
+"""Settings from Airflow's configuration, section ``[stash]``.
+
+Every option can also be set as ``AIRFLOW__STASH__<OPTION>`` in the environment, the
+usual Airflow way. Read at call time (not import time) so tests and the CLI can change
+them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+from .plan.model import Runtime
+
+RUNTIMES = ("local", "kubernetes")
+
+
+@dataclass(frozen=True)
+class Settings:
+    manifests_dir: Path
+    """Folder of manifests (directory source) or the cluster source's snapshot file."""
+    runtime: Runtime
+    """``local`` (steps as child processes, the embedded default) or ``kubernetes``."""
+    state_dir: Path
+    """Where the local runtime keeps Repository and Recovery status."""
+
+
+def _get(option: str, default: str) -> str:
+    try:
+        from airflow.configuration import conf
+
+        return str(conf.get("stash", option, fallback=default))
+    except ImportError:  # the agent image and bare CLI use work without Airflow
+        return os.environ.get(f"AIRFLOW__STASH__{option.upper()}", default)
+
+
+def load_settings() -> Settings:
+    home = Path(os.environ.get("AIRFLOW_HOME", Path.home() / "airflow"))
+    runtime = _get("runtime", "local").strip().lower()
+    if runtime not in RUNTIMES:
+        raise ValueError(f"[stash] runtime = {runtime!r}: choose one of {', '.join(RUNTIMES)}")
+    return Settings(
+        manifests_dir=Path(_get("manifests_dir", str(home / "stash-manifests"))).expanduser(),
+        runtime=cast(Runtime, runtime),
+        state_dir=Path(_get("state_dir", str(home / "stash-state"))).expanduser(),
+    )

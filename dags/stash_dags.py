@@ -1,4 +1,4 @@
-"""Stash backup and recovery DAGs: one per backup target and one per Recovery.
+"""Stash backup and recovery DAGs for Airflow: one per backup target and one per Recovery.
 
 The resources come from ``[stash] manifests_dir``; see the README.
 """

@@ -1,4 +1,4 @@
-"""Lists the Stash resources that made no DAG as this file's import error.
+"""Lists the Stash resources that made no Airflow DAG as this file's import error.
 
 Kept apart from ``stash_dags.py`` so that one bad resource never hides the DAGs of
 the good ones, while its error (object and field named) still shows in the UI.

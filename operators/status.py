@@ -43,7 +43,7 @@ class StashBackupStatusOperator(BaseOperator):
         self.plan = plan
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from airflow.sdk import AirflowException
+        from airflow.sdk.exceptions import AirflowException
 
         ti = context["ti"]
         upstream = ["backup", "retention", "verify"] if self.plan.retention else ["backup", "verify"]
@@ -99,7 +99,7 @@ class StashRecoveryStatusOperator(BaseOperator):
         self.plan = plan
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from airflow.sdk import AirflowException
+        from airflow.sdk.exceptions import AirflowException
 
         ti = context["ti"]
         result = ti.xcom_pull(task_ids="restore") or {}

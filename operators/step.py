@@ -30,7 +30,7 @@ def load_secrets() -> dict[tuple[str, str], Secret]:
 
 def execute_step(step: Step, context: Any) -> StepOutput:
     """Run ``step`` in the configured runtime; on failure leave a secret-free reason in XCom."""
-    from airflow.sdk import AirflowException
+    from airflow.sdk.exceptions import AirflowException
     from airflow.sdk.log import mask_secret
 
     settings = load_settings()

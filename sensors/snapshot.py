@@ -28,7 +28,7 @@ class SnapshotSensor(BaseSensorOperator):
         made = context["ti"].xcom_pull(task_ids="backup") or {}
         wanted = {str(b["snapshot_id"]) for b in made.get("backups") or [] if b.get("snapshot_id")}
         if not wanted:
-            from airflow.sdk import AirflowException
+            from airflow.sdk.exceptions import AirflowException
 
             raise AirflowException("the backup task reported no snapshot to verify")
         listed = execute_step(self.step, context).result.get("snapshots") or []

@@ -23,12 +23,15 @@ from stash_plugin.source import load_directory
 
 log = logging.getLogger(__name__)
 START_DATE = datetime(2024, 1, 1, tzinfo=UTC)
-DEFAULT_ARGS: dict[str, Any] = {
-    "owner": "stash",
-    "retries": 2,
-    "retry_delay": timedelta(seconds=30),
-    "retry_exponential_backoff": True,
-}
+
+
+def default_args(settings: Settings) -> dict[str, Any]:
+    return {
+        "owner": "stash",
+        "retries": settings.task_retries,
+        "retry_delay": timedelta(seconds=30),
+        "retry_exponential_backoff": True,
+    }
 
 
 def airflow_schedule(schedule: Schedule, paused: bool) -> Any:
@@ -43,7 +46,7 @@ def airflow_schedule(schedule: Schedule, paused: bool) -> Any:
     return schedule.value
 
 
-def backup_dag(plan: BackupPlan) -> DAG:
+def backup_dag(plan: BackupPlan, settings: Settings) -> DAG:
     """``backup -> [retention] -> verify -> update_status``."""
     doc = f"### Stash backup\n\n{plan.description}\n\n" + (
         "Trigger by hand for an instant backup; set `retention` to false to keep every "
@@ -59,7 +62,7 @@ def backup_dag(plan: BackupPlan) -> DAG:
         doc_md=doc,
         description=plan.description[:200],
         is_paused_upon_creation=False,
-        default_args=DEFAULT_ARGS,
+        default_args=default_args(settings),
         params={
             "retention": Param(
                 plan.retention is not None,
@@ -80,7 +83,7 @@ def backup_dag(plan: BackupPlan) -> DAG:
     return dag
 
 
-def recovery_dag(plan: RecoveryPlan) -> DAG:
+def recovery_dag(plan: RecoveryPlan, settings: Settings) -> DAG:
     """``restore -> update_status``, run once."""
     with DAG(
         dag_id=plan.dag_id,
@@ -94,29 +97,29 @@ def recovery_dag(plan: RecoveryPlan) -> DAG:
         is_paused_upon_creation=False,
         # A Recovery of "latest" made before the first backup finds no snapshot yet:
         # retrying gives the first scheduled backup time to land.
-        default_args={**DEFAULT_ARGS, "retry_delay": timedelta(seconds=60)},
+        default_args={**default_args(settings), "retry_delay": timedelta(seconds=60)},
     ) as dag:
         StashStepOperator(step=plan.restore) >> StashRecoveryStatusOperator(plan=plan)
     return dag
 
 
-def load_plans(settings: Settings | None = None, only_dag_id: str | None = None) -> PlanSet:
-    settings = settings or load_settings()
+def load_plans(settings: Settings, only_dag_id: str | None = None) -> PlanSet:
     resources = load_directory(settings.manifests_dir)
     return make_plans(resources, settings.runtime, only_dag_id=only_dag_id)
 
 
 def build_dags(settings: Settings | None = None) -> tuple[dict[str, DAG], list[ResourceError]]:
     """Every DAG the resources describe, plus the errors of the resources that made none."""
+    settings = settings or load_settings()
     wanted = get_parsing_context().dag_id
     plans = load_plans(settings, only_dag_id=wanted)
     dags: dict[str, DAG] = {}
     for dag_id, bplan in plans.backups.items():
         if not wanted or dag_id == wanted:
-            dags[dag_id] = backup_dag(bplan)
+            dags[dag_id] = backup_dag(bplan, settings)
     for dag_id, rplan in plans.recoveries.items():
         if not wanted or dag_id == wanted:
-            dags[dag_id] = recovery_dag(rplan)
+            dags[dag_id] = recovery_dag(rplan, settings)
     for error in plans.errors:
         log.warning("Stash: %s", error)
     return dags, plans.errors
@@ -136,6 +139,6 @@ def raise_resource_errors(settings: Settings | None = None) -> None:
     without touching the good DAGs, which another file builds."""
     if get_parsing_context().dag_id:
         return
-    errors = load_plans(settings).errors
+    errors = load_plans(settings or load_settings()).errors
     if errors:
         raise StashResourceErrors(errors)

@@ -25,6 +25,8 @@ class Settings:
     """``local`` (steps as child processes, the embedded default) or ``kubernetes``."""
     state_dir: Path
     """Where the local runtime keeps Repository and Recovery status."""
+    task_retries: int = 2
+    """Retries of each task (backoff from 30 s); a backend that blinks gets another try."""
 
 
 def _get(option: str, default: str) -> str:
@@ -45,4 +47,5 @@ def load_settings() -> Settings:
         manifests_dir=Path(_get("manifests_dir", str(home / "stash-manifests"))).expanduser(),
         runtime=cast(Runtime, runtime),
         state_dir=Path(_get("state_dir", str(home / "stash-state"))).expanduser(),
+        task_retries=int(_get("task_retries", "2")),
     )

@@ -1,0 +1,197 @@
+"""Test helpers: data trees to back up, tree comparison, manifests, whole DAG runs."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import random
+import stat
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PASSWORD = "s3cr3t-Restic-Pa55word-do-not-leak"
+
+
+def make_tree(root: Path, seed: int = 1, small_files: int = 2000) -> Path:
+    """Random files, thousands of small files, nested dirs, symlinks and odd modes."""
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(small_files):
+        d = root / "small" / f"d{i % 37:02d}" / f"e{i % 5}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i:05d}.txt").write_bytes(rng.randbytes(rng.randint(0, 300)))
+    big = root / "big"
+    big.mkdir(exist_ok=True)
+    for i in range(3):
+        (big / f"blob{i}.bin").write_bytes(rng.randbytes(rng.randint(200_000, 900_000)))
+    deep = root.joinpath(*[f"level{i}" for i in range(12)])
+    deep.mkdir(parents=True, exist_ok=True)
+    (deep / "bottom.txt").write_text("deep down\n")
+    (root / "exec.sh").write_text("#!/bin/sh\necho hi\n")
+    os.chmod(root / "exec.sh", 0o755)
+    (root / "private.key").write_text("not a real key\n")
+    os.chmod(root / "private.key", 0o600)
+    (root / "readonly").mkdir(exist_ok=True)
+    (root / "readonly" / "ro.txt").write_text("read only\n")
+    os.chmod(root / "readonly" / "ro.txt", 0o444)
+    os.chmod(root / "readonly", 0o750)
+    (root / "empty-dir").mkdir(exist_ok=True)
+    (root / "empty-file").write_bytes(b"")
+    (root / "unicode-名前 with space.txt").write_text("ünïcödé\n")
+    os.symlink("exec.sh", root / "link-to-exec")
+    os.symlink("small/d00", root / "link-to-dir")
+    os.symlink("/nonexistent/target", root / "dangling-link")
+    return root
+
+
+def tree_state(root: Path) -> dict[str, tuple[Any, ...]]:
+    """Everything a byte-identical restore must reproduce: type, mode, content, link target."""
+    out: dict[str, tuple[Any, ...]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath, name)
+            rel = str(p.relative_to(root))
+            st = p.lstat()
+            mode = stat.S_IMODE(st.st_mode)
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("link", os.readlink(p))
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("dir", mode)
+            else:
+                out[rel] = ("file", mode, hashlib.sha256(p.read_bytes()).hexdigest())
+    return out
+
+
+def secret_doc(name: str, namespace: str, **values: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace},
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in values.items()},
+    }
+
+
+def deployment_doc(name: str, namespace: str, host_path: Path, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    labels = labels or {"app": name}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "app",
+                            "image": "busybox",
+                            "volumeMounts": [{"name": "data", "mountPath": "/source/data"}],
+                        }
+                    ],
+                    "volumes": [{"name": "data", "hostPath": {"path": str(host_path)}}],
+                },
+            },
+        },
+    }
+
+
+def repository_doc(name: str, namespace: str, backend: dict[str, Any], secret: str = "repo-secret") -> dict[str, Any]:
+    return {
+        "apiVersion": "stash.appscode.com/v1alpha1",
+        "kind": "Repository",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"backend": {**backend, "storageSecretName": secret}},
+    }
+
+
+def restic_doc(
+    name: str,
+    namespace: str,
+    repository: str,
+    app: str,
+    *,
+    schedule: str = "@every 1h",
+    policy: dict[str, Any] | None = None,
+    **spec: Any,
+) -> dict[str, Any]:
+    policy = policy if policy is not None else {"keepLast": 5, "prune": True}
+    return {
+        "apiVersion": "stash.appscode.com/v1alpha1",
+        "kind": "Restic",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "targetType": "Volume",
+            "schedule": schedule,
+            "repository": {"name": repository},
+            "volumeSelector": {
+                "selector": {"matchLabels": {"app": app}},
+                "targetVolumes": [
+                    {
+                        "name": "data",
+                        "mountPath": "/source/data",
+                        "directories": [{"path": "/source/data", "retentionPolicyName": "policy"}],
+                    }
+                ],
+            },
+            "retentionPolicies": [{"name": "policy", **policy}],
+            **spec,
+        },
+    }
+
+
+def recovery_doc(
+    name: str,
+    namespace: str,
+    repository: str,
+    target: Path,
+    *,
+    snapshot: str | None = None,
+    paths: list[str] | None = None,
+    repo_dir: str = "/volumes/deployment/app",
+    **restorer: Any,
+) -> dict[str, Any]:
+    vr: dict[str, Any] = {
+        "repoDir": repo_dir,
+        "recoverTo": [{"mountPath": "/source/data", "hostPath": {"path": str(target)}}],
+        **restorer,
+    }
+    if snapshot:
+        vr["snapshot"] = snapshot
+    if paths:
+        vr["paths"] = paths
+    return {
+        "apiVersion": "stash.appscode.com/v1alpha1",
+        "kind": "Recovery",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"targetType": "Volume", "repository": {"name": repository}, "volumeRestorer": vr},
+    }
+
+
+def write_manifests(folder: Path, docs: list[dict[str, Any]], filename: str = "all.yaml") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / filename).write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    return folder
+
+
+def run_dag(dag: Any, conf: dict[str, Any] | None = None) -> Any:
+    """Run a DAG in-process the Airflow 3.3 way: serialise it, then ``dag.test()``."""
+    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
+    from airflow.models.dagbundle import DagBundleModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        session.merge(DagBundleModel(name="stash-tests"))
+    bag = DagBag(dag_folder=os.devnull, collect_dags=False)
+    bag.bag_dag(dag)
+    sync_bag_to_db(bag, "stash-tests", None)
+    return dag.test(logical_date=datetime.now(UTC), run_conf=conf)
+
+
+def task_states(dagrun: Any) -> dict[str, str]:
+    return {ti.task_id: str(ti.state) for ti in dagrun.get_task_instances()}

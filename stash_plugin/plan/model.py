@@ -55,6 +55,8 @@ class Step:
     secret_env: tuple[SecretEnv, ...] = ()
     mounts: tuple[Mount, ...] = ()
     image: str | None = None
+    subject: str = ""
+    """Who the step works for (``Restic ns/name, Repository ns/name``), for error messages."""
 
 
 @dataclass(frozen=True)

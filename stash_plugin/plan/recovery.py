@@ -86,6 +86,8 @@ def plan_recovery(recovery: Recovery, repository: Repository, runtime: Runtime) 
         secret_env,
         tuple(mounts),
         spec.recovery_agent,
+        subject=f"Recovery {ns}/{recovery.metadata.name}, Repository "
+        f"{repository.metadata.namespace}/{repository.metadata.name} at {url}",
     )
     repo_ns = repository.metadata.namespace or "default"
     name = recovery.metadata.name

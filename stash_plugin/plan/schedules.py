@@ -40,7 +40,10 @@ def parse_schedule(text: str) -> Schedule:
     """Normalise a schedule string; raises ValueError with a message a user can act on."""
     text = text.strip()
     if text.startswith("@every"):
-        seconds = parse_go_duration(text.removeprefix("@every"))
+        try:
+            seconds = parse_go_duration(text.removeprefix("@every"))
+        except ValueError as exc:  # name the whole schedule, not just what follows @every
+            raise ValueError(f"{text!r}: @every needs a duration; {exc}") from None
         if seconds < 1 or seconds != int(seconds):
             raise ValueError(f"{text!r}: @every needs a whole number of seconds, at least 1s")
         return Schedule("every", int(seconds))

@@ -183,7 +183,17 @@ def _plan_workload(
     )
 
     def step(task_id: str, argv: tuple[str, ...]) -> Step:
-        return Step(task_id, argv, ns, env, secret_env, tuple(mounts), spec.backup_agent)
+        return Step(
+            task_id,
+            argv,
+            ns,
+            env,
+            secret_env,
+            tuple(mounts),
+            spec.backup_agent,
+            subject=f"Restic {ns}/{name}, Repository {ref.repository_namespace}/"
+            f"{ref.repository_name} at {url}",
+        )
 
     def tags(d: _Dir) -> list[str]:
         return naming.snapshot_tags(ns, name, target, d.workload_path) + list(d.tags)

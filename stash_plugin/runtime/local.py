@@ -29,9 +29,10 @@ _PASSTHROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "XDG_CACHE_HOME", "S
 class StepFailed(RuntimeError):
     """A step exited non-zero; ``reason`` is the agent's own error line (secret-free)."""
 
-    def __init__(self, task_id: str, exit_code: int, reason: str | None) -> None:
+    def __init__(self, task_id: str, exit_code: int, reason: str | None, subject: str = "") -> None:
         detail = f": {reason}" if reason else ""
-        super().__init__(f"step {task_id} failed with exit code {exit_code}{detail}")
+        who = f" ({subject})" if subject else ""
+        super().__init__(f"step {task_id}{who} failed with exit code {exit_code}{detail}")
         self.exit_code = exit_code
         self.reason = reason
 
@@ -52,7 +53,9 @@ def resolve_secret_env(step: Step, secrets: Mapping[tuple[str, str], Secret]) ->
             if ref.optional:
                 continue
             what = f"key {ref.key!r} of " if secret else ""
-            raise StepFailed(step.task_id, 1, f"missing {what}Secret {step.namespace}/{ref.secret}")
+            raise StepFailed(
+                step.task_id, 1, f"missing {what}Secret {step.namespace}/{ref.secret}", step.subject
+            )
         env[ref.name] = value
     return env
 
@@ -105,6 +108,6 @@ def run_step(
                 (ln.split("error: ", 1)[1] for ln in reversed(lines) if "stash-agent: error: " in ln),
                 lines[-1] if lines else None,
             )
-            raise StepFailed(step.task_id, code, reason)
+            raise StepFailed(step.task_id, code, reason, step.subject)
         result = json.loads(result_file.read_text()) if result_file.exists() else {}
     return StepOutput(result=result, lines=lines)

@@ -112,7 +112,11 @@ def _arg_value(args: Sequence[str], flag: str) -> str | None:
 
 def _backup_result(args: Sequence[str], proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     summary = next(
-        (d for d in _json_lines(proc.stdout) if isinstance(d, dict) and d.get("message_type") == "summary"),
+        (
+            d
+            for d in _json_lines(proc.stdout)
+            if isinstance(d, dict) and d.get("message_type") == "summary"
+        ),
         None,
     )
     tags = (_arg_value(args, "--tag") or "").split(",")
@@ -163,7 +167,9 @@ def run_commands(commands: list[list[str]], lock_wait: float) -> dict[str, Any]:
                     f"snapshot {entry['snapshot_id']} was removed"
                 )
             if proc.returncode != 0:
-                raise AgentError(f"backup of {entry['path']} failed (restic exit {proc.returncode})")
+                raise AgentError(
+                    f"backup of {entry['path']} failed (restic exit {proc.returncode})"
+                )
             results["backups"].append(entry)
             log(
                 f"snapshot {entry.get('snapshot_id')} of {entry['path']}: "
@@ -173,17 +179,21 @@ def run_commands(commands: list[list[str]], lock_wait: float) -> dict[str, Any]:
         elif proc.returncode != 0:
             raise AgentError(f"restic {verb} failed (restic exit {proc.returncode})")
         elif verb == "forget":
-            groups = next(iter(_json_lines(proc.stdout)), []) or []
+            groups: list[dict[str, Any]] = next(iter(_json_lines(proc.stdout)), []) or []
             kept = sum(len(g.get("keep") or []) for g in groups)
             removed = sum(len(g.get("remove") or []) for g in groups)
             tags = (_arg_value(args, "--tag") or "").split(",")
             results["forgets"].append(
-                {"path": _tag_value(tags, "path"), "kept": kept, "removed": removed,
-                 "dry_run": "--dry-run" in args}
+                {
+                    "path": _tag_value(tags, "path"),
+                    "kept": kept,
+                    "removed": removed,
+                    "dry_run": "--dry-run" in args,
+                }
             )
             log(f"retention for {_tag_value(tags, 'path')}: kept {kept}, removed {removed}")
         elif verb == "snapshots":
-            snaps = next(iter(_json_lines(proc.stdout)), []) or []
+            snaps: list[dict[str, Any]] = next(iter(_json_lines(proc.stdout)), []) or []
             tags = (_arg_value(args, "--tag") or "").split(",")
             results["snapshots"].append(
                 {"path": _tag_value(tags, "path"), "snapshots": [_snapshot_view(s) for s in snaps]}
@@ -210,17 +220,28 @@ def _list_snapshots(ref: str) -> list[dict[str, Any]]:
         if WRONG_PASSWORD in proc.stderr:
             raise AgentError("wrong repository password (RESTIC_PASSWORD of the storage Secret)")
         raise AgentError(f"cannot list snapshots {ref} (restic exit {proc.returncode})")
-    snaps = next(iter(_json_lines(proc.stdout)), []) or []
+    snaps: list[dict[str, Any]] = next(iter(_json_lines(proc.stdout)), []) or []
     if not snaps:
         raise AgentError(f"no snapshot {ref} in the repository")
     return [s for s in snaps if s.get("paths")]
 
 
-def _pick(snaps: list[dict[str, Any]], wanted: str, ref: str) -> dict[str, Any]:
-    covering = [s for s in snaps if _under(wanted, _workload_path(s)) or _under(_workload_path(s), wanted)]
-    if not covering:
+def _pick(snaps: list[dict[str, Any]], wanted: str, ref: str) -> list[dict[str, Any]]:
+    """The snapshots to restore ``wanted`` from: the newest one that holds it, or, when
+    ``wanted`` is a parent of several backed-up folders, the newest of each folder."""
+    enclosing = [s for s in snaps if _under(wanted, _workload_path(s))]
+    if enclosing:
+        return [max(enclosing, key=lambda s: s.get("time", ""))]
+    newest: dict[str, dict[str, Any]] = {}
+    for snap in snaps:
+        folder = _workload_path(snap)
+        if _under(folder, wanted) and snap.get("time", "") >= newest.get(folder, {}).get(
+            "time", ""
+        ):
+            newest[folder] = snap
+    if not newest:
         raise AgentError(f"snapshot {ref} holds nothing under {wanted}")
-    return max(covering, key=lambda s: s.get("time", ""))
+    return [newest[k] for k in sorted(newest)]
 
 
 def _is_empty(path: Path) -> bool:
@@ -243,13 +264,37 @@ def _move_into(src: Path, dest: Path) -> None:
     os.rename(src, dest)
 
 
+def _restore_one(snap: dict[str, Any], include: str, final: Path, wanted: str) -> None:
+    """Restore ``include`` of ``snap`` into a staging folder beside ``final``, then move
+    it into place: a failed restore leaves nothing half-written at ``final``.
+
+    The staging folder sits inside ``final`` when that is an existing folder (a mounted
+    volume's root), else beside it, so the final moves never cross filesystems."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    home = final if final.is_dir() and not final.is_symlink() else final.parent
+    staging = Path(tempfile.mkdtemp(prefix=".stash-restore-", dir=home))
+    try:
+        proc = restic(
+            ["restic", "restore", str(snap["id"]), f"--target={staging}", f"--include={include}"],
+            lock_wait=300,
+        )
+        restored = staging / include.lstrip("/")
+        if proc.returncode != 0:
+            raise AgentError(f"restore of {wanted} failed (restic exit {proc.returncode})")
+        if not restored.exists() and not restored.is_symlink():
+            raise AgentError(f"snapshot {snap['short_id']} has no {wanted}")
+        _move_into(restored, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def restore(
     snapshot: str, mounts: list[tuple[str, str]], paths: list[str], overwrite: bool
 ) -> dict[str, Any]:
     snaps = _list_snapshots(snapshot)
     wanted_all = paths or [m for m, _ in mounts]
     # Refuse before writing anything: one non-empty target stops the whole recovery.
-    plan: list[tuple[str, str, Path]] = []
+    plan: list[tuple[str, Path]] = []
     for wanted in wanted_all:
         mount, target = next((m, t) for m, t in mounts if _under(wanted, m))
         dest = Path(target) / posixpath.relpath(wanted, mount) if wanted != mount else Path(target)
@@ -258,39 +303,31 @@ def restore(
                 f"target {dest} (for {wanted}) is not empty; set volumeRestorer.overwrite: true "
                 "to restore over existing files"
             )
-        plan.append((wanted, mount, dest))
+        plan.append((wanted, dest))
     stats = []
-    for wanted, mount, dest in plan:
+    for wanted, dest in plan:
         started = time.monotonic()
-        snap = _pick(snaps, wanted, snapshot)
-        wpath = _workload_path(snap)
-        spath = snap["paths"][0]
-        if _under(wanted, wpath):
-            include = posixpath.normpath(posixpath.join(spath, posixpath.relpath(wanted, wpath)))
-            final = dest
-        else:  # the snapshot is of a folder inside the wanted path
-            include = spath
-            final = dest / posixpath.relpath(wpath, wanted)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".stash-restore-", dir=final.parent))
-        try:
-            proc = restic(
-                ["restic", "restore", str(snap["id"]), f"--target={staging}", f"--include={include}"],
-                lock_wait=300,
-            )
-            restored = staging / include.lstrip("/")
-            if proc.returncode != 0:
-                raise AgentError(f"restore of {wanted} failed (restic exit {proc.returncode})")
-            if not restored.exists() and not restored.is_symlink():
-                raise AgentError(f"snapshot {snap['short_id']} has no {wanted}")
-            _move_into(restored, final)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        used = []
+        for snap in _pick(snaps, wanted, snapshot):
+            wpath = _workload_path(snap)
+            if _under(wanted, wpath):
+                include = posixpath.join(snap["paths"][0], posixpath.relpath(wanted, wpath))
+                final = dest
+            else:  # the snapshot is of a folder inside the wanted path
+                include = snap["paths"][0]
+                final = dest / posixpath.relpath(wpath, wanted)
+            _restore_one(snap, posixpath.normpath(include), final, wanted)
+            used.append(snap["id"])
         took = time.monotonic() - started
-        log(f"restored {wanted} from snapshot {snap['short_id']} into {final} in {took:.2f}s")
+        log(f"restored {wanted} from snapshot(s) {', '.join(u[:8] for u in used)} in {took:.2f}s")
         stats.append(
-            {"path": wanted, "snapshot_id": snap["id"], "target": str(final),
-             "phase": "Succeeded", "duration": f"{took:.3f}s"}
+            {
+                "path": wanted,
+                "snapshot_ids": used,
+                "target": str(dest),
+                "phase": "Succeeded",
+                "duration": f"{took:.3f}s",
+            }
         )
     return {"restores": stats}
 
@@ -350,7 +387,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if len(args.mount_path) != len(args.target) or not args.target:
                 raise AgentError("give --mount-path and --target in pairs")
             result = restore(
-                args.snapshot, list(zip(args.mount_path, args.target, strict=True)), args.path,
+                args.snapshot,
+                list(zip(args.mount_path, args.target, strict=True)),
+                args.path,
                 args.overwrite,
             )
     except AgentError as exc:

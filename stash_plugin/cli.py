@@ -36,7 +36,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def _step_text(step: Step) -> str:
     env = ", ".join(f"{k}={v}" for k, v in step.env)
     secrets = ", ".join(f"{s.name}<-{s.secret}[{s.key}]" for s in step.secret_env if not s.optional)
-    return f"    {step.task_id}: {json.dumps(list(step.argv))}\n      env: {env}; secrets: {secrets}"
+    return (
+        f"    {step.task_id}: {json.dumps(list(step.argv))}\n      env: {env}; secrets: {secrets}"
+    )
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -76,8 +78,11 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"{entry.get('backupCount', 0)} backup(s), last {entry.get('lastBackupTime', '-')} "
                 f"took {entry.get('lastBackupDuration', '-')}, "
                 f"{entry.get('snapshotCount', '-')} snapshot(s)"
-                + (f", last failure {entry['lastFailureTime']}: {entry['lastFailure']}"
-                   if entry.get("lastFailure") else "")
+                + (
+                    f", last failure {entry['lastFailureTime']}: {entry['lastFailure']}"
+                    if entry.get("lastFailure")
+                    else ""
+                )
             )
         if "phase" in status:
             print(f"  phase {status['phase']}")

@@ -33,7 +33,9 @@ def write_demo(root: Path, *, schedule: str = "@every 1m") -> Path:
         os.symlink("README.txt", data / "current")
     secret_file = manifests / "secret.yaml"
     if secret_file.exists():
-        password = base64.b64decode(yaml.safe_load(secret_file.read_text())["data"]["RESTIC_PASSWORD"])
+        password = base64.b64decode(
+            yaml.safe_load(secret_file.read_text())["data"]["RESTIC_PASSWORD"]
+        )
     else:
         password = secrets.token_urlsafe(24).encode()
     docs = [
@@ -49,7 +51,11 @@ def write_demo(root: Path, *, schedule: str = "@every 1m") -> Path:
         "deployment.yaml": {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
-            "metadata": {"name": "stash-demo", "namespace": "demo", "labels": {"app": "stash-demo"}},
+            "metadata": {
+                "name": "stash-demo",
+                "namespace": "demo",
+                "labels": {"app": "stash-demo"},
+            },
             "spec": {
                 "replicas": 1,
                 "selector": {"matchLabels": {"app": "stash-demo"}},
@@ -61,7 +67,9 @@ def write_demo(root: Path, *, schedule: str = "@every 1m") -> Path:
                                 "name": "busybox",
                                 "image": "busybox",
                                 "args": ["sleep", "3600"],
-                                "volumeMounts": [{"name": "source-data", "mountPath": "/source/data"}],
+                                "volumeMounts": [
+                                    {"name": "source-data", "mountPath": "/source/data"}
+                                ],
                             }
                         ],
                         "volumes": [{"name": "source-data", "hostPath": {"path": str(data)}}],
@@ -115,7 +123,9 @@ def write_demo(root: Path, *, schedule: str = "@every 1m") -> Path:
                     "repoDir": "/volumes/deployment/stash-demo",
                     "snapshot": "latest",
                     "paths": ["/source/data"],
-                    "recoverTo": [{"mountPath": "/source/data", "hostPath": {"path": str(restored)}}],
+                    "recoverTo": [
+                        {"mountPath": "/source/data", "hostPath": {"path": str(restored)}}
+                    ],
                 },
             },
         },

@@ -63,7 +63,9 @@ def load_directory(root: str | Path) -> ResourceSet:
             docs = [d for d in _documents(path, path.read_text()) if d is not None]
         except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as exc:
             resources.errors.append(
-                ResourceError("file", None, rel, None, f"malformed {path.suffix[1:].upper()}: {exc}")
+                ResourceError(
+                    "file", None, rel, None, f"malformed {path.suffix[1:].upper()}: {exc}"
+                )
             )
             continue
         index = 0

@@ -32,7 +32,8 @@ Parsed = StashResource | Secret | Workload
 
 def _ident(doc: Mapping[str, Any]) -> tuple[str, str | None, str | None]:
     kind = doc.get("kind") if isinstance(doc.get("kind"), str) else "document"
-    meta = doc.get("metadata") if isinstance(doc.get("metadata"), Mapping) else {}
+    raw_meta = doc.get("metadata")
+    meta: Mapping[str, Any] = raw_meta if isinstance(raw_meta, Mapping) else {}
     name = meta.get("name") if isinstance(meta.get("name"), str) else None
     ns = meta.get("namespace") if isinstance(meta.get("namespace"), str) else None
     if name is not None and ns is None and kind not in CLUSTER_SCOPED:

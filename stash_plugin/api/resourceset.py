@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import ResourceError
 from .kube import Secret, Workload
@@ -40,7 +41,7 @@ class ResourceSet:
             name = obj.metadata.name
             self._put("BackupAgent", None, name, self.agents, obj, origin, name)
         else:
-            table: dict = {
+            table: dict[Any, Any] = {  # type: ignore[assignment]
                 "Repository": self.repositories,
                 "Restic": self.restics,
                 "Recovery": self.recoveries,

@@ -11,9 +11,7 @@ from .restic import PlanError
 from .volume import plan_volume_backups
 
 
-def _repository(
-    resources: ResourceSet, obj: Restic | Recovery, check_secrets: bool
-) -> Repository:
+def _repository(resources: ResourceSet, obj: Restic | Recovery, check_secrets: bool) -> Repository:
     ref = obj.spec.repository
     ns = ref.namespace or obj.metadata.namespace or "default"
     repo = resources.repositories.get((ns, ref.name))

@@ -13,7 +13,8 @@ _HEX_ID = re.compile(r"^[0-9a-f]{8,64}$")
 
 
 def snapshot_ref(ref: str | None, field: str) -> str:
-    """``latest``, a restic id, or a Stash name ``<repository>-<8-char id>`` -> what restic takes."""
+    """``latest``, a restic id, or a Stash name ``<repository>-<8-char id>``: the id restic
+    takes."""
     if not ref or ref == "latest":
         return "latest"
     if _HEX_ID.match(ref):
@@ -97,7 +98,13 @@ def plan_recovery(recovery: Recovery, repository: Repository, runtime: Runtime) 
         name=name,
         repository_namespace=repo_ns,
         repository_name=repository.metadata.name,
-        tags=("stash", "recovery", f"namespace:{ns}", "type:volume", f"repository:{repository.metadata.name}"),
+        tags=(
+            "stash",
+            "recovery",
+            f"namespace:{ns}",
+            "type:volume",
+            f"repository:{repository.metadata.name}",
+        ),
         description=(
             f"Restores snapshot {snapshot} of {vr.repo_dir} in Repository {repo_ns}/"
             f"{repository.metadata.name} ({url}) into "

@@ -118,7 +118,15 @@ def tag_list(tags: Iterable[str]) -> str:
 
 
 def backup_args(path: str, host: str, tags: Sequence[str]) -> list[str]:
-    return ["restic", "backup", "--json", "--quiet", f"--host={host}", f"--tag={tag_list(tags)}", path]
+    return [
+        "restic",
+        "backup",
+        "--json",
+        "--quiet",
+        f"--host={host}",
+        f"--tag={tag_list(tags)}",
+        path,
+    ]
 
 
 def forget_args(policy: RetentionPolicy, host: str, tags: Sequence[str]) -> list[str]:
@@ -151,7 +159,10 @@ def snapshots_args(host: str, tags: Sequence[str]) -> list[str]:
 
 
 def agent_run(commands: Sequence[Sequence[str]], *options: str) -> tuple[str, ...]:
-    """The agent argv that runs restic commands in order: ``stash-agent run [opts] -- cmd -- cmd``."""
+    """The agent argv that runs restic commands in order.
+
+    ``stash-agent run [options] -- restic ... -- restic ...``: every value is passed in
+    ``--flag=value`` form, so a bare ``--`` only ever separates commands."""
     argv: list[str] = [AGENT, "run", *options]
     for cmd in commands:
         argv += ["--", *cmd]
@@ -160,7 +171,9 @@ def agent_run(commands: Sequence[Sequence[str]], *options: str) -> tuple[str, ..
 
 def check_tag(tag: str) -> str:
     if not tag or "," in tag or tag.startswith("-") or any(c.isspace() for c in tag):
-        raise ValueError(f"tag {tag!r} must be non-empty, without commas or spaces, not start with '-'")
+        raise ValueError(
+            f"tag {tag!r} must be non-empty, without commas or spaces, not start with '-'"
+        )
     return tag
 
 

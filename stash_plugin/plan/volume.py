@@ -94,9 +94,7 @@ def plan_volume_backups(
             f"selects no workload in namespace {ns} (looked at "
             f"{', '.join(WORKLOAD_KINDS)} by their labels)",
         )
-    return [
-        _plan_workload(restic, repository, w, schedule, policies, runtime) for w in workloads
-    ]
+    return [_plan_workload(restic, repository, w, schedule, policies, runtime) for w in workloads]
 
 
 def _plan_workload(
@@ -164,7 +162,9 @@ def _plan_workload(
         if not tv.directories:
             wpath = posixpath.normpath(tv.mount_path)
             if wpath in seen:
-                raise PlanError(f"{field}.mountPath", f"{wpath} is already backed up by {seen[wpath]}")
+                raise PlanError(
+                    f"{field}.mountPath", f"{wpath} is already backed up by {seen[wpath]}"
+                )
             seen[wpath] = field
             dirs.append(_Dir(wpath, posixpath.normpath(base), None, ()))
 

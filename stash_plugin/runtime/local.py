@@ -105,7 +105,11 @@ def run_step(
         code = proc.wait()
         if code != 0:
             reason = next(
-                (ln.split("error: ", 1)[1] for ln in reversed(lines) if "stash-agent: error: " in ln),
+                (
+                    ln.split("error: ", 1)[1]
+                    for ln in reversed(lines)
+                    if "stash-agent: error: " in ln
+                ),
                 lines[-1] if lines else None,
             )
             raise StepFailed(step.task_id, code, reason, step.subject)

@@ -46,7 +46,9 @@ class StatusStore(Protocol):
     def record_recovery(self, namespace: str, name: str, status: RecoveryStatus) -> None: ...
 
 
-def apply_outcome(entry: BackupRepo | None, target: TargetRef, outcome: BackupOutcome) -> BackupRepo:
+def apply_outcome(
+    entry: BackupRepo | None, target: TargetRef, outcome: BackupOutcome
+) -> BackupRepo:
     """The new status entry of a target. A failure only adds failure fields, so the
     last good backup's record stays intact."""
     base = entry or BackupRepo(
@@ -140,7 +142,9 @@ class LocalStatusStore:
             else:
                 entries[index] = entry
             new = RepositoryStatus(backup_repos=entries)
-            self._write(path, {"status": new.model_dump(mode="json", by_alias=True, exclude_none=True)})
+            self._write(
+                path, {"status": new.model_dump(mode="json", by_alias=True, exclude_none=True)}
+            )
         return entry
 
     def record_recovery(self, namespace: str, name: str, status: RecoveryStatus) -> None:
@@ -159,7 +163,9 @@ class LocalStatusStore:
         out: dict[str, dict[str, Any]] = {}
         for kind, folder in (("Repository", "repositories"), ("Recovery", "recoveries")):
             for path in sorted((self.state_dir / folder).glob("*/*.json")):
-                out[f"{kind} {path.parent.name}/{path.stem}"] = json.loads(path.read_text())["status"]
+                out[f"{kind} {path.parent.name}/{path.stem}"] = json.loads(path.read_text())[
+                    "status"
+                ]
         return out
 
 

@@ -25,6 +25,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 XCOM_FILE = Path("/airflow/xcom/return.json")
 LOCKED = "repository is already locked"
@@ -347,6 +348,19 @@ def _split_commands(rest: list[str]) -> list[list[str]]:
     return [c for c in commands if c]
 
 
+def _rest_credentials() -> None:
+    """restic 0.14 takes REST credentials only inside the URL: add them from the
+    environment here, at run time, so they never appear in a plan or a DAG."""
+    user = os.environ.get("RESTIC_REST_USERNAME")
+    repo = os.environ.get("RESTIC_REPOSITORY", "")
+    if not user or not repo.startswith("rest:http"):
+        return
+    scheme, rest = repo[len("rest:") :].split("://", 1)
+    password = os.environ.get("RESTIC_REST_PASSWORD", "")
+    auth = quote(user, safe="") + (":" + quote(password, safe="") if password else "")
+    os.environ["RESTIC_REPOSITORY"] = f"rest:{scheme}://{auth}@{rest}"
+
+
 def _write_result(result: dict[str, Any]) -> None:
     text = json.dumps(result)
     target = os.environ.get("STASH_RESULT_FILE")
@@ -376,6 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if "RESTIC_REPOSITORY" not in os.environ or "RESTIC_PASSWORD" not in os.environ:
             raise AgentError("RESTIC_REPOSITORY and RESTIC_PASSWORD must be set")
+        _rest_credentials()
         if args.verb == "run":
             commands = _split_commands(tail)
             if args.init:

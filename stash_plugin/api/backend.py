@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from .common import AbsolutePath, Model, Name
 
@@ -86,7 +86,20 @@ class B2Spec(Model):
 
 
 class RestSpec(Model):
-    url: str = Field(min_length=1, pattern=r"^https?://")
+    """A restic REST server. Credentials never go in ``url`` (it is shown in DAG docs):
+    put ``RESTIC_REST_USERNAME``/``RESTIC_REST_PASSWORD`` in the storage Secret."""
+
+    url: str = Field(min_length=1, pattern=r"^https?://[^@/]+(/.*)?$")
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _no_userinfo(cls, value: object) -> object:
+        if isinstance(value, str) and "@" in value.split("/", 3)[2 if "//" in value else 0]:
+            raise ValueError(
+                "must not contain credentials; put RESTIC_REST_USERNAME and "
+                "RESTIC_REST_PASSWORD in the storage Secret"
+            )
+        return value
 
 
 BACKEND_KINDS = ("local", "s3", "gcs", "azure", "swift", "b2", "rest")

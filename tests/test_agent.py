@@ -1,0 +1,169 @@
+"""``stash-agent`` against real restic: repository creation, locks, REST credentials."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+AGENT = [sys.executable, "-m", "stash_plugin.agent"]
+
+
+def agent(
+    env: dict[str, str], *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*AGENT, *args], env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> dict[str, str]:
+    return {
+        "RESTIC_REPOSITORY": str(tmp_path / "repo"),
+        "RESTIC_PASSWORD": "agent-test-password",
+        "STASH_RESULT_FILE": str(tmp_path / "result.json"),
+    }
+
+
+def backup_args(path: Path) -> list[str]:
+    return [
+        "--",
+        "restic",
+        "backup",
+        "--json",
+        "--quiet",
+        "--host=h",
+        "--tag=path=/data",
+        str(path),
+    ]
+
+
+def test_creates_repository_once_and_never_over_a_wrong_password(
+    repo: dict[str, str], tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "f").write_text("x")
+    first = agent(repo, "run", "--init", *backup_args(data))
+    assert first.returncode == 0, first.stderr
+    assert "initialising it" in first.stderr
+    result = json.loads(Path(repo["STASH_RESULT_FILE"]).read_text())
+    assert result["backups"][0]["path"] == "/data" and result["backups"][0]["files_new"] == 1
+    config = Path(repo["RESTIC_REPOSITORY"], "config").read_bytes()
+
+    again = agent(repo, "run", "--init", *backup_args(data))
+    assert again.returncode == 0 and "initialising" not in again.stderr
+
+    wrong = agent({**repo, "RESTIC_PASSWORD": "nope"}, "run", "--init", *backup_args(data))
+    assert wrong.returncode == 1
+    assert "error: wrong repository password" in wrong.stderr
+    assert Path(repo["RESTIC_REPOSITORY"], "config").read_bytes() == config
+
+
+def _hold_lock(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """``restic backup --stdin`` keeps its lock while it waits for input."""
+    proc = subprocess.Popen(
+        ["restic", "backup", "--stdin", "--stdin-filename=held", "--host=holder"],
+        env={**os.environ, **env},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    locks = Path(env["RESTIC_REPOSITORY"], "locks")
+    deadline = time.monotonic() + 30
+    while not any(locks.iterdir()):
+        assert time.monotonic() < deadline, "restic never took its lock"
+        time.sleep(0.1)
+    return proc
+
+
+@pytest.mark.slow
+def test_clears_a_stale_lock_and_waits_for_a_live_one(repo: dict[str, str], tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "f").write_text("x")
+    assert agent(repo, "run", "--init", *backup_args(data)).returncode == 0
+    forget = ["--", "restic", "forget", "--json", "--keep-last=1", "--prune"]
+
+    # A run killed with SIGKILL leaves its lock behind: the next run clears it.
+    killed = _hold_lock(repo)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert any(Path(repo["RESTIC_REPOSITORY"], "locks").iterdir())
+    after_kill = agent(repo, "run", "--unlock", "--lock-wait=0", *forget)
+    assert after_kill.returncode == 0, after_kill.stderr
+
+    # A live lock is waited for, not broken.
+    live = _hold_lock(repo)
+    waiting = subprocess.Popen(
+        [*AGENT, "run", "--unlock", "--lock-wait=60", *forget],
+        env={**os.environ, **repo},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(4)
+    assert waiting.poll() is None, "the agent did not wait for the live lock"
+    assert live.poll() is None, "the live run was disturbed"
+    assert live.stdin is not None
+    live.stdin.write(b"late data")
+    live.stdin.close()
+    assert live.wait(timeout=30) == 0
+    out, err = waiting.communicate(timeout=90)
+    assert waiting.returncode == 0, err
+    assert "locked by another run; waiting" in err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_rest_credentials_come_from_the_environment(repo: dict[str, str], tmp_path: Path) -> None:
+    port = _free_port()
+    server = subprocess.Popen(
+        [
+            "rclone",
+            "serve",
+            "restic",
+            f"--addr=127.0.0.1:{port}",
+            "--user=stash",
+            "--pass=rest-pass-123",
+            str(tmp_path / "rest"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        data = tmp_path / "data"
+        data.mkdir()
+        (data / "f").write_text("x")
+        env = {**repo, "RESTIC_REPOSITORY": f"rest:http://127.0.0.1:{port}/volumes/x"}
+        denied = agent(env, "run", "--init", *backup_args(data))
+        assert denied.returncode == 1
+        creds = {"RESTIC_REST_USERNAME": "stash", "RESTIC_REST_PASSWORD": "rest-pass-123"}
+        ok = agent({**env, **creds}, "run", "--init", *backup_args(data))
+        assert ok.returncode == 0, ok.stderr
+        assert "rest-pass-123" not in ok.stderr + ok.stdout
+        assert (tmp_path / "rest" / "volumes" / "x" / "config").exists()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

@@ -46,7 +46,9 @@ class StashBackupStatusOperator(BaseOperator):
         from airflow.sdk.exceptions import AirflowException
 
         ti = context["ti"]
-        upstream = ["backup", "retention", "verify"] if self.plan.retention else ["backup", "verify"]
+        upstream = (
+            ["backup", "retention", "verify"] if self.plan.retention else ["backup", "verify"]
+        )
         backup = ti.xcom_pull(task_ids="backup") or {}
         verify = ti.xcom_pull(task_ids="verify") or {}
         errors = [f"{t}: {e}" for t in upstream if (e := ti.xcom_pull(task_ids=t, key=ERROR_KEY))]
@@ -55,7 +57,9 @@ class StashBackupStatusOperator(BaseOperator):
         if not backed_up and not errors:
             errors.append("backup: did not finish (see the backup task's log)")
         if backed_up and not verify and not errors:
-            errors.append("verify: the new snapshots were not confirmed (see the verify task's log)")
+            errors.append(
+                "verify: the new snapshots were not confirmed (see the verify task's log)"
+            )
         started = _started(context)
         duration = sum(float(b.get("total_duration") or 0) for b in backups)
         outcome = BackupOutcome(

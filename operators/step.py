@@ -71,5 +71,7 @@ class StashRetentionOperator(StashStepOperator):
         from airflow.sdk.exceptions import AirflowSkipException
 
         if not context["params"].get("retention", True):
-            raise AirflowSkipException("retention skipped: the run was triggered with retention=false")
+            raise AirflowSkipException(
+                "retention skipped: the run was triggered with retention=false"
+            )
         return super().execute(context)

@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
-
 from stash_plugin.operators.step import execute_step
+
 from stash_plugin.plan.model import Step
 
 

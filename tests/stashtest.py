@@ -75,7 +75,9 @@ def secret_doc(name: str, namespace: str, **values: str) -> dict[str, Any]:
     }
 
 
-def deployment_doc(name: str, namespace: str, host_path: Path, labels: dict[str, str] | None = None) -> dict[str, Any]:
+def deployment_doc(
+    name: str, namespace: str, host_path: Path, labels: dict[str, str] | None = None
+) -> dict[str, Any]:
     labels = labels or {"app": name}
     return {
         "apiVersion": "apps/v1",
@@ -101,7 +103,9 @@ def deployment_doc(name: str, namespace: str, host_path: Path, labels: dict[str,
     }
 
 
-def repository_doc(name: str, namespace: str, backend: dict[str, Any], secret: str = "repo-secret") -> dict[str, Any]:
+def repository_doc(
+    name: str, namespace: str, backend: dict[str, Any], secret: str = "repo-secret"
+) -> dict[str, Any]:
     return {
         "apiVersion": "stash.appscode.com/v1alpha1",
         "kind": "Repository",

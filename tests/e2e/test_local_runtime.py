@@ -90,20 +90,29 @@ def base_docs(world: dict[str, Path], password: str = PASSWORD) -> list[dict[str
     return [
         secret_doc("repo-secret", NS, RESTIC_PASSWORD=password),
         deployment_doc("app", NS, world["source"]),
-        repository_doc("repo", NS, {"local": {"mountPath": "/repo", "hostPath": {"path": str(world["repo_root"])}}}),
+        repository_doc(
+            "repo",
+            NS,
+            {"local": {"mountPath": "/repo", "hostPath": {"path": str(world["repo_root"])}}},
+        ),
         restic_doc("app-backup", NS, "repo", "app", policy={"keepLast": 2, "prune": True}),
     ]
 
 
 def test_backup_retention_and_recovery(
-    world: dict[str, Path], airflow_db: None, stash_env: dict[str, Path], capfd: pytest.CaptureFixture[str]
+    world: dict[str, Path],
+    airflow_db: None,
+    stash_env: dict[str, Path],
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     manifests, state, source = stash_env["manifests"], stash_env["state"], world["source"]
     write_manifests(manifests, base_docs(world))
 
     # 1. First backup: the repository is created and holds one snapshot of the tree.
     first = run_dag(build(BACKUP_DAG))
-    assert task_states(first) == {k: "success" for k in ("backup", "retention", "verify", "update_status")}
+    assert task_states(first) == {
+        k: "success" for k in ("backup", "retention", "verify", "update_status")
+    }
     made = xcom(first, "backup")["backups"][0]
     assert made["path"] == "/source/data"
     assert made["files_new"] >= 2000
@@ -142,7 +151,10 @@ def test_backup_retention_and_recovery(
     kept = sorted(s["short_id"] for s in restic_snapshots(world["repo"]))
     assert kept == sorted([snapshot_2, snapshot_3])
     assert xcom(third, "retention")["forgets"][0] == {
-        "path": "/source/data", "kept": 2, "removed": 1, "dry_run": False
+        "path": "/source/data",
+        "kept": 2,
+        "removed": 1,
+        "dry_run": False,
     }
     entry = repo_status(state)["backupRepos"][0]
     assert entry["backupCount"] == 3 and entry["snapshotCount"] == 2
@@ -155,7 +167,9 @@ def test_backup_retention_and_recovery(
     docs = base_docs(world) + [
         recovery_doc("latest", NS, "repo", restored),
         recovery_doc("older", NS, "repo", older, snapshot=f"deployment.app-{snapshot_2}"),
-        recovery_doc("subset", NS, "repo", subset, paths=["/source/data/small/d01", "/source/data/exec.sh"]),
+        recovery_doc(
+            "subset", NS, "repo", subset, paths=["/source/data/small/d01", "/source/data/exec.sh"]
+        ),
     ]
     write_manifests(manifests, docs)
     for name in ("latest", "older", "subset"):

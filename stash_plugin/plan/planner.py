@@ -53,7 +53,19 @@ def make_plans(
                     f"{restic.spec.target_type} backup is not available yet (Volume backup is)",
                 )
             repo = _repository(resources, restic, check_secrets)
-            for plan in plan_volume_backups(restic, repo, resources, runtime):
+            made = plan_volume_backups(restic, repo, resources, runtime)
+            # Names may hold dots, so two Restics can spell the same DAG id (Restic
+            # "a.deployment" + Deployment "x", Restic "a" + Deployment "deployment.x"):
+            # refuse the second rather than silently drop one target's backups.
+            for plan in made:
+                other = plans.backups.get(plan.dag_id)
+                if other is not None:
+                    raise PlanError(
+                        "metadata.name",
+                        f"makes DAG {plan.dag_id}, which Restic {other.target.restic_namespace}/"
+                        f"{other.target.restic_name} makes too; rename one of them",
+                    )
+            for plan in made:
                 plans.backups[plan.dag_id] = plan
         except PlanError as exc:
             fail(restic, exc)

@@ -1,0 +1,318 @@
+"""Resource models: the spec's samples parse, and every error names object and field."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from stashtest import recovery_doc, repository_doc, restic_doc
+
+from stash_plugin.api import (
+    BackupAgent,
+    LabelSelector,
+    Recovery,
+    Repository,
+    ResourceError,
+    Restic,
+    parse_document,
+)
+
+EXAMPLES = Path("/work/shared/spec/examples")
+COMPAT = Path("/work/shared/compat/stash-0.8.3/examples")
+MODEL_OF = {
+    "Repository": Repository,
+    "Restic": Restic,
+    "Recovery": Recovery,
+    "BackupAgent": BackupAgent,
+}
+
+
+def errors_of(doc: dict[str, Any], origin: str | None = None) -> list[ResourceError]:
+    result = parse_document(doc, origin)
+    assert isinstance(result, list), f"expected errors, got {result!r}"
+    assert result, "an empty error list would make nothing and say nothing"
+    return result
+
+
+def only_error(doc: dict[str, Any], field: str) -> ResourceError:
+    errors = errors_of(doc)
+    matching = [e for e in errors if e.field == field]
+    assert matching, f"no error for {field}: {[str(e) for e in errors]}"
+    return matching[0]
+
+
+# --------------------------------------------------------------------------- samples
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_spec_example_parses_to_its_model(path: Path) -> None:
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    assert docs
+    for doc in docs:
+        model = parse_document(doc, path.name)
+        assert isinstance(model, MODEL_OF[doc["kind"]]), model
+        assert model.metadata.name == doc["metadata"]["name"]
+        if doc["kind"] != "BackupAgent":
+            assert model.metadata.namespace == doc["metadata"].get("namespace", "default")
+
+
+def test_examples_keep_their_meaning() -> None:
+    restic = parse_document(yaml.safe_load((EXAMPLES / "restic-volume.yaml").read_text()))
+    assert isinstance(restic, Restic)
+    assert restic.spec.schedule == "@every 1m"
+    assert restic.spec.repository.namespace == "demo"
+    vs = restic.spec.volume_selector
+    assert vs is not None and [tv.name for tv in vs.target_volumes] == ["vol-1", "vol-2"]
+    assert vs.target_volumes[0].directories[0].retention_policy_name == "keep-last-5"
+    assert restic.spec.retention_policies[0].keep_last == 5
+    assert restic.spec.retention_policies[0].prune is True
+
+    accessors = parse_document(
+        yaml.safe_load((EXAMPLES / "restic-database-accessors.yaml").read_text())
+    )
+    assert isinstance(accessors, Restic) and accessors.spec.database_selector is not None
+    found = accessors.spec.database_selector.accessors()
+    assert found[0].app_ref is not None and found[0].app_ref.name == "quick-mysql"
+    assert found[1].connection_url is not None
+    assert found[1].connection_url.credentials is not None
+    assert found[1].connection_url.credentials.password_key == "ROOT_PASSWORD"
+
+    repo = parse_document(yaml.safe_load((EXAMPLES / "repository.yaml").read_text()))
+    assert isinstance(repo, Repository)
+    assert repo.spec.backend.kind == "gcs" and repo.spec.backend.storage_secret_name == "gcs-secret"
+    assert repo.status is not None and len(repo.status.backup_repos) == 3
+
+    agent = parse_document(yaml.safe_load((EXAMPLES / "backupagent-stash.yaml").read_text()))
+    assert isinstance(agent, BackupAgent) and agent.metadata.namespace is None
+    assert agent.spec.commands.backup[0] == "backup"
+
+
+def test_namespace_defaults_to_default() -> None:
+    doc = restic_doc("x", "demo", "repo", "app")
+    del doc["metadata"]["namespace"]
+    model = parse_document(doc)
+    assert isinstance(model, Restic) and model.metadata.namespace == "default"
+
+
+def test_kinds_stash_does_not_read_are_ignored() -> None:
+    assert (
+        parse_document({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}) is None
+    )
+
+
+def test_document_without_kind_is_an_error() -> None:
+    (err,) = errors_of({"metadata": {"name": "x"}}, "f.yaml")
+    assert err.field == "kind" and "f.yaml" in str(err)
+    (err,) = errors_of(["not", "a", "mapping"], "f.yaml")  # type: ignore[arg-type]
+    assert "not a mapping" in str(err)
+
+
+def test_missing_name_is_an_error() -> None:
+    doc = restic_doc("x", "demo", "repo", "app")
+    del doc["metadata"]["name"]
+    (err,) = errors_of(doc)
+    assert err.field == "metadata.name"
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_unknown_field_names_object_and_field_path() -> None:
+    doc = restic_doc("x", "demo", "repo", "app")
+    doc["spec"]["volumeSelector"]["targetVolumes"][0]["nmae"] = "data"
+    errors = errors_of(doc, "restic.yaml")
+    assert [str(e) for e in errors] == [
+        "Restic demo/x: spec.volumeSelector.targetVolumes[0].nmae: unknown field (restic.yaml)"
+    ]
+
+
+def test_unknown_top_level_spec_field() -> None:
+    doc = repository_doc("r", "demo", {"gcs": {"bucket": "b"}})
+    doc["spec"]["wipeout"] = True
+    err = only_error(doc, "spec.wipeout")
+    assert str(err) == "Repository demo/r: spec.wipeout: unknown field"
+
+
+def test_wrong_type_names_the_field() -> None:
+    doc = restic_doc("x", "demo", "repo", "app", policy={"keepLast": "five"})
+    err = only_error(doc, "spec.retentionPolicies[0].keepLast")
+    assert str(err).startswith("Restic demo/x: spec.retentionPolicies[0].keepLast: ")
+    assert "integer" in err.message
+
+
+def test_negative_keep_is_refused() -> None:
+    doc = restic_doc("x", "demo", "repo", "app", policy={"keepDaily": -1})
+    only_error(doc, "spec.retentionPolicies[0].keepDaily")
+
+
+def test_missing_required_field() -> None:
+    doc = restic_doc("x", "demo", "repo", "app")
+    del doc["spec"]["repository"]
+    err = only_error(doc, "spec.repository")
+    assert str(err) == "Restic demo/x: spec.repository: required field is missing"
+
+
+def test_missing_required_nested_field() -> None:
+    doc = recovery_doc("r", "demo", "repo", Path("/tmp/out"))
+    del doc["spec"]["volumeRestorer"]["repoDir"]
+    err = only_error(doc, "spec.volumeRestorer.repoDir")
+    assert err.kind == "Recovery" and err.namespace == "demo" and err.name == "r"
+
+
+def test_scheduled_restic_needs_a_schedule() -> None:
+    doc = restic_doc("x", "demo", "repo", "app")
+    del doc["spec"]["schedule"]
+    err = only_error(doc, "spec")
+    assert "schedule" in err.message
+
+
+def test_selector_must_match_target_type() -> None:
+    doc = restic_doc("x", "demo", "repo", "app", clusterResources={})
+    assert "does not take clusterResources" in only_error(doc, "spec").message
+    doc = restic_doc("x", "demo", "repo", "app", targetType="Database")
+    assert "needs databaseSelector" in only_error(doc, "spec").message
+
+
+def test_relative_paths_are_refused() -> None:
+    doc = restic_doc("x", "demo", "repo", "app")
+    doc["spec"]["volumeSelector"]["targetVolumes"][0]["directories"][0]["path"] = "--delete"
+    err = only_error(doc, "spec.volumeSelector.targetVolumes[0].directories[0].path")
+    assert "absolute" in err.message
+
+
+def test_directory_outside_its_mount_is_refused() -> None:
+    doc = restic_doc("x", "demo", "repo", "app")
+    doc["spec"]["volumeSelector"]["targetVolumes"][0]["directories"][0]["path"] = "/etc"
+    err = only_error(doc, "spec.volumeSelector.targetVolumes[0]")
+    assert "not inside mountPath" in err.message
+
+
+def test_bad_names_are_refused() -> None:
+    doc = restic_doc("x", "demo", "Bad_Repo", "app")
+    only_error(doc, "spec.repository.name")
+
+
+def test_backend_needs_exactly_one_backend() -> None:
+    two = repository_doc("r", "demo", {"gcs": {"bucket": "b"}, "s3": {"bucket": "c"}})
+    err = only_error(two, "spec.backend")
+    assert "exactly one backend" in err.message and "s3, gcs" in err.message
+    assert str(err).startswith("Repository demo/r: spec.backend: ")
+
+    none = repository_doc("r", "demo", {})
+    err = only_error(none, "spec.backend")
+    assert "got none" in err.message
+
+
+def test_local_backend_needs_one_volume_source() -> None:
+    doc = repository_doc("r", "demo", {"local": {"mountPath": "/repo"}})
+    err = only_error(doc, "spec.backend.local")
+    assert "volume source" in err.message
+
+
+# --------------------------------------------------------------------------- selectors
+
+
+def selector(**kw: Any) -> LabelSelector:
+    return LabelSelector.model_validate(kw)
+
+
+def test_empty_selector_matches_nothing() -> None:
+    assert not selector().matches({"app": "x"})
+    assert not selector().matches({})
+
+
+def test_match_labels() -> None:
+    s = selector(matchLabels={"app": "web", "tier": "db"})
+    assert s.matches({"app": "web", "tier": "db", "extra": "1"})
+    assert not s.matches({"app": "web"})
+    assert not s.matches({"app": "web", "tier": "cache"})
+
+
+@pytest.mark.parametrize(
+    ("operator", "values", "labels", "expected"),
+    [
+        ("In", ["a", "b"], {"k": "a"}, True),
+        ("In", ["a", "b"], {"k": "c"}, False),
+        ("In", ["a"], {}, False),
+        ("NotIn", ["a"], {"k": "b"}, True),
+        ("NotIn", ["a"], {"k": "a"}, False),
+        ("NotIn", ["a"], {}, True),
+        ("Exists", [], {"k": ""}, True),
+        ("Exists", [], {"other": "x"}, False),
+        ("DoesNotExist", [], {"other": "x"}, True),
+        ("DoesNotExist", [], {"k": "x"}, False),
+    ],
+)
+def test_match_expressions(
+    operator: str, values: list[str], labels: dict[str, str], expected: bool
+) -> None:
+    s = selector(matchExpressions=[{"key": "k", "operator": operator, "values": values}])
+    assert s.matches(labels) is expected
+
+
+def test_labels_and_expressions_are_anded() -> None:
+    s = selector(
+        matchLabels={"app": "web"},
+        matchExpressions=[{"key": "env", "operator": "In", "values": ["prod"]}],
+    )
+    assert s.matches({"app": "web", "env": "prod"})
+    assert not s.matches({"app": "web", "env": "dev"})
+    assert not s.matches({"app": "api", "env": "prod"})
+
+
+def test_unknown_operator_is_an_error() -> None:
+    doc = restic_doc("x", "demo", "repo", "app")
+    doc["spec"]["volumeSelector"]["selector"] = {
+        "matchExpressions": [{"key": "k", "operator": "Equals", "values": ["v"]}]
+    }
+    only_error(doc, "spec.volumeSelector.selector.matchExpressions[0].operator")
+
+
+# --------------------------------------------------------------------------- Stash 0.8 shapes
+
+
+def _compat_docs(*kinds: str) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for path in sorted(COMPAT.rglob("*.y*ml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if isinstance(doc, dict) and doc.get("kind") in kinds:
+                out.append((str(path.relative_to(COMPAT)), doc))
+    return out
+
+
+def _assert_old_shape(result: Any, doc: dict[str, Any]) -> None:
+    kind, name = doc["kind"], doc["metadata"]["name"]
+    if not isinstance(result, list):  # once conversion exists, the new model comes back
+        assert isinstance(result, MODEL_OF[kind]) and result.metadata.name == name
+        return
+    assert len(result) == 1, [str(e) for e in result]
+    (err,) = result
+    assert (err.kind, err.name, err.field) == (kind, name, "spec")
+    assert "Stash 0.8" in err.message
+    assert str(err).startswith(
+        f"{kind} {doc['metadata'].get('namespace', 'default')}/{name}: spec: "
+    )
+
+
+@pytest.mark.parametrize("rel", ["backup/restic.yaml", "recovery/recovery.yaml"])
+def test_stash_08_shapes_are_named_as_old_shape(rel: str) -> None:
+    doc = yaml.safe_load((COMPAT / rel).read_text())
+    result = parse_document(doc, rel)
+    _assert_old_shape(result, doc)
+    if isinstance(result, list):
+        # The message names the old fields that gave it away.
+        old = {"backup/restic.yaml": "fileGroups", "recovery/recovery.yaml": "recoveredVolumes"}[
+            rel
+        ]
+        assert old in result[0].message
+        assert result[0].origin == rel
+
+
+def test_every_stash_08_restic_and_recovery_is_recognised() -> None:
+    docs = _compat_docs("Restic", "Recovery")
+    assert len(docs) >= 10
+    for _rel, doc in docs:
+        _assert_old_shape(parse_document(copy.deepcopy(doc)), doc)

@@ -1,0 +1,281 @@
+"""The DAG factory: good resources become DAGs, bad ones become named errors.
+
+No DAG is run here: these tests look at the DAG objects and at a real DagBag parse.
+"""
+
+from __future__ import annotations
+
+import shutil
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from stashtest import (
+    PASSWORD,
+    deployment_doc,
+    recovery_doc,
+    repository_doc,
+    restic_doc,
+    secret_doc,
+    write_manifests,
+)
+
+EXAMPLES = Path("/work/shared/spec/examples")
+DAGS_FOLDER = Path(__file__).resolve().parent.parent / "dags"
+PARSING_DAG_ID = "_AIRFLOW_PARSING_CONTEXT_DAG_ID"  # airflow.sdk.definitions.context
+NS = "demo"
+
+
+def good_docs(root: Path) -> list[dict[str, Any]]:
+    instant = restic_doc("instant", NS, "repo", "app", backupType="Instant")
+    del instant["spec"]["schedule"]
+    return [
+        secret_doc("repo-secret", NS, RESTIC_PASSWORD=PASSWORD),
+        deployment_doc("app", NS, root / "data"),
+        repository_doc(
+            "repo", NS, {"local": {"mountPath": "/repo", "hostPath": {"path": str(root / "repo")}}}
+        ),
+        restic_doc("good", NS, "repo", "app", schedule="@every 1m"),
+        restic_doc("nightly", NS, "repo", "app", schedule="0 3 * * *"),
+        restic_doc("paused", NS, "repo", "app", paused=True),
+        instant,
+        recovery_doc("restore", NS, "repo", root / "restored", snapshot="latest"),
+    ]
+
+
+def bad_docs() -> list[dict[str, Any]]:
+    typo = restic_doc("typo", NS, "repo", "app")
+    typo["spec"]["volumeSelector"]["targetVolumes"][0]["nmae"] = "data"
+    wrong_type = restic_doc("wrong-type", NS, "repo", "app", policy={"keepLast": "five"})
+    no_repo = restic_doc("no-repo", NS, "missing-repo", "app")
+    no_policy = restic_doc("no-policy", NS, "repo", "app")
+    no_policy["spec"]["volumeSelector"]["targetVolumes"][0]["directories"][0][
+        "retentionPolicyName"
+    ] = "gone"
+    bad_schedule = restic_doc("bad-schedule", NS, "repo", "app", schedule="@every 1x")
+    return [typo, wrong_type, no_repo, no_policy, bad_schedule]
+
+
+@pytest.fixture
+def mixed(stash_env: dict[str, Path]) -> dict[str, Path]:
+    folder = stash_env["manifests"]
+    write_manifests(folder, good_docs(stash_env["root"]), "good.yaml")
+    write_manifests(folder, bad_docs(), "bad.yaml")
+    (folder / "broken.yaml").write_text("kind: Restic\nmetadata: {name: [oops\n")
+    return stash_env
+
+
+def build() -> tuple[dict[str, Any], list[Any]]:
+    from stash_plugin.factory import build_dags
+    from stash_plugin.settings import load_settings
+
+    return build_dags(load_settings())
+
+
+BACKUP = "stash-backup.demo.{}.deployment.app"
+
+
+def test_good_resources_make_dags_and_bad_ones_named_errors(mixed: dict[str, Path]) -> None:
+    dags, errors = build()
+    assert sorted(dags) == sorted(
+        [BACKUP.format(n) for n in ("good", "nightly", "paused", "instant")]
+        + ["stash-recovery.demo.restore"]
+    )
+    text = [str(e) for e in errors]
+    expected = [
+        "file broken.yaml: malformed YAML",
+        "Restic demo/typo: spec.volumeSelector.targetVolumes[0].nmae: unknown field",
+        "Restic demo/wrong-type: spec.retentionPolicies[0].keepLast: ",
+        "Restic demo/no-repo: spec.repository: Repository demo/missing-repo not found",
+        "Restic demo/no-policy: "
+        "spec.volumeSelector.targetVolumes[0].directories[0].retentionPolicyName: "
+        "no retention policy named 'gone'",
+        "Restic demo/bad-schedule: spec.schedule: '@every 1x'",
+    ]
+    for start in expected:
+        assert any(t.startswith(start) for t in text), f"{start!r} not in {text}"
+    assert len(errors) == len(expected), text
+    assert all(PASSWORD not in t for t in text)
+
+
+def test_backup_dag_shape(mixed: dict[str, Path]) -> None:
+    from airflow.sdk import DeltaTriggerTimetable
+
+    dags, _ = build()
+    dag = dags[BACKUP.format("good")]
+    assert dag.dag_id == "stash-backup.demo.good.deployment.app"
+    assert {"namespace:demo", "type:volume", "repository:repo"} <= set(dag.tags)
+    assert dag.max_active_runs == 1
+    assert dag.catchup is False
+    assert isinstance(dag.timetable, DeltaTriggerTimetable)
+    assert dag.timetable.delta == timedelta(seconds=60)
+    assert "retention" in dag.params
+    assert dag.params["retention"] is True
+    assert set(dag.task_dict) == {"backup", "retention", "verify", "update_status"}
+    assert dag.task_dict["backup"].downstream_task_ids == {"retention"}
+    assert dag.task_dict["retention"].downstream_task_ids == {"verify"}
+    assert dag.task_dict["verify"].downstream_task_ids == {"update_status"}
+    assert PASSWORD not in (dag.doc_md or "") and PASSWORD not in (dag.description or "")
+
+
+def test_schedules(mixed: dict[str, Path]) -> None:
+    from airflow.sdk.definitions.timetables.simple import NullTimetable, OnceTimetable
+    from airflow.sdk.definitions.timetables.trigger import CronTriggerTimetable
+
+    dags, _ = build()
+    nightly = dags[BACKUP.format("nightly")]
+    assert nightly.schedule == "0 3 * * *"
+    assert isinstance(nightly.timetable, CronTriggerTimetable)
+
+    paused = dags[BACKUP.format("paused")]  # the DAG stays (history, manual runs)...
+    assert paused.schedule is None  # ...but nothing is scheduled
+    assert isinstance(paused.timetable, NullTimetable)
+    assert "paused" in paused.tags
+
+    instant = dags[BACKUP.format("instant")]
+    assert instant.schedule == "@once"
+    assert isinstance(instant.timetable, OnceTimetable)
+
+    recovery = dags["stash-recovery.demo.restore"]
+    assert isinstance(recovery.timetable, OnceTimetable)
+    assert recovery.max_active_runs == 1 and recovery.catchup is False
+    assert {"namespace:demo", "type:volume", "repository:repo"} <= set(recovery.tags)
+    assert set(recovery.task_dict) == {"restore", "update_status"}
+
+
+def test_parsing_context_builds_one_dag(
+    mixed: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stash_plugin.factory import raise_resource_errors
+
+    wanted = BACKUP.format("nightly")
+    monkeypatch.setenv(PARSING_DAG_ID, wanted)
+    dags, errors = build()
+    assert list(dags) == [wanted]
+    # Plan errors of the resources it skipped are not computed for one task's parse.
+    assert all("no-repo" not in str(e) and "no-policy" not in str(e) for e in errors)
+    raise_resource_errors()  # a worker parsing for one task never fails on others' errors
+
+    monkeypatch.setenv(PARSING_DAG_ID, "stash-recovery.demo.restore")
+    dags, _ = build()
+    assert list(dags) == ["stash-recovery.demo.restore"]
+
+
+def test_raise_resource_errors_lists_every_bad_object(mixed: dict[str, Path]) -> None:
+    from stash_plugin.factory import StashResourceErrors, raise_resource_errors
+
+    with pytest.raises(StashResourceErrors) as info:
+        raise_resource_errors()
+    message = str(info.value)
+    assert message.startswith("6 Stash resource(s) made no DAG:")
+    for name in (
+        "broken.yaml",
+        "demo/typo",
+        "demo/wrong-type",
+        "demo/no-repo",
+        "demo/no-policy",
+        "demo/bad-schedule",
+    ):
+        assert name in message
+
+
+def test_no_errors_means_nothing_raised(stash_env: dict[str, Path]) -> None:
+    from stash_plugin.factory import raise_resource_errors
+
+    write_manifests(stash_env["manifests"], good_docs(stash_env["root"]))
+    raise_resource_errors()
+    dags, errors = build()
+    assert errors == [] and len(dags) == 5
+
+
+# --------------------------------------------------------------------------- DagBag
+
+
+def spec_folder(root: Path) -> Path:
+    """Every spec example plus what they need: the Deployment and the storage Secret.
+
+    The examples alone make no DAG (see the planner's errors), so two valid objects are
+    added: a Restic and a Recovery that use the sample Repository demo/stash-backup.
+    """
+    folder = root / "spec-manifests"
+    folder.mkdir()
+    for path in EXAMPLES.glob("*.yaml"):
+        shutil.copy(path, folder / path.name)
+    deployment = deployment_doc(
+        "stash-demo", "default", root / "vol-1", labels={"app": "stash-demo"}
+    )
+    deployment["spec"]["template"]["spec"]["volumes"] = [
+        {"name": "vol-1", "hostPath": {"path": str(root / "vol-1")}},
+        {"name": "vol-2", "hostPath": {"path": str(root / "vol-2")}},
+    ]
+    restic = yaml.safe_load((EXAMPLES / "restic-volume.yaml").read_text())
+    restic["metadata"]["name"] = "restic-vol-1"
+    restic["spec"]["volumeSelector"]["targetVolumes"] = restic["spec"]["volumeSelector"][
+        "targetVolumes"
+    ][:1]
+    recovery = yaml.safe_load((EXAMPLES / "recovery-volume.yaml").read_text())
+    recovery["metadata"]["name"] = "recovery-vol-1"
+    recovery["spec"]["repository"]["namespace"] = "demo"
+    recovery["spec"]["volumeRestorer"]["recoverTo"][0]["hostPath"]["path"] = str(root / "restored")
+    write_manifests(
+        folder,
+        [deployment, secret_doc("gcs-secret", "demo", RESTIC_PASSWORD=PASSWORD), restic, recovery],
+        "zz-extra.yaml",
+    )
+    return folder
+
+
+def dagbag(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("AIRFLOW__STASH__MANIFESTS_DIR", str(folder))
+    monkeypatch.setenv("AIRFLOW__STASH__RUNTIME", "local")
+    monkeypatch.delenv(PARSING_DAG_ID, raising=False)
+    return DagBag(dag_folder=str(DAGS_FOLDER))
+
+
+def test_dagbag_over_the_spec_examples(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from stash_plugin.plan import make_plans
+    from stash_plugin.source import load_directory
+
+    folder = spec_folder(tmp_path)
+    plans = make_plans(load_directory(folder), "local")
+    assert {
+        "stash-backup.default.restic-vol-1.deployment.stash-demo",
+        "stash-recovery.default.recovery-vol-1",
+    } <= set(plans.dag_ids)
+
+    bag = dagbag(folder, monkeypatch)
+    assert set(bag.dags) == set(plans.dag_ids)
+    errors = {Path(f).name: text for f, text in bag.import_errors.items()}
+    assert set(errors) == {"stash_errors.py"}, errors  # stash_dags.py itself imports cleanly
+    text = errors["stash_errors.py"]
+    for err in plans.errors:
+        assert str(err) in text
+    # The important ones, by name.
+    assert (
+        "Recovery default/recovery-volume-demo: spec.repository: "
+        "Repository default/stash-backup not found" in text
+    )
+    assert "Restic default/restic-database-demo: metadata.name: defined twice" in text
+    assert "Recovery default/recovery-database-demo: metadata.name: defined twice" in text
+    assert (
+        "Restic default/restic-cluster-demo: spec.targetType: Cluster backup is not available yet"
+        in text
+    )
+    assert PASSWORD not in text
+
+    dag = bag.dags["stash-backup.default.restic-vol-1.deployment.stash-demo"]
+    assert {"namespace:default", "type:volume", "repository:stash-backup"} <= set(dag.tags)
+
+
+def test_dagbag_with_only_valid_resources(
+    stash_env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = write_manifests(stash_env["manifests"], good_docs(stash_env["root"]))
+    bag = dagbag(folder, monkeypatch)
+    assert bag.import_errors == {}
+    assert len(bag.dags) == 5
+    assert BACKUP.format("good") in bag.dags

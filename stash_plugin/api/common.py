@@ -83,6 +83,10 @@ class ObjectRef(Model):
     namespace: Namespace | None = None
 
 
+class LocalObjectReference(Model):
+    name: Name
+
+
 class LabelSelectorRequirement(Model):
     key: str
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]

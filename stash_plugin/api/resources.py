@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, model_validator
 
@@ -13,6 +13,7 @@ from .common import (
     AppRef,
     ConnectionURL,
     LabelSelector,
+    LocalObjectReference,
     Model,
     ObjectMeta,
     ObjectRef,
@@ -62,6 +63,38 @@ class Repository(Model):
     metadata: ObjectMeta
     spec: RepositorySpec
     status: RepositoryStatus | None = None
+
+
+# --------------------------------------------------------------------------- pod settings
+
+
+class PodRuntimeSettings(Model):
+    """Pod-level settings for the agent pod (Stash issue 621), passed through as given."""
+
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    affinity: dict[str, Any] | None = None
+    security_context: dict[str, Any] | None = None
+    service_account_name: str | None = None
+    image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list)
+    priority_class_name: str | None = None
+
+
+class ContainerRuntimeSettings(Model):
+    """Container-level settings for the agent container."""
+
+    env: list[dict[str, Any]] = Field(default_factory=list)
+    resources: dict[str, Any] | None = None
+    security_context: dict[str, Any] | None = None
+
+
+class RuntimeSettings(Model):
+    """Extra settings for the pods that run a backup or recovery (kubernetes runtime)."""
+
+    pod: PodRuntimeSettings = Field(default_factory=PodRuntimeSettings)
+    container: ContainerRuntimeSettings = Field(default_factory=ContainerRuntimeSettings)
 
 
 # --------------------------------------------------------------------------- Restic
@@ -156,6 +189,7 @@ class ResticSpec(Model):
     database_selector: DatabaseSelector | None = None
     cluster_resources: ClusterResources | None = None
     retention_policies: list[RetentionPolicy] = Field(default_factory=list)
+    runtime_settings: RuntimeSettings = Field(default_factory=RuntimeSettings)
 
     @model_validator(mode="after")
     def _selector_matches_type(self) -> ResticSpec:
@@ -253,6 +287,7 @@ class RecoverySpec(Model):
     repository: ObjectRef
     volume_restorer: VolumeRestorer | None = None
     database_restorer: DatabaseRestorer | None = None
+    runtime_settings: RuntimeSettings = Field(default_factory=RuntimeSettings)
 
     @model_validator(mode="after")
     def _restorer_matches_type(self) -> RecoverySpec:

@@ -57,6 +57,10 @@ class Step:
     image: str | None = None
     subject: str = ""
     """Who the step works for (``Restic ns/name, Repository ns/name``), for error messages."""
+    labels: tuple[tuple[str, str], ...] = ()
+    """Labels for the agent pod, naming the resource it works for."""
+    runtime_settings: Mapping[str, Any] = field(default_factory=dict)
+    """``spec.runtimeSettings`` of the Restic/Recovery (camelCase, as written)."""
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,24 @@ def _repository(resources: ResourceSet, obj: Restic | Recovery, check_secrets: b
     return repo
 
 
+# BackupAgents that exist without the user creating them; the image is the configured
+# default agent image ([stash] agent_image). A user's BackupAgent of the same name wins.
+DEFAULT_AGENTS = ("stash",)
+
+
+def _agent_image(resources: ResourceSet, name: str | None, field: str) -> str | None:
+    """The image of the named BackupAgent, or None for the default agent."""
+    if not name:
+        return None
+    agent = resources.agents.get(name)
+    if agent is not None:
+        return agent.spec.image
+    if name in DEFAULT_AGENTS:
+        return None
+    known = ", ".join(sorted({*resources.agents, *DEFAULT_AGENTS}))
+    raise PlanError(field, f"no BackupAgent named {name!r} (known: {known})")
+
+
 def make_plans(
     resources: ResourceSet, runtime: Runtime = "local", only_dag_id: str | None = None
 ) -> PlanSet:
@@ -53,7 +71,8 @@ def make_plans(
                     f"{restic.spec.target_type} backup is not available yet (Volume backup is)",
                 )
             repo = _repository(resources, restic, check_secrets)
-            made = plan_volume_backups(restic, repo, resources, runtime)
+            image = _agent_image(resources, restic.spec.backup_agent, "spec.backupAgent")
+            made = plan_volume_backups(restic, repo, resources, runtime, image)
             # Names may hold dots, so two Restics can spell the same DAG id (Restic
             # "a.deployment" + Deployment "x", Restic "a" + Deployment "deployment.x"):
             # refuse the second rather than silently drop one target's backups.
@@ -74,7 +93,8 @@ def make_plans(
             continue
         try:
             repo = _repository(resources, recovery, check_secrets)
-            rplan = plan_recovery(recovery, repo, runtime)
+            image = _agent_image(resources, recovery.spec.recovery_agent, "spec.recoveryAgent")
+            rplan = plan_recovery(recovery, repo, runtime, image)
             plans.recoveries[rplan.dag_id] = rplan
         except PlanError as exc:
             fail(recovery, exc)

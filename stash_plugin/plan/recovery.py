@@ -33,7 +33,9 @@ def _under(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
-def plan_recovery(recovery: Recovery, repository: Repository, runtime: Runtime) -> RecoveryPlan:
+def plan_recovery(
+    recovery: Recovery, repository: Repository, runtime: Runtime, image: str | None = None
+) -> RecoveryPlan:
     spec = recovery.spec
     if spec.target_type != "Volume" or spec.volume_restorer is None:
         raise PlanError(
@@ -86,9 +88,11 @@ def plan_recovery(recovery: Recovery, repository: Repository, runtime: Runtime) 
         (("RESTIC_REPOSITORY", url),),
         secret_env,
         tuple(mounts),
-        spec.recovery_agent,
+        image,
         subject=f"Recovery {ns}/{recovery.metadata.name}, Repository "
         f"{repository.metadata.namespace}/{repository.metadata.name} at {url}",
+        labels=(("recovery", recovery.metadata.name),),
+        runtime_settings=spec.runtime_settings.model_dump(by_alias=True, exclude_defaults=True),
     )
     repo_ns = repository.metadata.namespace or "default"
     name = recovery.metadata.name

@@ -60,7 +60,11 @@ def selected_workloads(restic: Restic, resources: ResourceSet) -> list[Workload]
 
 
 def plan_volume_backups(
-    restic: Restic, repository: Repository, resources: ResourceSet, runtime: Runtime
+    restic: Restic,
+    repository: Repository,
+    resources: ResourceSet,
+    runtime: Runtime,
+    image: str | None = None,
 ) -> list[BackupPlan]:
     spec = restic.spec
     assert spec.volume_selector is not None
@@ -94,7 +98,9 @@ def plan_volume_backups(
             f"selects no workload in namespace {ns} (looked at "
             f"{', '.join(WORKLOAD_KINDS)} by their labels)",
         )
-    return [_plan_workload(restic, repository, w, schedule, policies, runtime) for w in workloads]
+    return [
+        _plan_workload(restic, repository, w, schedule, policies, runtime, image) for w in workloads
+    ]
 
 
 def _plan_workload(
@@ -104,6 +110,7 @@ def _plan_workload(
     schedule: Schedule,
     policies: dict[str, RetentionPolicy],
     runtime: Runtime,
+    image: str | None,
 ) -> BackupPlan:
     spec = restic.spec
     assert spec.volume_selector is not None
@@ -190,9 +197,11 @@ def _plan_workload(
             env,
             secret_env,
             tuple(mounts),
-            spec.backup_agent,
+            image,
             subject=f"Restic {ns}/{name}, Repository {ref.repository_namespace}/"
             f"{ref.repository_name} at {url}",
+            labels=(("restic", name), ("target", target)),
+            runtime_settings=spec.runtime_settings.model_dump(by_alias=True, exclude_defaults=True),
         )
 
     def tags(d: _Dir) -> list[str]:

@@ -1,0 +1,81 @@
+"""A step as a Kubernetes Pod manifest (plain data; no kubernetes client).
+
+The pod runs the same argv with the same environment names as the local runtime;
+credentials come only through ``secretKeyRef``, and the agent's result travels back
+in the container's termination message (read by the operator from the pod status).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .model import Step
+
+CONTAINER = "base"  # the name KubernetesPodOperator follows for logs and exit codes
+TERMINATION_LOG = "/dev/termination-log"
+GROUP_LABEL = "stash.appscode.com"
+
+
+def _env(step: Step) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in step.env]
+    env += [
+        {
+            "name": ref.name,
+            "valueFrom": {
+                "secretKeyRef": {"name": ref.secret, "key": ref.key, "optional": ref.optional}
+            },
+        }
+        for ref in step.secret_env
+    ]
+    env.append({"name": "STASH_TERMINATION_MESSAGE_PATH", "value": TERMINATION_LOG})
+    return env
+
+
+def _volumes(step: Step) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    volumes: dict[str, dict[str, Any]] = {}
+    mounts: list[dict[str, Any]] = []
+    for m in step.mounts:
+        volumes.setdefault(m.name, {"name": m.name, **m.source})
+        mount: dict[str, Any] = {"name": m.name, "mountPath": m.path}
+        if m.read_only:
+            mount["readOnly"] = True
+        mounts.append(mount)
+    return list(volumes.values()), mounts
+
+
+def pod_manifest(step: Step, image: str) -> dict[str, Any]:
+    """The pod that runs ``step``; ``image`` is the BackupAgent's (or the default agent)."""
+    settings = step.runtime_settings or {}
+    pod_settings: dict[str, Any] = dict(settings.get("pod") or {})
+    container_settings: dict[str, Any] = dict(settings.get("container") or {})
+    volumes, mounts = _volumes(step)
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": image,
+        "command": list(step.argv),
+        "env": _env(step) + list(container_settings.get("env") or []),
+        "volumeMounts": mounts,
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    for key in ("resources", "securityContext"):
+        if container_settings.get(key):
+            container[key] = container_settings[key]
+    labels = {f"{GROUP_LABEL}/{k}": v for k, v in step.labels}
+    labels.update(pod_settings.get("labels") or {})
+    spec: dict[str, Any] = {"restartPolicy": "Never", "containers": [container], "volumes": volumes}
+    for key in (
+        "nodeSelector",
+        "tolerations",
+        "affinity",
+        "securityContext",
+        "serviceAccountName",
+        "imagePullSecrets",
+        "priorityClassName",
+    ):
+        if pod_settings.get(key):
+            spec[key] = pod_settings[key]
+    metadata: dict[str, Any] = {"labels": labels}
+    if pod_settings.get("annotations"):
+        metadata["annotations"] = dict(pod_settings["annotations"])
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}

@@ -2,20 +2,20 @@
 
 The step stays plain data until ``execute``: constructing the task is cheap, which
 keeps parsing a thousand backup DAGs fast. At run time the configured runtime turns it
-into a local process (``local``) or, with the cluster runtime, a pod.
+into a local process (``local``) or a pod run by KubernetesPodOperator (``kubernetes``).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, NoReturn
 
 from airflow.sdk import BaseOperator
 
 from stash_plugin.api.kube import Secret
 from stash_plugin.plan.model import Step
 from stash_plugin.runtime.local import StepFailed, StepOutput, resolve_secret_env, run_step
-from stash_plugin.settings import load_settings
+from stash_plugin.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 ERROR_KEY = "stash_error"
@@ -30,24 +30,59 @@ def load_secrets() -> dict[tuple[str, str], Secret]:
 
 def execute_step(step: Step, context: Any) -> StepOutput:
     """Run ``step`` in the configured runtime; on failure leave a secret-free reason in XCom."""
+    settings = load_settings()
+    if settings.runtime == "kubernetes":
+        return _run_pod(step, context, settings)
+    return _run_local(step, context)
+
+
+def _fail(step: Step, context: Any, exc: StepFailed) -> NoReturn:
     from airflow.sdk.exceptions import AirflowException
+
+    context["ti"].xcom_push(key=ERROR_KEY, value=str(exc))
+    raise AirflowException(str(exc)) from None
+
+
+def _run_local(step: Step, context: Any) -> StepOutput:
     from airflow.sdk.log import mask_secret
 
-    settings = load_settings()
-    if settings.runtime != "local":
-        raise AirflowException(
-            f"[stash] runtime = {settings.runtime}: only the local runtime can run steps in "
-            "this release; the Kubernetes pod runtime is being built (set "
-            "AIRFLOW__STASH__RUNTIME=local)"
-        )
     secrets = load_secrets()
     try:
         for value in resolve_secret_env(step, secrets).values():
             mask_secret(value)
         return run_step(step, secrets, emit=log.info)
     except StepFailed as exc:
-        context["ti"].xcom_push(key=ERROR_KEY, value=str(exc))
-        raise AirflowException(str(exc)) from None
+        _fail(step, context, exc)
+
+
+def _run_pod(step: Step, context: Any, settings: Settings, event: Any = None) -> StepOutput:
+    from airflow.sdk.exceptions import AirflowException, TaskDeferred
+
+    from .pod import build_pod_operator, failure_reason, result_of
+
+    pod_op = build_pod_operator(step, context["ti"].task_id, settings)
+    try:
+        if event is None:
+            pod_op.execute(context)
+        else:
+            pod_op.trigger_reentry(context, event)
+    except TaskDeferred:
+        raise
+    except AirflowException as exc:
+        reason = failure_reason(pod_op.final_pod) if pod_op.final_pod is not None else str(exc)
+        _fail(
+            step,
+            context,
+            StepFailed(step.task_id, _exit_code(pod_op.final_pod), reason, step.subject),
+        )
+    return StepOutput(result=result_of(pod_op.final_pod))
+
+
+def _exit_code(pod: Any) -> int:
+    try:
+        return int(pod.status.container_statuses[0].state.terminated.exit_code)
+    except (AttributeError, IndexError, TypeError):
+        return 1
 
 
 class StashStepOperator(BaseOperator):
@@ -62,6 +97,10 @@ class StashStepOperator(BaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         return execute_step(self.step, context).result
+
+    def trigger_reentry(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
+        """Resume after a deferred pod (``[stash] deferrable``) finished."""
+        return _run_pod(self.step, context, load_settings(), event).result
 
 
 class StashRetentionOperator(StashStepOperator):

@@ -35,8 +35,8 @@ class SnapshotSensor(BaseSensorOperator):
         present: set[str] = set()
         count = 0
         for group in listed:
+            count += int(group.get("count", len(group.get("snapshots") or [])))
             for snap in group.get("snapshots") or []:
-                count += 1
                 present.update({str(snap.get("id")), str(snap.get("short_id"))})
         missing = sorted(w for w in wanted if not any(p.startswith(w) for p in present))
         if missing:

@@ -6,9 +6,9 @@ locks left by a killed run while waiting for live ones, turn restic's JSON into 
 result document, and restore through a staging folder so that a failed restore never
 leaves a half-written target that looks complete.
 
-The result goes to ``$STASH_RESULT_FILE`` and, in a pod, to ``/airflow/xcom/return.json``
-where KubernetesPodOperator collects it. Only stdlib and ``stash_plugin.plan`` are used,
-so the agent image needs nothing of Airflow.
+The result goes to ``$STASH_RESULT_FILE`` (local runtime) and, in a pod, to the
+container's termination message, which the operator reads from the pod's status.
+Only the standard library is used, so the agent image needs nothing of Airflow.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-XCOM_FILE = Path("/airflow/xcom/return.json")
 LOCKED = "repository is already locked"
 NO_REPOSITORY = "Is there a repository at the following location?"
 WRONG_PASSWORD = "wrong password"
@@ -362,12 +361,35 @@ def _rest_credentials() -> None:
 
 
 def _write_result(result: dict[str, Any]) -> None:
-    text = json.dumps(result)
+    """Hand the result to whoever runs the agent: a file (local runtime) or the
+    container's termination message (pods; Kubernetes keeps up to 4 KiB of it)."""
+    text = json.dumps(result, separators=(",", ":"))
     target = os.environ.get("STASH_RESULT_FILE")
     if target:
         Path(target).write_text(text)
-    if XCOM_FILE.parent.is_dir():
-        XCOM_FILE.write_text(text)
+    message = os.environ.get("STASH_TERMINATION_MESSAGE_PATH")
+    if message:
+        Path(message).write_text(text if len(text) <= 4096 else json.dumps(_compact(result)))
+
+
+def _compact(result: dict[str, Any]) -> dict[str, Any]:
+    """What the DAG needs when the full result is too long for a termination message."""
+    out = dict(result)
+    out["snapshots"] = [
+        {
+            "path": g["path"],
+            "count": len(g["snapshots"]),
+            "snapshots": [{"id": s["id"], "short_id": s["short_id"]} for s in g["snapshots"][-20:]],
+        }
+        for g in result.get("snapshots", [])
+    ]
+    return out
+
+
+def _write_error(message: str) -> None:
+    path = os.environ.get("STASH_TERMINATION_MESSAGE_PATH")
+    if path:
+        Path(path).write_text(f"stash-agent: error: {message}"[:4096])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -409,9 +431,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
     except AgentError as exc:
         log(f"error: {exc}")
+        _write_error(str(exc))
         return 1
     except FileNotFoundError as exc:
         log(f"error: {exc.strerror}: {exc.filename}")
+        _write_error(f"{exc.strerror}: {exc.filename}")
         return 1
     _write_result(result)
     return 0

@@ -27,6 +27,15 @@ class Settings:
     """Where the local runtime keeps Repository and Recovery status."""
     task_retries: int = 2
     """Retries of each task (backoff from 30 s); a backend that blinks gets another try."""
+    agent_image: str = "stash-airflow/agent:0.1.0"
+    """Image of the default ``stash`` BackupAgent (restic plus ``stash-agent``)."""
+    kubernetes_conn_id: str = "kubernetes_default"
+    deferrable: bool = False
+    """Run agent pods deferrably (the triggerer waits for them instead of a worker slot)."""
+    on_finish_action: str = "delete_succeeded_pod"
+    """Keep failed agent pods for inspection; delete the ones that succeeded."""
+    poll_interval: float = 2.0
+    """Seconds between pod status checks (startup and completion)."""
 
 
 def _get(option: str, default: str) -> str:
@@ -48,4 +57,9 @@ def load_settings() -> Settings:
         runtime=cast(Runtime, runtime),
         state_dir=Path(_get("state_dir", str(home / "stash-state"))).expanduser(),
         task_retries=int(_get("task_retries", "2")),
+        agent_image=_get("agent_image", Settings.agent_image),
+        kubernetes_conn_id=_get("kubernetes_conn_id", Settings.kubernetes_conn_id),
+        deferrable=_get("deferrable", "false").strip().lower() in ("1", "true", "yes", "on"),
+        on_finish_action=_get("on_finish_action", Settings.on_finish_action),
+        poll_interval=float(_get("poll_interval", "2")),
     )

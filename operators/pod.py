@@ -1,0 +1,78 @@
+"""Running a step as a pod with the real KubernetesPodOperator.
+
+The Stash task keeps its step as data at parse time (cheap to build) and creates the
+KubernetesPodOperator only when it runs, so pod creation, log streaming, reattaching
+to a pod of an earlier try, deferral and cleanup are the provider's own code paths.
+The agent's result comes back in the container's termination message.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from stash_plugin.plan.model import Step
+from stash_plugin.plan.pods import CONTAINER, pod_manifest
+from stash_plugin.settings import Settings
+
+
+def _pod_operator_class() -> type:
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+
+    class StashPod(KubernetesPodOperator):  # type: ignore[misc]
+        """Remembers the finished pod so the termination message can be read."""
+
+        final_pod: Any = None
+
+        def cleanup(self, pod: Any, remote_pod: Any, *args: Any, **kwargs: Any) -> None:
+            self.final_pod = remote_pod
+            super().cleanup(pod, remote_pod, *args, **kwargs)
+
+    return StashPod
+
+
+def build_pod_operator(step: Step, task_id: str, settings: Settings) -> Any:
+    image = step.image or settings.agent_image
+    return _pod_operator_class()(
+        task_id=task_id,
+        name=f"stash-{task_id}",
+        namespace=step.namespace,
+        image=image,
+        pod_template_dict=pod_manifest(step, image),
+        kubernetes_conn_id=settings.kubernetes_conn_id,
+        get_logs=True,
+        do_xcom_push=False,
+        deferrable=settings.deferrable,
+        on_finish_action=settings.on_finish_action,
+        startup_check_interval_seconds=max(1, int(settings.poll_interval)),
+        poll_interval=settings.poll_interval,
+        log_events_on_failure=True,
+    )
+
+
+def termination_message(pod: Any) -> str | None:
+    try:
+        statuses = pod.status.container_statuses or []
+        status = next((s for s in statuses if s.name == CONTAINER), None)
+        return str(status.state.terminated.message) if status else None
+    except AttributeError:
+        return None
+
+
+def result_of(pod: Any) -> dict[str, Any]:
+    message = termination_message(pod)
+    if not message:
+        return {}
+    try:
+        value = json.loads(message)
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def failure_reason(pod: Any) -> str | None:
+    """The agent's own error line from the termination message, if it wrote one."""
+    message = termination_message(pod) or ""
+    marker = "stash-agent: error: "
+    lines = [ln for ln in message.splitlines() if marker in ln]
+    return lines[-1].split(marker, 1)[1] if lines else (message.strip()[-500:] or None)

@@ -1,0 +1,131 @@
+"""Kubernetes API access for run time: the Repository/Recovery status, workload scale.
+
+Clients come from the Airflow connection (``kubernetes_default`` by default) through
+KubernetesHook, so in-cluster config, a kubeconfig file or connection extras all
+work the usual Airflow way. Imports are deferred: parsing DAGs never loads them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from ..api.resources import BackupRepo, RecoveryStatus, RepositoryStatus
+from ..plan.model import TargetRef
+from .status import BackupOutcome, apply_outcome
+
+log = logging.getLogger(__name__)
+GROUP, VERSION = "stash.appscode.com", "v1alpha1"
+SCALABLE = {"Deployment": "deployments", "StatefulSet": "statefulsets", "ReplicaSet": "replicasets"}
+
+
+def hook(conn_id: str = "kubernetes_default") -> Any:
+    from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
+
+    return KubernetesHook(conn_id=conn_id)
+
+
+def _conflict(exc: Exception) -> bool:
+    return getattr(exc, "status", None) == 409
+
+
+class KubeStatusStore:
+    """Status in the objects' ``status`` subresource, written with optimistic locking.
+
+    Each update reads the object, changes only this target's entry, and replaces the
+    status with the read ``resourceVersion``; on a conflict (someone else wrote in
+    between, e.g. another target's backup) it reads again and retries, so entries of
+    other targets are never clobbered.
+    """
+
+    def __init__(self, custom_api: Any, attempts: int = 8) -> None:
+        self.api = custom_api
+        self.attempts = attempts
+
+    def _update_status(self, namespace: str, plural: str, name: str, change: Any) -> Any:
+        for attempt in range(self.attempts):
+            obj = self.api.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+            obj["status"], result = change(obj.get("status") or {})
+            try:
+                self.api.replace_namespaced_custom_object_status(
+                    GROUP, VERSION, namespace, plural, name, obj
+                )
+                return result
+            except Exception as exc:
+                if not _conflict(exc) or attempt == self.attempts - 1:
+                    raise
+                log.info("status of %s %s/%s changed meanwhile; retrying", plural, namespace, name)
+                time.sleep(0.05 * (attempt + 1))
+        raise RuntimeError("unreachable")
+
+    def record_backup(self, target: TargetRef, outcome: BackupOutcome) -> BackupRepo:
+        def change(status: dict[str, Any]) -> tuple[dict[str, Any], BackupRepo]:
+            current = RepositoryStatus.model_validate(status)
+            entries = list(current.backup_repos)
+            index = next(
+                (
+                    i
+                    for i, e in enumerate(entries)
+                    if (e.restic_namespace, e.restic_name, e.repo_dir)
+                    == (target.restic_namespace, target.restic_name, target.repo_dir)
+                ),
+                None,
+            )
+            entry = apply_outcome(entries[index] if index is not None else None, target, outcome)
+            if index is None:
+                entries.append(entry)
+            else:
+                entries[index] = entry
+            new = {
+                **status,
+                **RepositoryStatus(backup_repos=entries).model_dump(
+                    mode="json", by_alias=True, exclude_none=True
+                ),
+            }
+            return new, entry
+
+        return self._update_status(  # type: ignore[no-any-return]
+            target.repository_namespace, "repositories", target.repository_name, change
+        )
+
+    def record_recovery(self, namespace: str, name: str, status: RecoveryStatus) -> None:
+        def change(old: dict[str, Any]) -> tuple[dict[str, Any], None]:
+            return {**old, **status.model_dump(mode="json", by_alias=True)}, None
+
+        self._update_status(namespace, "recoveries", name, change)
+
+
+class Workloads:
+    """Scale a workload and watch its pods: the offline-mode and recovery helpers."""
+
+    def __init__(self, apps_api: Any, core_api: Any) -> None:
+        self.apps = apps_api
+        self.core = core_api
+
+    def _scale_call(self, verb: str, kind: str) -> Any:
+        if kind not in SCALABLE:
+            raise ValueError(f"{kind} cannot be scaled (Deployment, StatefulSet, ReplicaSet can)")
+        return getattr(self.apps, f"{verb}_namespaced_{SCALABLE[kind][:-1]}_scale")
+
+    def replicas(self, kind: str, namespace: str, name: str) -> int:
+        scale = self._scale_call("read", kind)(name, namespace)
+        return int(scale.spec.replicas or 0)
+
+    def scale(self, kind: str, namespace: str, name: str, replicas: int) -> None:
+        self._scale_call("patch", kind)(name, namespace, {"spec": {"replicas": replicas}})
+
+    def pods(self, namespace: str, selector: dict[str, str]) -> list[Any]:
+        label_selector = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+        pods = self.core.list_namespaced_pod(namespace, label_selector=label_selector).items
+        return [p for p in pods if not (p.metadata.labels or {}).get("stash.appscode.com/restic")]
+
+    def ready(self, kind: str, namespace: str, name: str, replicas: int) -> bool:
+        read = getattr(self.apps, f"read_namespaced_{SCALABLE[kind][:-1]}")
+        obj = read(name, namespace)
+        status = obj.status
+        return (
+            int(status.ready_replicas or 0) >= replicas
+            and int(status.replicas or 0) == replicas
+            and (status.observed_generation or 0) >= (obj.metadata.generation or 0)
+        )

@@ -91,6 +91,29 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sync(args: argparse.Namespace) -> int:
+    """Copy the cluster's Stash objects and workloads into a snapshot file."""
+    from .runtime.kube import hook
+    from .sync import sync_forever, sync_once
+
+    settings = _settings()
+    out = Path(args.output) if args.output else settings.manifests_dir
+
+    def client():  # type: ignore[no-untyped-def]
+        return hook(args.conn_id or settings.kubernetes_conn_id).api_client
+
+    if args.once:
+        try:
+            changed = sync_once(client(), out)
+        except Exception as exc:
+            print(f"error: cluster sync failed, {out} left as it was: {exc}", file=sys.stderr)
+            return 1
+        print(f"{out} {'updated' if changed else 'unchanged'}")
+        return 0
+    sync_forever(client, out, interval=args.interval)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import write_demo
 
@@ -119,6 +142,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--state-dir", help="default: [stash] state_dir")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
+    p = sub.add_parser("sync", help="copy the cluster's Stash objects into a snapshot file")
+    p.add_argument("--output", help="snapshot file (default: [stash] manifests_dir)")
+    p.add_argument("--conn-id", help="Airflow Kubernetes connection (default: kubernetes_default)")
+    p.add_argument("--once", action="store_true", help="sync once and exit")
+    p.add_argument("--interval", type=float, default=10.0, help="seconds between listings")
+    p.set_defaults(func=cmd_sync)
     p = sub.add_parser("demo", help="write the demo manifests and data under a folder")
     p.add_argument("folder")
     p.add_argument("--schedule", default="@every 1m")

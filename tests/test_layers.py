@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS: list[tuple[str, ...]] = [
     ("stash_plugin.api",),
     ("stash_plugin.plan", "stash_plugin.source", "stash_plugin.demo"),
-    ("stash_plugin.runtime", "stash_plugin.agent", "stash_plugin.settings"),
+    ("stash_plugin.runtime", "stash_plugin.agent", "stash_plugin.settings", "stash_plugin.sync"),
     ("stash_plugin.operators", "stash_plugin.sensors"),
     ("stash_plugin.factory", "stash_plugin.cli", "stash_plugin.__main__"),
 ]

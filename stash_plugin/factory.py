@@ -16,8 +16,10 @@ from airflow.sdk import DAG, DeltaTriggerTimetable, Param, get_parsing_context
 from stash_plugin.api.errors import ResourceError
 from stash_plugin.operators.status import StashBackupStatusOperator, StashRecoveryStatusOperator
 from stash_plugin.operators.step import StashRetentionOperator, StashStepOperator
+from stash_plugin.operators.workload import StashQuiesceOperator, StashResumeOperator
 from stash_plugin.plan import BackupPlan, PlanSet, RecoveryPlan, Schedule, make_plans
 from stash_plugin.sensors.snapshot import SnapshotSensor
+from stash_plugin.sensors.workload import WorkloadReadySensor, WorkloadStoppedSensor
 from stash_plugin.settings import Settings, load_settings
 from stash_plugin.source import load_directory
 
@@ -47,7 +49,8 @@ def airflow_schedule(schedule: Schedule, paused: bool) -> Any:
 
 
 def backup_dag(plan: BackupPlan, settings: Settings) -> DAG:
-    """``backup -> [retention] -> verify -> update_status``."""
+    """``[quiesce -> wait_quiesced] -> backup -> [resume -> wait_ready] -> retention ->
+    verify -> update_status``; resume runs whatever happened to the backup."""
     doc = f"### Stash backup\n\n{plan.description}\n\n" + (
         "Trigger by hand for an instant backup; set `retention` to false to keep every "
         "snapshot this time."
@@ -74,12 +77,24 @@ def backup_dag(plan: BackupPlan, settings: Settings) -> DAG:
         backup = StashStepOperator(step=plan.backup)
         verify = SnapshotSensor(step=plan.verify)
         status = StashBackupStatusOperator(plan=plan)
+        first, after_backup = backup, backup
+        if plan.offline is not None:
+            quiesce = StashQuiesceOperator(workload=plan.offline)
+            stopped = WorkloadStoppedSensor(workload=plan.offline)
+            resume = StashResumeOperator(workload=plan.offline)
+            ready = WorkloadReadySensor(workload=plan.offline)
+            quiesce >> stopped >> backup >> resume >> ready
+            first, after_backup = quiesce, ready
         if plan.retention is not None:
-            retention = StashRetentionOperator(step=plan.retention, trigger_rule="all_success")
+            retention = StashRetentionOperator(step=plan.retention)
             verify.trigger_rule = "none_failed"  # type: ignore[assignment]
-            backup >> retention >> verify >> status
+            [backup, after_backup] >> retention >> verify
         else:
-            backup >> verify >> status
+            [backup, after_backup] >> verify
+        verify >> status
+        if first is not backup:
+            # The status must see a run whose workload could not be stopped or restarted.
+            [first, after_backup] >> status
     return dag
 
 

@@ -45,6 +45,8 @@ class Workload:
     replicas: int | None
     volumes: Mapping[str, Mapping[str, Any]]
     """Pod template volumes by name (the raw volume source mappings)."""
+    pod_labels: Mapping[str, str] = field(default_factory=dict)
+    """Labels of the pod template (what the workload's pods carry)."""
 
     @property
     def ref(self) -> str:
@@ -83,4 +85,10 @@ def parse_workload(doc: Mapping[str, Any], namespace: str, name: str) -> Workloa
         labels={str(k): str(v) for k, v in (meta.get("labels") or {}).items()},
         replicas=int(replicas) if isinstance(replicas, int) else None,
         volumes=volumes,
+        pod_labels={
+            str(k): str(v)
+            for k, v in (
+                ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
+            ).items()
+        },
     )

@@ -93,6 +93,17 @@ class TargetRef:
 
 
 @dataclass(frozen=True)
+class WorkloadRef:
+    """A workload to stop before and start after a backup (offline mode)."""
+
+    kind: str
+    namespace: str
+    name: str
+    pod_labels: tuple[tuple[str, str], ...]
+    """Labels of its pods, to wait until they are gone."""
+
+
+@dataclass(frozen=True)
 class BackupPlan:
     """One backup target of one Restic: the source of one backup DAG."""
 
@@ -108,6 +119,8 @@ class BackupPlan:
     snapshot_paths: tuple[str, ...]
     """The workload paths (one snapshot each) that a run must produce."""
     origin: str | None = None
+    offline: WorkloadRef | None = None
+    """Set in offline mode: scale this workload to zero around the backup."""
 
 
 @dataclass(frozen=True)

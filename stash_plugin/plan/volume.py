@@ -10,7 +10,7 @@ from ..api.kube import WORKLOAD_KINDS, Workload
 from ..api.resources import Repository, Restic
 from ..api.resourceset import ResourceSet
 from . import naming
-from .model import BackupPlan, Mount, Runtime, Schedule, Step, TargetRef
+from .model import BackupPlan, Mount, Runtime, Schedule, Step, TargetRef, WorkloadRef
 from .restic import (
     PlanError,
     agent_run,
@@ -121,6 +121,24 @@ def _plan_workload(
             "spec.volumeSelector.selector",
             f"selects {workload.ref}; {workload.kind} volumes need the kubernetes runtime "
             f"(the local runtime backs up {', '.join(LOCAL_WORKLOAD_KINDS)})",
+        )
+    offline = None
+    if spec.backup_mode == "Offline":
+        if runtime == "local":
+            raise PlanError(
+                "spec.backupMode",
+                "Offline backups stop the workload, which needs the kubernetes runtime",
+            )
+        if workload.kind not in ("Deployment", "StatefulSet", "ReplicaSet"):
+            raise PlanError(
+                "spec.backupMode",
+                f"Offline needs a workload that scales to zero; {workload.ref} does not",
+            )
+        offline = WorkloadRef(
+            workload.kind,
+            workload.namespace,
+            workload.name,
+            tuple(sorted(workload.pod_labels.items())),
         )
     target = naming.workload_target(workload)
     repo_dir = naming.volume_repo_dir(workload, spec.prefix)
@@ -237,4 +255,5 @@ def _plan_workload(
         retention=retention,
         verify=verify,
         snapshot_paths=tuple(d.workload_path for d in dirs),
+        offline=offline,
     )

@@ -1,0 +1,111 @@
+"""Offline mode: stop the workload before the backup and always start it again.
+
+The replica count to restore is kept in an annotation on the workload itself, so a
+run that died between ``quiesce`` and ``resume`` never makes the next run believe
+that zero replicas is what the user wanted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import BaseOperator, TriggerRule
+
+from stash_plugin.plan.model import WorkloadRef
+from stash_plugin.runtime.kube import Workloads, hook
+from stash_plugin.settings import load_settings
+
+from .step import ERROR_KEY
+
+ANNOTATION = "stash.appscode.com/original-replicas"
+
+
+def workloads() -> tuple[Workloads, Any]:
+    from kubernetes import client
+
+    api = hook(load_settings().kubernetes_conn_id).api_client
+    return Workloads(client.AppsV1Api(api), client.CoreV1Api(api)), api
+
+
+def _annotate(api: Any, ref: WorkloadRef, value: str | None) -> None:
+    from kubernetes import client
+
+    apps = client.AppsV1Api(api)
+    patch = {"metadata": {"annotations": {ANNOTATION: value}}}
+    method = {
+        "Deployment": apps.patch_namespaced_deployment,
+        "StatefulSet": apps.patch_namespaced_stateful_set,
+        "ReplicaSet": apps.patch_namespaced_replica_set,
+    }[ref.kind]
+    method(ref.name, ref.namespace, patch)
+
+
+def _annotation(api: Any, ref: WorkloadRef) -> str | None:
+    from kubernetes import client
+
+    apps = client.AppsV1Api(api)
+    read = {
+        "Deployment": apps.read_namespaced_deployment,
+        "StatefulSet": apps.read_namespaced_stateful_set,
+        "ReplicaSet": apps.read_namespaced_replica_set,
+    }[ref.kind]
+    annotations = read(ref.name, ref.namespace).metadata.annotations or {}
+    value = annotations.get(ANNOTATION)
+    return str(value) if value is not None else None
+
+
+class StashQuiesceOperator(BaseOperator):
+    """Scale the workload to zero, remembering its replica count."""
+
+    ui_color = "#fce4ec"
+
+    def __init__(self, *, workload: WorkloadRef, **kwargs: Any) -> None:
+        super().__init__(task_id="quiesce", **kwargs)
+        self.workload = workload
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        ref = self.workload
+        wl, api = workloads()
+        remembered = _annotation(api, ref)
+        replicas = (
+            int(remembered)
+            if remembered is not None
+            else wl.replicas(ref.kind, ref.namespace, ref.name)
+        )
+        if remembered is None:
+            _annotate(api, ref, str(replicas))
+        self.log.info("scaling %s %s/%s from %d to 0", ref.kind, ref.namespace, ref.name, replicas)
+        wl.scale(ref.kind, ref.namespace, ref.name, 0)
+        return {"replicas": replicas}
+
+
+class StashResumeOperator(BaseOperator):
+    """Scale the workload back, whatever happened to the backup (trigger rule all_done)."""
+
+    ui_color = "#fce4ec"
+
+    def __init__(self, *, workload: WorkloadRef, **kwargs: Any) -> None:
+        kwargs.setdefault("trigger_rule", TriggerRule.ALL_DONE)
+        super().__init__(task_id="resume", **kwargs)
+        self.workload = workload
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowException
+
+        ref = self.workload
+        wl, api = workloads()
+        saved = (context["ti"].xcom_pull(task_ids="quiesce") or {}).get("replicas")
+        remembered = _annotation(api, ref)
+        replicas = saved if saved is not None else remembered
+        if replicas is None:
+            self.log.info("the workload was not stopped; nothing to resume")
+            return {"replicas": None}
+        try:
+            wl.scale(ref.kind, ref.namespace, ref.name, int(replicas))
+            _annotate(api, ref, None)
+        except Exception as exc:
+            message = f"resume: could not scale {ref.kind} {ref.namespace}/{ref.name} back: {exc}"
+            context["ti"].xcom_push(key=ERROR_KEY, value=message)
+            raise AirflowException(message) from None
+        self.log.info("scaled %s %s/%s back to %s", ref.kind, ref.namespace, ref.name, replicas)
+        return {"replicas": int(replicas)}

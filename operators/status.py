@@ -23,7 +23,13 @@ from .step import ERROR_KEY
 
 
 def status_store() -> StatusStore:
-    return LocalStatusStore(load_settings().state_dir)
+    """The objects' own status in the cluster; a file per object in the local runtime."""
+    settings = load_settings()
+    if settings.runtime == "kubernetes":
+        from stash_plugin.runtime.kube import KubeStatusStore, hook
+
+        return KubeStatusStore(hook(settings.kubernetes_conn_id).custom_object_client)
+    return LocalStatusStore(settings.state_dir)
 
 
 def _started(context: Any) -> datetime:

@@ -245,26 +245,22 @@ def _nullable(node: Schema, path: str) -> Schema | None:
 
 
 def _raw_mapping(node: Schema) -> bool:
-    """``dict[str, Any]`` (or ``Any``): content the models do not look into."""
+    """``dict[str, Any]``: content the models pass through without looking into it
+    (volume sources, affinity...), which the API server must keep as given."""
     extra = node.get("additionalProperties")
-    return (
-        node.get("type") in (None, "object")
-        and "properties" not in node
-        and extra
-        in (
-            None,
-            True,
-            {},
-        )
-    )
+    return node.get("type") == "object" and "properties" not in node and extra in (None, True, {})
 
 
-def _convert(node: Schema, ctx: _Context, path: str) -> Schema:
-    """One node of a model's JSON schema as a structural schema node."""
-    node, model = _resolve(node, ctx, path)
+def _convert(node: Schema, ctx: _Context, path: str, model: str | None = None) -> Schema:
+    """One node of a model's JSON schema as a structural schema node; ``model`` names
+    the model a node describes when no ``$ref`` says so (the root)."""
+    node, ref_model = _resolve(node, ctx, path)
+    model = ref_model or model
     nullable = _nullable(node, path)
     if nullable is not None:
         return _convert(nullable, ctx, path)
+    if not set(node) - _DROPPED - {"description"}:  # ``Any``: any JSON value at all
+        return {**_pick(node, {"description"}), "x-kubernetes-preserve-unknown-fields": True}
     out: Schema = {}
     for key, value in node.items():
         if key in _KEPT:
@@ -283,6 +279,9 @@ def _convert(node: Schema, ctx: _Context, path: str) -> Schema:
         out["items"] = _convert(node["items"], ctx, f"{path}[]")
     if "properties" in node:
         out["properties"] = _properties(node["properties"], ctx, path, model)
+        if set(out.get("required", [])) & set(ctx.aliases.get(model or "", {})):
+            # Requiring one spelling would refuse the others that the model accepts.
+            raise _fail(path, "a required field with several spellings cannot be expressed")
     elif _raw_mapping(node):
         out["type"] = "object"
         out["x-kubernetes-preserve-unknown-fields"] = True
@@ -291,6 +290,10 @@ def _convert(node: Schema, ctx: _Context, path: str) -> Schema:
     if not isinstance(out.get("type"), str):
         raise _fail(path, f"needs exactly one type, got {out.get('type')!r}")
     return out
+
+
+def _pick(node: Schema, keys: set[str]) -> Schema:
+    return {k: v for k, v in node.items() if k in keys}
 
 
 def _properties(
@@ -315,8 +318,11 @@ def openapi_schema(model: type[BaseModel]) -> Schema:
     raw = model.model_json_schema(by_alias=True, mode="validation")
     aliases = extra_aliases(model)
     ctx = _Context(raw.get("$defs", {}), aliases)
+    lost = set(aliases) - set(ctx.defs) - {model.__name__}
+    if lost:  # pydantic renames a $def when two models share a name
+        raise ValueError(f"models not found in the schema's $defs: {sorted(lost)}")
     props = {k: v for k, v in raw["properties"].items() if k not in _SERVER_FIELDS}
-    schema = _convert({**raw, "properties": props}, ctx, "")
+    schema = _convert({**raw, "properties": props}, ctx, "", model.__name__)
     schema["properties"].update(copy.deepcopy(_SERVER_FIELDS))
     schema["required"] = [r for r in raw.get("required", []) if r not in _SERVER_FIELDS]
     return schema

@@ -114,6 +114,8 @@ class StashRecoveryStatusOperator(BaseOperator):
         ti = context["ti"]
         result = ti.xcom_pull(task_ids="restore") or {}
         error = ti.xcom_pull(task_ids="restore", key=ERROR_KEY)
+        if self.plan.offline is not None and not error:
+            error = ti.xcom_pull(task_ids="resume", key=ERROR_KEY)
         restores = result.get("restores") or []
         ok = bool(restores) and not error
         stats = [

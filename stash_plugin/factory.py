@@ -99,7 +99,8 @@ def backup_dag(plan: BackupPlan, settings: Settings) -> DAG:
 
 
 def recovery_dag(plan: RecoveryPlan, settings: Settings) -> DAG:
-    """``restore -> update_status``, run once."""
+    """``[quiesce -> wait_quiesced] -> restore -> [resume -> wait_ready] -> update_status``,
+    run once."""
     with DAG(
         dag_id=plan.dag_id,
         schedule="@once",
@@ -114,7 +115,17 @@ def recovery_dag(plan: RecoveryPlan, settings: Settings) -> DAG:
         # retrying gives the first scheduled backup time to land.
         default_args={**default_args(settings), "retry_delay": timedelta(seconds=60)},
     ) as dag:
-        StashStepOperator(step=plan.restore) >> StashRecoveryStatusOperator(plan=plan)
+        restore = StashStepOperator(step=plan.restore)
+        status = StashRecoveryStatusOperator(plan=plan)
+        if plan.offline is None:
+            restore >> status
+        else:
+            quiesce = StashQuiesceOperator(workload=plan.offline)
+            stopped = WorkloadStoppedSensor(workload=plan.offline)
+            resume = StashResumeOperator(workload=plan.offline)
+            ready = WorkloadReadySensor(workload=plan.offline)
+            quiesce >> stopped >> restore >> resume >> ready >> status
+            restore >> status
     return dag
 
 

@@ -15,6 +15,7 @@ from .common import (
     LabelSelector,
     LocalObjectReference,
     Model,
+    Name,
     ObjectMeta,
     ObjectRef,
     RetentionPolicy,
@@ -241,6 +242,11 @@ class RecoverTo(Model):
         return self
 
 
+class WorkloadRef(Model):
+    kind: Literal["Deployment", "StatefulSet", "ReplicaSet"]
+    name: Name
+
+
 class VolumeRestorer(Model):
     repo_dir: AbsolutePath
     snapshot: str | None = None
@@ -249,6 +255,9 @@ class VolumeRestorer(Model):
     overwrite: bool = False
     """Restore into a non-empty target, replacing files of the same name. Off by
     default: a Recovery never clobbers data unless it says so."""
+    workload: WorkloadRef | None = None
+    """The workload that uses the target volume (recovery into the same volume, Stash
+    issue 600): scaled to zero during the restore and back afterwards."""
 
 
 class DatabaseRecoverTo(Model):

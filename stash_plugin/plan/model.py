@@ -137,6 +137,8 @@ class RecoveryPlan:
     restore: Step
     paths: tuple[str, ...]
     origin: str | None = None
+    offline: WorkloadRef | None = None
+    """Set when restoring into a running workload's own volume."""
 
 
 @dataclass

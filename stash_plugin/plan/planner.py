@@ -94,7 +94,7 @@ def make_plans(
         try:
             repo = _repository(resources, recovery, check_secrets)
             image = _agent_image(resources, recovery.spec.recovery_agent, "spec.recoveryAgent")
-            rplan = plan_recovery(recovery, repo, runtime, image)
+            rplan = plan_recovery(recovery, repo, runtime, image, resources)
             plans.recoveries[rplan.dag_id] = rplan
         except PlanError as exc:
             fail(recovery, exc)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 
 from ..api.resources import Recovery, Repository
+from ..api.resourceset import ResourceSet
 from . import naming
-from .model import Mount, RecoveryPlan, Runtime, Step
+from .model import Mount, RecoveryPlan, Runtime, Step, WorkloadRef
 from .restic import AGENT, PlanError, repository_env, repository_mounts, repository_url
 
 _HEX_ID = re.compile(r"^[0-9a-f]{8,64}$")
@@ -33,8 +34,28 @@ def _under(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
+def _workload(
+    recovery: Recovery, resources: ResourceSet | None, runtime: Runtime
+) -> WorkloadRef | None:
+    vr = recovery.spec.volume_restorer
+    if vr is None or vr.workload is None:
+        return None
+    field = "spec.volumeRestorer.workload"
+    if runtime == "local":
+        raise PlanError(field, "stopping a workload needs the kubernetes runtime")
+    ns = recovery.metadata.namespace or "default"
+    found = (resources.workloads if resources else {}).get((vr.workload.kind, ns, vr.workload.name))
+    if found is None:
+        raise PlanError(field, f"{vr.workload.kind} {ns}/{vr.workload.name} not found")
+    return WorkloadRef(found.kind, ns, found.name, tuple(sorted(found.pod_labels.items())))
+
+
 def plan_recovery(
-    recovery: Recovery, repository: Repository, runtime: Runtime, image: str | None = None
+    recovery: Recovery,
+    repository: Repository,
+    runtime: Runtime,
+    image: str | None = None,
+    resources: ResourceSet | None = None,
 ) -> RecoveryPlan:
     spec = recovery.spec
     if spec.target_type != "Volume" or spec.volume_restorer is None:
@@ -117,4 +138,5 @@ def plan_recovery(
         ),
         restore=step,
         paths=tuple(vr.paths) or tuple(rt.mount_path for rt in vr.recover_to),
+        offline=_workload(recovery, resources, runtime),
     )

@@ -9,6 +9,7 @@ The agent's result comes back in the container's termination message.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from stash_plugin.plan.model import Step
@@ -31,7 +32,25 @@ def _pod_operator_class() -> type:
     return StashPod
 
 
+def colocated(step: Step, settings: Settings) -> Step:
+    """Pin the agent to the node of a running workload pod when the step asks for it
+    (a ReadWriteOnce claim can only be mounted there). No running pod: no constraint."""
+    if not step.colocate or step.node_name:
+        return step
+    from kubernetes import client
+
+    from stash_plugin.runtime.kube import hook
+
+    core = client.CoreV1Api(hook(settings.kubernetes_conn_id).api_client)
+    selector = ",".join(f"{k}={v}" for k, v in step.colocate)
+    for pod in core.list_namespaced_pod(step.namespace, label_selector=selector).items:
+        if pod.status and pod.status.phase == "Running" and pod.spec and pod.spec.node_name:
+            return replace(step, node_name=pod.spec.node_name)
+    return step
+
+
 def build_pod_operator(step: Step, task_id: str, settings: Settings) -> Any:
+    step = colocated(step, settings)
     image = step.image or settings.agent_image
     return _pod_operator_class()(
         task_id=task_id,

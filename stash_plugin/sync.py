@@ -64,6 +64,14 @@ def collect(api_client: Any) -> list[dict[str, Any]]:
             data = api_client.sanitize_for_serialization(obj)
             data.pop("status", None)
             items.append(_clean(data, kind, version))
+    for node in apis["core"].list_node().items:
+        items.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {"name": node.metadata.name, "labels": node.metadata.labels or {}},
+            }
+        )
     items.sort(
         key=lambda o: (o["kind"], o["metadata"].get("namespace") or "", o["metadata"]["name"])
     )

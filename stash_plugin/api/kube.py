@@ -47,10 +47,20 @@ class Workload:
     """Pod template volumes by name (the raw volume source mappings)."""
     pod_labels: Mapping[str, str] = field(default_factory=dict)
     """Labels of the pod template (what the workload's pods carry)."""
+    claim_templates: tuple[str, ...] = ()
+    """Names of a StatefulSet's volumeClaimTemplates (each pod has its own claim)."""
 
     @property
     def ref(self) -> str:
         return f"{self.kind} {self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Node:
+    """A cluster node, for DaemonSets whose data lives on every node."""
+
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 def parse_secret(doc: Mapping[str, Any], namespace: str, name: str) -> Secret:
@@ -78,6 +88,11 @@ def parse_workload(doc: Mapping[str, Any], namespace: str, name: str) -> Workloa
             raise ValueError(f"spec.template.spec.volumes[{i}].name: missing")
         volumes[vol["name"]] = {k: v for k, v in vol.items() if k != "name"}
     replicas = spec.get("replicas")
+    claims = tuple(
+        str((t.get("metadata") or {}).get("name"))
+        for t in spec.get("volumeClaimTemplates") or []
+        if isinstance(t, Mapping) and (t.get("metadata") or {}).get("name")
+    )
     return Workload(
         kind=str(doc["kind"]),
         namespace=namespace,
@@ -91,4 +106,10 @@ def parse_workload(doc: Mapping[str, Any], namespace: str, name: str) -> Workloa
                 ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
             ).items()
         },
+        claim_templates=claims,
     )
+
+
+def parse_node(doc: Mapping[str, Any], name: str) -> Node:
+    meta = doc.get("metadata") or {}
+    return Node(name=name, labels={str(k): str(v) for k, v in (meta.get("labels") or {}).items()})

@@ -9,7 +9,15 @@ from pydantic import ValidationError
 
 from .. import GROUP
 from .errors import ResourceError, field_path
-from .kube import WORKLOAD_KINDS, Secret, Workload, parse_secret, parse_workload
+from .kube import (
+    WORKLOAD_KINDS,
+    Node,
+    Secret,
+    Workload,
+    parse_node,
+    parse_secret,
+    parse_workload,
+)
 from .resources import BackupAgent, Recovery, Repository, Restic, StashResource
 
 STASH_KINDS: dict[str, type[StashResource]] = {
@@ -18,7 +26,7 @@ STASH_KINDS: dict[str, type[StashResource]] = {
     "Recovery": Recovery,
     "BackupAgent": BackupAgent,
 }
-CLUSTER_SCOPED = {"BackupAgent"}
+CLUSTER_SCOPED = {"BackupAgent", "Node"}
 
 # Fields that only the Stash 0.8 shapes have: such an object is recognised and named
 # as old-style rather than drowned in "unknown field" errors.
@@ -27,7 +35,7 @@ _LEGACY_MARKERS = {
     "Recovery": {"snapshot", "paths", "recoveredVolumes", "nodeSelector"},
 }
 
-Parsed = StashResource | Secret | Workload
+Parsed = StashResource | Secret | Workload | Node
 
 
 def _ident(doc: Mapping[str, Any]) -> tuple[str, str | None, str | None]:
@@ -86,6 +94,8 @@ def parse_document(doc: Any, origin: str | None = None) -> Parsed | list[Resourc
             return parse_secret(doc, ns or "default", name)
         except ValueError as exc:
             return error(None, str(exc))
+    if kind == "Node" and api_version == "v1":
+        return None if name is None else parse_node(doc, name)
     if kind in WORKLOAD_KINDS:
         if name is None:
             return error("metadata.name", "missing")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ResourceError
-from .kube import Secret, Workload
+from .kube import Node, Secret, Workload
 from .parse import Parsed
 from .resources import BackupAgent, Recovery, Repository, Restic
 
@@ -27,12 +27,15 @@ class ResourceSet:
     agents: dict[str, BackupAgent] = field(default_factory=dict)
     secrets: dict[Key, Secret] = field(default_factory=dict)
     workloads: dict[tuple[str, str, str], Workload] = field(default_factory=dict)
+    nodes: dict[str, Node] = field(default_factory=dict)
     errors: list[ResourceError] = field(default_factory=list)
     origins: dict[tuple[str, str | None, str], str] = field(default_factory=dict)
     _duplicates: set[tuple[str, str | None, str]] = field(default_factory=set)
 
     def add(self, obj: Parsed, origin: str | None = None) -> None:
-        if isinstance(obj, Secret):
+        if isinstance(obj, Node):
+            self._put("Node", None, obj.name, self.nodes, obj, origin, obj.name)
+        elif isinstance(obj, Secret):
             self._put("Secret", obj.namespace, obj.name, self.secrets, obj, origin)
         elif isinstance(obj, Workload):
             key3 = (obj.kind, obj.namespace, obj.name)

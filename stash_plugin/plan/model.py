@@ -61,6 +61,11 @@ class Step:
     """Labels for the agent pod, naming the resource it works for."""
     runtime_settings: Mapping[str, Any] = field(default_factory=dict)
     """``spec.runtimeSettings`` of the Restic/Recovery (camelCase, as written)."""
+    node_name: str | None = None
+    """Run on this node (a DaemonSet's hostPath data lives on one node)."""
+    colocate: tuple[tuple[str, str], ...] = ()
+    """Run next to a running pod with these labels, found when the step runs, so that
+    a ReadWriteOnce claim mounted by the workload can be mounted by the agent too."""
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,19 @@ def volume_repo_dir(workload: Workload, prefix: str | None = None) -> str:
     return f"/{(prefix or 'volumes').strip('/')}/{kind}/{workload.name}"
 
 
+def statefulset_pod_target(workload: Workload, pod: str, prefix: str | None) -> tuple[str, str]:
+    """(target, repoDir) of one StatefulSet pod: each pod has its own claims."""
+    return f"statefulset.{pod}", f"/{(prefix or 'volumes').strip('/')}/statefulset/{pod}"
+
+
+def daemonset_node_target(workload: Workload, node: str, prefix: str | None) -> tuple[str, str]:
+    """(target, repoDir) of a DaemonSet's pod on one node (hostPath data differs per node)."""
+    return (
+        f"daemonset.{workload.name}.{node}",
+        f"/{(prefix or 'volumes').strip('/')}/daemonset/{workload.name}/{node}",
+    )
+
+
 def snapshot_tags(namespace: str, restic: str, target: str, path: str) -> list[str]:
     """Tags that select exactly one directory of one target of one Restic."""
     return [f"namespace={namespace}", f"restic={restic}", f"target={target}", f"path={path}"]

@@ -64,6 +64,8 @@ def pod_manifest(step: Step, image: str) -> dict[str, Any]:
     labels = {f"{GROUP_LABEL}/{k}": v for k, v in step.labels}
     labels.update(pod_settings.get("labels") or {})
     spec: dict[str, Any] = {"restartPolicy": "Never", "containers": [container], "volumes": volumes}
+    if step.node_name:
+        spec["nodeName"] = step.node_name
     for key in (
         "nodeSelector",
         "tolerations",

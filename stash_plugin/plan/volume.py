@@ -59,6 +59,65 @@ def selected_workloads(restic: Restic, resources: ResourceSet) -> list[Workload]
     ]
 
 
+@dataclass(frozen=True)
+class _Instance:
+    """One backup target of a workload: the workload, one StatefulSet pod, or one
+    DaemonSet node (kubernetes runtime)."""
+
+    target: str
+    repo_dir: str
+    host: str
+    claims: dict[str, str]
+    """Volume name -> the claim this instance's pod mounts (StatefulSet templates)."""
+    node: str | None = None
+    colocate: tuple[tuple[str, str], ...] = ()
+
+
+def _instances(
+    workload: Workload, resources: ResourceSet, runtime: Runtime, prefix: str | None
+) -> list[_Instance]:
+    has_claims = any("persistentVolumeClaim" in v for v in workload.volumes.values())
+    if runtime == "local" or workload.kind in LOCAL_WORKLOAD_KINDS:
+        colocate = tuple(sorted(workload.pod_labels.items())) if has_claims else ()
+        return [
+            _Instance(
+                naming.workload_target(workload),
+                naming.volume_repo_dir(workload, prefix),
+                workload.name,
+                {},
+                colocate=colocate if runtime == "kubernetes" else (),
+            )
+        ]
+    if workload.kind == "StatefulSet":
+        out = []
+        for ordinal in range(workload.replicas if workload.replicas is not None else 1):
+            pod = f"{workload.name}-{ordinal}"
+            target, repo_dir = naming.statefulset_pod_target(workload, pod, prefix)
+            claims = {t: f"{t}-{pod}" for t in workload.claim_templates}
+            out.append(
+                _Instance(
+                    target,
+                    repo_dir,
+                    pod,
+                    claims,
+                    colocate=(("statefulset.kubernetes.io/pod-name", pod),),
+                )
+            )
+        return out
+    # DaemonSet: its hostPath data differs per node.
+    if not resources.nodes:
+        raise PlanError(
+            "spec.volumeSelector.selector",
+            f"selects {workload.ref}, which runs on every node, but the source lists no "
+            "Node (`stash sync` copies them)",
+        )
+    out = []
+    for node in sorted(resources.nodes):
+        target, repo_dir = naming.daemonset_node_target(workload, node, prefix)
+        out.append(_Instance(target, repo_dir, node, {}, node=node))
+    return out
+
+
 def plan_volume_backups(
     restic: Restic,
     repository: Repository,
@@ -99,7 +158,9 @@ def plan_volume_backups(
             f"{', '.join(WORKLOAD_KINDS)} by their labels)",
         )
     return [
-        _plan_workload(restic, repository, w, schedule, policies, runtime, image) for w in workloads
+        _plan_workload(restic, repository, w, instance, schedule, policies, runtime, image)
+        for w in workloads
+        for instance in _instances(w, resources, runtime, spec.prefix)
     ]
 
 
@@ -107,6 +168,7 @@ def _plan_workload(
     restic: Restic,
     repository: Repository,
     workload: Workload,
+    instance: _Instance,
     schedule: Schedule,
     policies: dict[str, RetentionPolicy],
     runtime: Runtime,
@@ -140,8 +202,7 @@ def _plan_workload(
             workload.name,
             tuple(sorted(workload.pod_labels.items())),
         )
-    target = naming.workload_target(workload)
-    repo_dir = naming.volume_repo_dir(workload, spec.prefix)
+    target, repo_dir = instance.target, instance.repo_dir
     backend = repository.spec.backend
     try:
         url = repository_url(backend, repo_dir, runtime)
@@ -158,6 +219,8 @@ def _plan_workload(
     for i, tv in enumerate(spec.volume_selector.target_volumes):
         field = f"spec.volumeSelector.targetVolumes[{i}]"
         source = workload.volumes.get(tv.name)
+        if tv.name in instance.claims:
+            source = {"persistentVolumeClaim": {"claimName": instance.claims[tv.name]}}
         if source is None:
             raise PlanError(f"{field}.name", f"{workload.ref} has no volume named {tv.name!r}")
         if runtime == "local":
@@ -193,7 +256,7 @@ def _plan_workload(
             seen[wpath] = field
             dirs.append(_Dir(wpath, posixpath.normpath(base), None, ()))
 
-    host = workload.name
+    host = instance.host
     env = (("RESTIC_REPOSITORY", url),)
     ref = TargetRef(
         type="Volumes",
@@ -204,7 +267,7 @@ def _plan_workload(
         restic_name=name,
         repo_dir=repo_dir,
         workload_kind=workload.kind,
-        workload_name=workload.name,
+        workload_name=instance.host if workload.kind == "StatefulSet" else workload.name,
     )
 
     def step(task_id: str, argv: tuple[str, ...]) -> Step:
@@ -219,6 +282,8 @@ def _plan_workload(
             subject=f"Restic {ns}/{name}, Repository {ref.repository_namespace}/"
             f"{ref.repository_name} at {url}",
             labels=(("restic", name), ("target", target)),
+            node_name=instance.node,
+            colocate=instance.colocate,
             runtime_settings=spec.runtime_settings.model_dump(by_alias=True, exclude_defaults=True),
         )
 

@@ -19,7 +19,7 @@ from stash_plugin.runtime import metrics
 from stash_plugin.runtime.status import BackupOutcome, LocalStatusStore, StatusStore, now
 from stash_plugin.settings import load_settings
 
-from .step import ERROR_KEY
+from .step import ERROR_KEY, StashStepOperator
 
 
 def status_store() -> StatusStore:
@@ -96,6 +96,22 @@ class StashBackupStatusOperator(BaseOperator):
         if errors:
             raise AirflowException("backup run failed: " + "; ".join(errors))
         return entry.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class StashRestoreOperator(StashStepOperator):
+    """The restore step; marks the Recovery ``Running`` before it starts."""
+
+    def __init__(self, *, plan: RecoveryPlan, **kwargs: Any) -> None:
+        super().__init__(step=plan.restore, **kwargs)
+        self.plan = plan
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        running = RecoveryStatus(
+            phase="Running",
+            stats=[RecoveryPathStats(path=p, phase="Running") for p in self.plan.paths],
+        )
+        status_store().record_recovery(self.plan.namespace, self.plan.name, running)
+        return super().execute(context)
 
 
 class StashRecoveryStatusOperator(BaseOperator):

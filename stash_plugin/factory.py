@@ -14,7 +14,11 @@ from typing import Any
 from airflow.sdk import DAG, DeltaTriggerTimetable, Param, get_parsing_context
 
 from stash_plugin.api.errors import ResourceError
-from stash_plugin.operators.status import StashBackupStatusOperator, StashRecoveryStatusOperator
+from stash_plugin.operators.status import (
+    StashBackupStatusOperator,
+    StashRecoveryStatusOperator,
+    StashRestoreOperator,
+)
 from stash_plugin.operators.step import StashRetentionOperator, StashStepOperator
 from stash_plugin.operators.workload import StashQuiesceOperator, StashResumeOperator
 from stash_plugin.plan import BackupPlan, PlanSet, RecoveryPlan, Schedule, make_plans
@@ -115,7 +119,7 @@ def recovery_dag(plan: RecoveryPlan, settings: Settings) -> DAG:
         # retrying gives the first scheduled backup time to land.
         default_args={**default_args(settings), "retry_delay": timedelta(seconds=60)},
     ) as dag:
-        restore = StashStepOperator(step=plan.restore)
+        restore = StashRestoreOperator(plan=plan)
         status = StashRecoveryStatusOperator(plan=plan)
         if plan.offline is None:
             restore >> status

@@ -20,38 +20,11 @@ from .step import ERROR_KEY
 ANNOTATION = "stash.appscode.com/original-replicas"
 
 
-def workloads() -> tuple[Workloads, Any]:
+def workloads() -> Workloads:
     from kubernetes import client
 
     api = hook(load_settings().kubernetes_conn_id).api_client
-    return Workloads(client.AppsV1Api(api), client.CoreV1Api(api)), api
-
-
-def _annotate(api: Any, ref: WorkloadRef, value: str | None) -> None:
-    from kubernetes import client
-
-    apps = client.AppsV1Api(api)
-    patch = {"metadata": {"annotations": {ANNOTATION: value}}}
-    method = {
-        "Deployment": apps.patch_namespaced_deployment,
-        "StatefulSet": apps.patch_namespaced_stateful_set,
-        "ReplicaSet": apps.patch_namespaced_replica_set,
-    }[ref.kind]
-    method(ref.name, ref.namespace, patch)
-
-
-def _annotation(api: Any, ref: WorkloadRef) -> str | None:
-    from kubernetes import client
-
-    apps = client.AppsV1Api(api)
-    read = {
-        "Deployment": apps.read_namespaced_deployment,
-        "StatefulSet": apps.read_namespaced_stateful_set,
-        "ReplicaSet": apps.read_namespaced_replica_set,
-    }[ref.kind]
-    annotations = read(ref.name, ref.namespace).metadata.annotations or {}
-    value = annotations.get(ANNOTATION)
-    return str(value) if value is not None else None
+    return Workloads(client.AppsV1Api(api), client.CoreV1Api(api))
 
 
 class StashQuiesceOperator(BaseOperator):
@@ -65,15 +38,13 @@ class StashQuiesceOperator(BaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         ref = self.workload
-        wl, api = workloads()
-        remembered = _annotation(api, ref)
-        replicas = (
-            int(remembered)
-            if remembered is not None
-            else wl.replicas(ref.kind, ref.namespace, ref.name)
-        )
-        if remembered is None:
-            _annotate(api, ref, str(replicas))
+        wl = workloads()
+        remembered = wl.annotation(ref.kind, ref.namespace, ref.name, ANNOTATION)
+        if remembered is not None:
+            replicas = int(remembered)
+        else:
+            replicas = wl.replicas(ref.kind, ref.namespace, ref.name)
+            wl.annotate(ref.kind, ref.namespace, ref.name, ANNOTATION, str(replicas))
         self.log.info("scaling %s %s/%s from %d to 0", ref.kind, ref.namespace, ref.name, replicas)
         wl.scale(ref.kind, ref.namespace, ref.name, 0)
         return {"replicas": replicas}
@@ -93,16 +64,16 @@ class StashResumeOperator(BaseOperator):
         from airflow.sdk.exceptions import AirflowException
 
         ref = self.workload
-        wl, api = workloads()
+        wl = workloads()
         saved = (context["ti"].xcom_pull(task_ids="quiesce") or {}).get("replicas")
-        remembered = _annotation(api, ref)
+        remembered = wl.annotation(ref.kind, ref.namespace, ref.name, ANNOTATION)
         replicas = saved if saved is not None else remembered
         if replicas is None:
             self.log.info("the workload was not stopped; nothing to resume")
             return {"replicas": None}
         try:
             wl.scale(ref.kind, ref.namespace, ref.name, int(replicas))
-            _annotate(api, ref, None)
+            wl.annotate(ref.kind, ref.namespace, ref.name, ANNOTATION, None)
         except Exception as exc:
             message = f"resume: could not scale {ref.kind} {ref.namespace}/{ref.name} back: {exc}"
             context["ti"].xcom_push(key=ERROR_KEY, value=message)

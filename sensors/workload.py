@@ -23,7 +23,7 @@ class WorkloadStoppedSensor(BaseSensorOperator):
     def poke(self, context: Any) -> bool:
         from stash_plugin.operators.workload import workloads
 
-        wl, _ = workloads()
+        wl = workloads()
         left = wl.pods(self.workload.namespace, dict(self.workload.pod_labels))
         if left:
             self.log.info("%d pod(s) still running", len(left))
@@ -47,6 +47,6 @@ class WorkloadReadySensor(BaseSensorOperator):
         replicas = (context["ti"].xcom_pull(task_ids="resume") or {}).get("replicas")
         if replicas is None:
             return True
-        wl, _ = workloads()
+        wl = workloads()
         ref = self.workload
         return bool(wl.ready(ref.kind, ref.namespace, ref.name, int(replicas)))

@@ -17,7 +17,7 @@ from .status import BackupOutcome, apply_outcome
 
 log = logging.getLogger(__name__)
 GROUP, VERSION = "stash.appscode.com", "v1alpha1"
-SCALABLE = {"Deployment": "deployments", "StatefulSet": "statefulsets", "ReplicaSet": "replicasets"}
+SCALABLE = {"Deployment": "deployment", "StatefulSet": "stateful_set", "ReplicaSet": "replica_set"}
 
 
 def hook(conn_id: str = "kubernetes_default") -> Any:
@@ -103,10 +103,22 @@ class Workloads:
         self.apps = apps_api
         self.core = core_api
 
-    def _scale_call(self, verb: str, kind: str) -> Any:
+    def _call(self, verb: str, kind: str, suffix: str = "") -> Any:
         if kind not in SCALABLE:
             raise ValueError(f"{kind} cannot be scaled (Deployment, StatefulSet, ReplicaSet can)")
-        return getattr(self.apps, f"{verb}_namespaced_{SCALABLE[kind][:-1]}_scale")
+        return getattr(self.apps, f"{verb}_namespaced_{SCALABLE[kind]}{suffix}")
+
+    def _scale_call(self, verb: str, kind: str) -> Any:
+        return self._call(verb, kind, "_scale")
+
+    def annotation(self, kind: str, namespace: str, name: str, key: str) -> str | None:
+        annotations = self._call("read", kind)(name, namespace).metadata.annotations or {}
+        value = annotations.get(key)
+        return str(value) if value is not None else None
+
+    def annotate(self, kind: str, namespace: str, name: str, key: str, value: str | None) -> None:
+        """Set (or, with None, remove) one annotation."""
+        self._call("patch", kind)(name, namespace, {"metadata": {"annotations": {key: value}}})
 
     def replicas(self, kind: str, namespace: str, name: str) -> int:
         scale = self._scale_call("read", kind)(name, namespace)
@@ -121,8 +133,7 @@ class Workloads:
         return [p for p in pods if not (p.metadata.labels or {}).get("stash.appscode.com/restic")]
 
     def ready(self, kind: str, namespace: str, name: str, replicas: int) -> bool:
-        read = getattr(self.apps, f"read_namespaced_{SCALABLE[kind][:-1]}")
-        obj = read(name, namespace)
+        obj = self._call("read", kind)(name, namespace)
         status = obj.status
         return (
             int(status.ready_replicas or 0) >= replicas

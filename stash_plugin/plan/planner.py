@@ -8,7 +8,7 @@ from ..api.resourceset import ResourceSet
 from .model import PlanSet, Runtime
 from .recovery import plan_recovery
 from .restic import PlanError
-from .volume import plan_volume_backups
+from .volume import WorkloadIndex, plan_volume_backups
 
 
 def _repository(resources: ResourceSet, obj: Restic | Recovery, check_secrets: bool) -> Repository:
@@ -55,6 +55,7 @@ def make_plans(
     """
     plans = PlanSet(errors=list(resources.errors))
     check_secrets = runtime == "local"  # the directory source holds the Secrets too
+    index: WorkloadIndex | None = None  # built once, on the first Restic that needs it
 
     def fail(obj: Restic | Recovery, exc: PlanError) -> None:
         ns, name = obj.metadata.namespace, obj.metadata.name
@@ -72,7 +73,8 @@ def make_plans(
                 )
             repo = _repository(resources, restic, check_secrets)
             image = _agent_image(resources, restic.spec.backup_agent, "spec.backupAgent")
-            made = plan_volume_backups(restic, repo, resources, runtime, image)
+            index = index or WorkloadIndex(resources)
+            made = plan_volume_backups(restic, repo, resources, runtime, image, index=index)
             # Names may hold dots, so two Restics can spell the same DAG id (Restic
             # "a.deployment" + Deployment "x", Restic "a" + Deployment "deployment.x"):
             # refuse the second rather than silently drop one target's backups.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass
 
-from ..api.common import RetentionPolicy
+from ..api.common import LabelSelector, RetentionPolicy
 from ..api.kube import WORKLOAD_KINDS, Workload
 from ..api.resources import Repository, Restic
 from ..api.resourceset import ResourceSet
@@ -48,15 +48,38 @@ def restic_schedule(restic: Restic) -> Schedule:
         raise PlanError("spec.schedule", str(exc)) from None
 
 
-def selected_workloads(restic: Restic, resources: ResourceSet) -> list[Workload]:
+class WorkloadIndex:
+    """Workloads by namespace and by label, in the resource set's key order.
+
+    Planning N Restics used to scan (and sort) every workload once per Restic, which is
+    quadratic; make_plans builds this once and every Restic looks up its candidates.
+    """
+
+    def __init__(self, resources: ResourceSet) -> None:
+        self.by_namespace: dict[str, list[Workload]] = {}
+        self.by_label: dict[tuple[str, str, str], list[Workload]] = {}
+        for (_, ns, _), w in sorted(resources.workloads.items()):
+            self.by_namespace.setdefault(ns, []).append(w)
+            for key, value in w.labels.items():
+                self.by_label.setdefault((ns, key, value), []).append(w)
+
+    def select(self, namespace: str | None, selector: LabelSelector) -> list[Workload]:
+        if namespace is None:
+            return []
+        if selector.match_labels:  # every match must carry this label: a narrow start
+            key, value = next(iter(selector.match_labels.items()))
+            candidates = self.by_label.get((namespace, key, value), [])
+        else:
+            candidates = self.by_namespace.get(namespace, [])
+        return [w for w in candidates if selector.matches(dict(w.labels))]
+
+
+def selected_workloads(
+    restic: Restic, resources: ResourceSet, index: WorkloadIndex | None = None
+) -> list[Workload]:
     assert restic.spec.volume_selector is not None
     selector = restic.spec.volume_selector.selector
-    ns = restic.metadata.namespace
-    return [
-        w
-        for (_, wns, _), w in sorted(resources.workloads.items())
-        if wns == ns and selector.matches(dict(w.labels))
-    ]
+    return (index or WorkloadIndex(resources)).select(restic.metadata.namespace, selector)
 
 
 @dataclass(frozen=True)
@@ -124,6 +147,8 @@ def plan_volume_backups(
     resources: ResourceSet,
     runtime: Runtime,
     image: str | None = None,
+    *,
+    index: WorkloadIndex | None = None,
 ) -> list[BackupPlan]:
     spec = restic.spec
     assert spec.volume_selector is not None
@@ -150,7 +175,7 @@ def plan_volume_backups(
                     raise PlanError(
                         f"spec.volumeSelector.targetVolumes[{i}].directories[{j}].tags", str(exc)
                     ) from None
-    workloads = selected_workloads(restic, resources)
+    workloads = selected_workloads(restic, resources, index)
     if not workloads:
         raise PlanError(
             "spec.volumeSelector.selector",

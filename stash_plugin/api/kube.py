@@ -49,6 +49,8 @@ class Workload:
     """Labels of the pod template (what the workload's pods carry)."""
     claim_templates: tuple[str, ...] = ()
     """Names of a StatefulSet's volumeClaimTemplates (each pod has its own claim)."""
+    controlled: bool = False
+    """Managed by another workload (a Deployment's ReplicaSet): backed up through its owner."""
 
     @property
     def ref(self) -> str:
@@ -107,6 +109,10 @@ def parse_workload(doc: Mapping[str, Any], namespace: str, name: str) -> Workloa
             ).items()
         },
         claim_templates=claims,
+        controlled=any(
+            isinstance(o, Mapping) and o.get("controller") and o.get("kind") in WORKLOAD_KINDS
+            for o in meta.get("ownerReferences") or []
+        ),
     )
 
 

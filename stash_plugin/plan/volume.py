@@ -59,6 +59,8 @@ class WorkloadIndex:
         self.by_namespace: dict[str, list[Workload]] = {}
         self.by_label: dict[tuple[str, str, str], list[Workload]] = {}
         for (_, ns, _), w in sorted(resources.workloads.items()):
+            if w.controlled:  # a Deployment's ReplicaSet is backed up through the Deployment
+                continue
             self.by_namespace.setdefault(ns, []).append(w)
             for key, value in w.labels.items():
                 self.by_label.setdefault((ns, key, value), []).append(w)

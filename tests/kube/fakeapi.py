@@ -90,6 +90,7 @@ _CORE_AND_APPS = [
     ResourceType("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", True, ("status",)),
     ResourceType("", "v1", "persistentvolumes", "PersistentVolume", False, ("status",)),
     ResourceType("", "v1", "namespaces", "Namespace", False, ("status",)),
+    ResourceType("", "v1", "nodes", "Node", False, ("status",)),
     ResourceType("", "v1", "replicationcontrollers", "ReplicationController", True, ("status",)),
     ResourceType("apps", "v1", "deployments", "Deployment", True, ("scale", "status")),
     ResourceType("apps", "v1", "statefulsets", "StatefulSet", True, ("scale", "status")),

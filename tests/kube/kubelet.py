@@ -271,6 +271,16 @@ class Kubelet:
             if m.get("subPath") and not src.exists():
                 src.mkdir(parents=True)
             mounts += [str(src), m["mountPath"], "ro" if m.get("readOnly") else "rw"]
+        # The termination message: a file of the pod's own at terminationMessagePath,
+        # read back into state.terminated.message when the container ends.
+        message_file = self.workdir / uid / f"termination-{c['name']}"
+        message_file.parent.mkdir(parents=True, exist_ok=True)
+        message_file.write_bytes(b"")
+        mounts += [
+            str(message_file),
+            c.get("terminationMessagePath") or "/dev/termination-log",
+            "rw",
+        ]
         unshare = [shutil.which("unshare") or "unshare", "--mount", "--propagation", "private"]
         sh = [shutil.which("sh") or "sh", "-c", _MOUNT_AND_EXEC, "fakekube-kubelet"]
         wrapper = [*unshare, "--", *sh, c.get("workingDir", ""), *mounts, "--", *argv]
@@ -323,6 +333,9 @@ class Kubelet:
             "finishedAt": now_rfc3339(),
             "containerID": f"fakekube://{uid}/{c['name']}",
         }
+        message = _termination_message(c, message_file, log, code)
+        if message:
+            state["message"] = message
         done = {
             "type": "Ready",
             "status": "False",
@@ -487,6 +500,19 @@ def _make_mountpoint(target: Path, directory: bool) -> list[Path]:
         target.touch()
         created.append(target)
     return created
+
+
+def _termination_message(c: Obj, path: Path, log: ContainerLog, code: int) -> str:
+    """What a kubelet reports: the file (4 KiB at most), or with FallbackToLogsOnError and
+    a failed container, the log's tail (80 lines, 2 KiB at most)."""
+    try:
+        text = path.read_bytes()[:4096].decode(errors="replace")
+    except OSError:
+        text = ""
+    if not text and code != 0 and c.get("terminationMessagePolicy") == "FallbackToLogsOnError":
+        tail = b"".join(line for _, line in log.lines[-80:])[-2048:]
+        text = tail.decode(errors="replace")
+    return text
 
 
 def _remove_if_empty(path: Path) -> None:

@@ -176,3 +176,20 @@ def test_offline_needs_a_workload_that_scales(kind: str) -> None:
     node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}}
     plans = make_plans(resources(*base("logs", backupMode="Offline"), ds, node), "kubernetes")
     assert "scales to zero" in str(plans.errors[0])
+
+
+def test_a_deployments_replicaset_is_not_a_second_target() -> None:
+    dep = workload("Deployment", "web", [{"name": "data", "hostPath": {"path": "/x"}}])
+    rs = workload("ReplicaSet", "web-5d9c", [{"name": "data", "hostPath": {"path": "/x"}}])
+    rs["metadata"]["labels"] = {"app": "web"}
+    rs["metadata"]["ownerReferences"] = [
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": "web",
+            "uid": "u",
+            "controller": True,
+        }
+    ]
+    plans = make_plans(resources(*base("web"), dep, rs), "kubernetes")
+    assert sorted(plans.backups) == ["stash-backup.prod.bk.deployment.web"]

@@ -1,0 +1,247 @@
+"""The kubernetes runtime end to end: real KubernetesPodOperator, real restic.
+
+The API server is the fake in ``tests/kube`` and its kubelet really runs every agent
+pod on this host with the pod's volumes bind-mounted at their mount paths, so the
+snapshots hold ``/source/data`` exactly as in a cluster. Resources reach the DAG
+factory the production way: ``stash sync`` writes the snapshot file it reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kube.harness import Cluster, start_cluster
+from stashtest import PASSWORD, make_tree, run_dag, secret_doc, task_states, tree_state
+
+pytestmark = pytest.mark.slow
+NS = "demo"
+STASH = "stash.appscode.com/v1alpha1"
+BACKUP_DAG = "stash-backup.demo.app-backup.deployment.app"
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    c = start_cluster(tmp_path, monkeypatch, namespace=NS)
+    yield c
+    c.stop()
+
+
+def deployment(claim: str) -> dict[str, Any]:
+    labels = {"app": "app"}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "app", "namespace": NS, "labels": labels},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "app",
+                            "image": "busybox",
+                            "volumeMounts": [{"name": "data", "mountPath": "/source/data"}],
+                        }
+                    ],
+                    "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}],
+                },
+            },
+        },
+    }
+
+
+def restic(mode: str = "Online") -> dict[str, Any]:
+    return {
+        "apiVersion": STASH,
+        "kind": "Restic",
+        "metadata": {"name": "app-backup", "namespace": NS},
+        "spec": {
+            "targetType": "Volume",
+            "schedule": "@every 1h",
+            "backupMode": mode,
+            "repository": {"name": "repo"},
+            "volumeSelector": {
+                "selector": {"matchLabels": {"app": "app"}},
+                "targetVolumes": [
+                    {
+                        "name": "data",
+                        "mountPath": "/source/data",
+                        "directories": [{"path": "/source/data", "retentionPolicyName": "p"}],
+                    }
+                ],
+            },
+            "retentionPolicies": [{"name": "p", "keepLast": 1, "prune": True}],
+        },
+    }
+
+
+def recovery(name: str, claim: str, **restorer: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": STASH,
+        "kind": "Recovery",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "targetType": "Volume",
+            "repository": {"name": "repo"},
+            "volumeRestorer": {
+                "repoDir": "/volumes/deployment/app",
+                "recoverTo": [
+                    {"mountPath": "/source/data", "persistentVolumeClaim": {"claimName": claim}}
+                ],
+                **restorer,
+            },
+        },
+    }
+
+
+def sync(snapshot: Path) -> int:
+    from stash_plugin.cli import main
+
+    return main(["sync", "--once", "--output", str(snapshot)])
+
+
+def dags() -> dict[str, Any]:
+    from stash_plugin.factory import build_dags
+    from stash_plugin.settings import load_settings
+
+    built, errors = build_dags(load_settings())
+    assert errors == [], [str(e) for e in errors]
+    return built
+
+
+def restic_snapshots(repo: Path, password: str = PASSWORD) -> list[dict[str, Any]]:
+    env = {**os.environ, "RESTIC_REPOSITORY": str(repo), "RESTIC_PASSWORD": password}
+    out = subprocess.run(
+        ["restic", "snapshots", "--json"], env=env, capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout)
+
+
+def replicas(cluster: Cluster) -> int:
+    return int(cluster.get("Deployment", "app", NS)["spec"]["replicas"])
+
+
+def test_backup_and_recovery_through_pods(
+    cluster: Cluster,
+    airflow_db: None,
+    stash_env: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    snapshot = stash_env["root"] / "cluster-snapshot.json"
+    monkeypatch.setenv("AIRFLOW__STASH__RUNTIME", "kubernetes")
+    monkeypatch.setenv("AIRFLOW__STASH__MANIFESTS_DIR", str(snapshot))
+    monkeypatch.setenv("AIRFLOW__STASH__POLL_INTERVAL", "1")
+    source = make_tree(cluster.pvc("app-data", NS), seed=3, small_files=300)
+    repo_store = cluster.pvc("repo-store", NS)
+    cluster.apply(secret_doc("repo-secret", NS, RESTIC_PASSWORD=PASSWORD))
+    cluster.apply(deployment("app-data"))
+    cluster.apply(
+        {
+            "apiVersion": STASH,
+            "kind": "Repository",
+            "metadata": {"name": "repo", "namespace": NS},
+            "spec": {
+                "backend": {
+                    "local": {
+                        "mountPath": "/repo",
+                        "persistentVolumeClaim": {"claimName": "repo-store"},
+                    },
+                    "storageSecretName": "repo-secret",
+                }
+            },
+        }
+    )
+    cluster.apply(restic())
+    cluster.wait_for(lambda: len(cluster.pods(NS, "app=app")) == 2, what="the workload's pods")
+    assert sync(snapshot) == 0
+
+    # Online backup: a pod mounts the claim, restic stores /source/data.
+    run = run_dag(dags()[BACKUP_DAG])
+    assert task_states(run) == {
+        k: "success" for k in ("backup", "retention", "verify", "update_status")
+    }
+    repo = repo_store / "volumes" / "deployment" / "app"
+    snaps = restic_snapshots(repo)
+    assert [s["paths"] for s in snaps] == [["/source/data"]]
+    assert snaps[0]["hostname"] == "app"
+    status = cluster.get("repositories", "repo", NS)["status"]["backupRepos"]
+    assert [(e["resticName"], e["backupCount"], e["snapshotCount"]) for e in status] == [
+        ("app-backup", 1, 1)
+    ]
+    assert status[0]["lastSnapshotId"] == snaps[0]["short_id"]
+
+    # Recovery into a new claim, byte-identical; the Recovery object's status says so.
+    restored = cluster.pvc("restored", NS)
+    cluster.apply(recovery("to-new-claim", "restored"))
+    assert sync(snapshot) == 0
+    rec = run_dag(dags()["stash-recovery.demo.to-new-claim"])
+    assert task_states(rec) == {"restore": "success", "update_status": "success"}
+    assert tree_state(restored) == tree_state(source)
+    rstatus = cluster.get("recoveries", "to-new-claim", NS)["status"]
+    assert rstatus["phase"] == "Succeeded" and rstatus["stats"][0]["path"] == "/source/data"
+
+    # Edited in the cluster -> a different DAG after sync: offline mode scales to zero and back.
+    cluster.apply(restic(mode="Offline"))
+    assert sync(snapshot) == 0
+    offline_dag = dags()[BACKUP_DAG]
+    assert {"quiesce", "wait_quiesced", "resume", "wait_ready"} <= set(offline_dag.task_ids)
+    (source / "offline.txt").write_text("written before the offline backup\n")
+    run = run_dag(offline_dag)
+    assert set(task_states(run).values()) == {"success"}
+    scaled = [
+        r
+        for r in cluster.requests
+        if r.method == "PATCH" and r.path.endswith("/deployments/app/scale")
+    ]
+    assert len(scaled) == 2  # to zero (wait_quiesced then saw no pod), and back
+    assert replicas(cluster) == 2
+    assert "stash.appscode.com/original-replicas" not in (
+        cluster.get("Deployment", "app", NS)["metadata"].get("annotations") or {}
+    )
+    assert len(restic_snapshots(repo)) == 1  # keepLast 1
+
+    # A failed backup still scales the workload back, and the run shows red.
+    cluster.apply(secret_doc("repo-secret", NS, RESTIC_PASSWORD="wrong-password"))
+    failed = run_dag(dags()[BACKUP_DAG])
+    states = task_states(failed)
+    assert states["backup"] == "failed" and states["resume"] == "success"
+    assert states["update_status"] == "failed"
+    assert replicas(cluster) == 2
+    entry = cluster.get("repositories", "repo", NS)["status"]["backupRepos"][0]
+    assert "wrong repository password" in entry["lastFailure"]
+    assert entry["backupCount"] == 2
+
+    # API server down: sync fails, the snapshot and every DAG stay.
+    before = snapshot.read_text()
+    cluster.down()
+    assert sync(snapshot) == 1
+    assert snapshot.read_text() == before
+    assert set(dags()) == {BACKUP_DAG, "stash-recovery.demo.to-new-claim"}
+    cluster.up()
+
+    # Deleted in the cluster -> its DAG goes away after sync.
+    cluster.delete("restics", "app-backup", NS)
+    assert sync(snapshot) == 0
+    assert set(dags()) == {"stash-recovery.demo.to-new-claim"}
+
+    # The password is nowhere: not in pod specs (the failed pod is kept), logs or XCom.
+    out, err = capfd.readouterr()
+    assert PASSWORD not in out + err
+    pods = cluster.pods(NS, "stash.appscode.com/restic=app-backup")
+    assert pods, "the failed agent pod is kept for inspection"
+    assert PASSWORD not in json.dumps(pods)
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        for row in session.scalars(select(XComModel)):
+            assert PASSWORD not in json.dumps(row.value, default=str)

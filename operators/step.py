@@ -8,6 +8,7 @@ into a local process (``local``) or a pod run by KubernetesPodOperator (``kubern
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any, NoReturn
 
 from airflow.sdk import BaseOperator
@@ -28,10 +29,15 @@ def load_secrets() -> dict[tuple[str, str], Secret]:
     return load_directory(load_settings().manifests_dir).secrets
 
 
-def execute_step(step: Step, context: Any) -> StepOutput:
-    """Run ``step`` in the configured runtime; on failure leave a secret-free reason in XCom."""
+def execute_step(step: Step, context: Any, *, may_defer: bool = True) -> StepOutput:
+    """Run ``step`` in the configured runtime; on failure leave a secret-free reason in XCom.
+
+    ``may_defer=False`` for callers that cannot resume from a trigger (a sensor's poke).
+    """
     settings = load_settings()
     if settings.runtime == "kubernetes":
+        if not may_defer:
+            settings = replace(settings, deferrable=False)
         return _run_pod(step, context, settings)
     return _run_local(step, context)
 

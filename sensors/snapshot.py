@@ -31,7 +31,7 @@ class SnapshotSensor(BaseSensorOperator):
             from airflow.sdk.exceptions import AirflowException
 
             raise AirflowException("the backup task reported no snapshot to verify")
-        listed = execute_step(self.step, context).result.get("snapshots") or []
+        listed = execute_step(self.step, context, may_defer=False).result.get("snapshots") or []
         present: set[str] = set()
         count = 0
         for group in listed:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -128,13 +129,10 @@ def replicas(cluster: Cluster) -> int:
     return int(cluster.get("Deployment", "app", NS)["spec"]["replicas"])
 
 
-def test_backup_and_recovery_through_pods(
-    cluster: Cluster,
-    airflow_db: None,
-    stash_env: dict[str, Path],
-    monkeypatch: pytest.MonkeyPatch,
-    capfd: pytest.CaptureFixture[str],
-) -> None:
+def seed(
+    cluster: Cluster, stash_env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> tuple[Path, Path, Path]:
+    """A Deployment with data on a claim, a Repository on another claim, a Restic; synced."""
     snapshot = stash_env["root"] / "cluster-snapshot.json"
     monkeypatch.setenv("AIRFLOW__STASH__RUNTIME", "kubernetes")
     monkeypatch.setenv("AIRFLOW__STASH__MANIFESTS_DIR", str(snapshot))
@@ -162,6 +160,17 @@ def test_backup_and_recovery_through_pods(
     cluster.apply(restic())
     cluster.wait_for(lambda: len(cluster.pods(NS, "app=app")) == 2, what="the workload's pods")
     assert sync(snapshot) == 0
+    return snapshot, source, repo_store
+
+
+def test_backup_and_recovery_through_pods(
+    cluster: Cluster,
+    airflow_db: None,
+    stash_env: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    snapshot, source, repo_store = seed(cluster, stash_env, monkeypatch)
 
     # Online backup: a pod mounts the claim, restic stores /source/data.
     run = run_dag(dags()[BACKUP_DAG])
@@ -245,3 +254,46 @@ def test_backup_and_recovery_through_pods(
     with create_session() as session:
         for row in session.scalars(select(XComModel)):
             assert PASSWORD not in json.dumps(row.value, default=str)
+
+
+def test_recovery_into_the_workloads_own_volume_deferrable(
+    cluster: Cluster,
+    airflow_db: None,
+    stash_env: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Stash issue 600: stop the workload, restore into its own claim, start it again;
+    with ``[stash] deferrable`` the pods are awaited by the trigger, not a worker."""
+    snapshot, source, _ = seed(cluster, stash_env, monkeypatch)
+    monkeypatch.setenv("AIRFLOW__STASH__DEFERRABLE", "true")
+    assert set(task_states(run_dag(dags()[BACKUP_DAG])).values()) == {"success"}
+    original = tree_state(source)
+    for child in ("small", "exec.sh", "link-to-exec"):
+        path = source / child
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    assert tree_state(source) != original
+    cluster.apply(
+        recovery(
+            "in-place",
+            "app-data",
+            overwrite=True,
+            workload={"kind": "Deployment", "name": "app"},
+        )
+    )
+    assert sync(snapshot) == 0
+    dag = dags()["stash-recovery.demo.in-place"]
+    assert [t.task_id for t in dag.topological_sort()][:3] == [
+        "quiesce",
+        "wait_quiesced",
+        "restore",
+    ]
+    run = run_dag(dag)
+    assert set(task_states(run).values()) == {"success"}
+    assert tree_state(source) == original
+    assert replicas(cluster) == 2
+    assert cluster.get("recoveries", "in-place", NS)["status"]["phase"] == "Succeeded"
+    # The trigger (kubernetes_asyncio) waited for the pods: the deferrable path really ran.
+    assert any("OpenAPI-Generator" in r.user_agent for r in cluster.requests)

@@ -7,8 +7,11 @@ objects of other files.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,11 +19,20 @@ from typing import Any
 import yaml
 
 from .api.errors import ResourceError
-from .api.parse import parse_document
+from .api.parse import Parsed, parse_document
 from .api.resourceset import ResourceSet
 
 SUFFIXES = (".yaml", ".yml", ".json")
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+# What each file parsed to, keyed by its content: a DagBag parse runs the factory once
+# per DAG file (stash_dags.py, stash_errors.py) and a process may parse many times, and
+# decoding YAML plus validating is most of the cost. An entry is used only for the same
+# bytes at the same path, so an edited file (whatever its mtime) is always read afresh.
+# The parsed models are immutable; each call still builds its own ResourceSet.
+_Parsed = tuple[tuple[str, Parsed | list[ResourceError]], ...] | ResourceError
+_CACHE: OrderedDict[str, dict[str, tuple[bytes, _Parsed]]] = OrderedDict()
+_CACHE_ROOTS = 16
 
 
 def manifest_files(root: Path) -> list[Path]:
@@ -48,6 +60,25 @@ def _expand(doc: Any) -> Iterator[Any]:
         yield doc
 
 
+def _parse_file(path: Path, rel: str, data: bytes) -> _Parsed:
+    """Every object of one file with its origin (``file.yaml#2``), or the file's error."""
+    try:
+        text = io.TextIOWrapper(io.BytesIO(data)).read()  # exactly what Path.read_text does
+        docs = [d for d in _documents(path, text) if d is not None]
+    except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return ResourceError("file", None, rel, None, f"malformed {path.suffix[1:].upper()}: {exc}")
+    parsed: list[tuple[str, Parsed | list[ResourceError]]] = []
+    index = 0
+    for doc in docs:
+        for obj in _expand(doc):
+            index += 1
+            origin = f"{rel}#{index}" if len(docs) > 1 or index > 1 else rel
+            result = parse_document(obj, origin)
+            if result is not None:
+                parsed.append((origin, result))
+    return tuple(parsed)
+
+
 def load_directory(root: str | Path) -> ResourceSet:
     """Read every manifest under ``root`` into a ResourceSet (objects plus named errors)."""
     root = Path(root)
@@ -57,25 +88,26 @@ def load_directory(root: str | Path) -> ResourceSet:
             ResourceError("manifests", None, str(root), None, "folder does not exist")
         )
         return resources
+    cached = _CACHE.pop(str(root), {})
+    seen: dict[str, tuple[bytes, _Parsed]] = {}
     for path in manifest_files(root):
         rel = str(path.relative_to(root)) if path != root else path.name
-        try:
-            docs = [d for d in _documents(path, path.read_text()) if d is not None]
-        except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            resources.errors.append(
-                ResourceError(
-                    "file", None, rel, None, f"malformed {path.suffix[1:].upper()}: {exc}"
-                )
-            )
+        data = path.read_bytes()
+        digest = hashlib.blake2b(data, digest_size=20).digest()
+        entry = cached.get(rel)
+        if entry is None or entry[0] != digest:
+            entry = (digest, _parse_file(path, rel, data))
+        seen[rel] = entry
+        parsed = entry[1]
+        if isinstance(parsed, ResourceError):
+            resources.errors.append(parsed)
             continue
-        index = 0
-        for doc in docs:
-            for obj in _expand(doc):
-                index += 1
-                origin = f"{rel}#{index}" if len(docs) > 1 or index > 1 else rel
-                parsed = parse_document(obj, origin)
-                if isinstance(parsed, list):
-                    resources.errors.extend(parsed)
-                elif parsed is not None:
-                    resources.add(parsed, origin)
+        for origin, result in parsed:
+            if isinstance(result, list):
+                resources.errors.extend(result)
+            else:
+                resources.add(result, origin)
+    _CACHE[str(root)] = seen
+    while len(_CACHE) > _CACHE_ROOTS:
+        _CACHE.popitem(last=False)
     return resources

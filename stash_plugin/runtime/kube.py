@@ -61,7 +61,11 @@ class KubeStatusStore:
 
     def record_backup(self, target: TargetRef, outcome: BackupOutcome) -> BackupRepo:
         def change(status: dict[str, Any]) -> tuple[dict[str, Any], BackupRepo]:
-            current = RepositoryStatus.model_validate(status)
+            # Only our entries are read: other fields (Stash 0.8's backupCount, a
+            # controller's observedGeneration...) are kept as they are.
+            current = RepositoryStatus.model_validate(
+                {"backupRepos": status.get("backupRepos", [])}
+            )
             entries = list(current.backup_repos)
             index = next(
                 (

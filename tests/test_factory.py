@@ -120,6 +120,17 @@ def test_backup_dag_shape(mixed: dict[str, Path]) -> None:
     assert PASSWORD not in (dag.doc_md or "") and PASSWORD not in (dag.description or "")
 
 
+def test_a_failing_backend_is_retried_with_backoff(
+    mixed: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIRFLOW__STASH__TASK_RETRIES", "3")
+    dags, _ = build()
+    backup = dags[BACKUP.format("good")].task_dict["backup"]
+    assert backup.retries == 3
+    assert backup.retry_exponential_backoff
+    assert backup.retry_delay == timedelta(seconds=30)
+
+
 def test_schedules(mixed: dict[str, Path]) -> None:
     from airflow.sdk.definitions.timetables.simple import NullTimetable, OnceTimetable
     from airflow.sdk.definitions.timetables.trigger import CronTriggerTimetable

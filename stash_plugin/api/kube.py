@@ -15,6 +15,33 @@ from typing import Any
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "ReplicationController")
 
 
+class FieldError(ValueError):
+    """A field of a plain Kubernetes object that Stash cannot read."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def _mapping(value: Any, field: str) -> Mapping[str, Any]:
+    """An optional mapping (absent or empty is ``{}``); anything else names the field."""
+    if not value:
+        return {}
+    if not isinstance(value, Mapping):
+        raise FieldError(field, f"must be a mapping, not {type(value).__name__}")
+    return value
+
+
+def _list(value: Any, field: str) -> list[Any]:
+    """An optional list (absent or empty is ``[]``); anything else names the field."""
+    if not value:
+        return []
+    if not isinstance(value, list):
+        raise FieldError(field, f"must be a list, not {type(value).__name__}")
+    return value
+
+
 @dataclass(frozen=True)
 class Secret:
     """A Secret's keys; values stay encoded until a runtime asks for one."""
@@ -68,54 +95,59 @@ class Node:
 def parse_secret(doc: Mapping[str, Any], namespace: str, name: str) -> Secret:
     """Build a Secret; raises ValueError naming the key (never the value) when malformed."""
     data: dict[str, str] = {}
-    for key, value in (doc.get("data") or {}).items():
+    for key, value in _mapping(doc.get("data"), "data").items():
         try:
             base64.b64decode(str(value), validate=True)
         except (binascii.Error, ValueError):
-            raise ValueError(f"data.{key}: not valid base64") from None
+            raise FieldError(f"data.{key}", "not valid base64") from None
         data[str(key)] = str(value)
-    for key, value in (doc.get("stringData") or {}).items():
+    for key, value in _mapping(doc.get("stringData"), "stringData").items():
         data[str(key)] = base64.b64encode(str(value).encode()).decode()
     return Secret(namespace=namespace, name=name, data=data)
 
 
 def parse_workload(doc: Mapping[str, Any], namespace: str, name: str) -> Workload:
     """Pick a workload's labels, replicas and pod-template volumes."""
-    meta = doc.get("metadata") or {}
-    spec = doc.get("spec") or {}
-    template = (spec.get("template") or {}).get("spec") or {}
+    meta = _mapping(doc.get("metadata"), "metadata")
+    spec = _mapping(doc.get("spec"), "spec")
+    pod_template = _mapping(spec.get("template"), "spec.template")
+    template = _mapping(pod_template.get("spec"), "spec.template.spec")
     volumes: dict[str, Mapping[str, Any]] = {}
-    for i, vol in enumerate(template.get("volumes") or []):
+    for i, vol in enumerate(_list(template.get("volumes"), "spec.template.spec.volumes")):
         if not isinstance(vol, Mapping) or not isinstance(vol.get("name"), str):
-            raise ValueError(f"spec.template.spec.volumes[{i}].name: missing")
+            raise FieldError(f"spec.template.spec.volumes[{i}].name", "missing")
         volumes[vol["name"]] = {k: v for k, v in vol.items() if k != "name"}
     replicas = spec.get("replicas")
     claims = tuple(
-        str((t.get("metadata") or {}).get("name"))
-        for t in spec.get("volumeClaimTemplates") or []
-        if isinstance(t, Mapping) and (t.get("metadata") or {}).get("name")
+        str(t["metadata"]["name"])
+        for t in _list(spec.get("volumeClaimTemplates"), "spec.volumeClaimTemplates")
+        if isinstance(t, Mapping)
+        and isinstance(t.get("metadata"), Mapping)
+        and t["metadata"].get("name")
     )
     return Workload(
         kind=str(doc["kind"]),
         namespace=namespace,
         name=name,
-        labels={str(k): str(v) for k, v in (meta.get("labels") or {}).items()},
+        labels={str(k): str(v) for k, v in _mapping(meta.get("labels"), "metadata.labels").items()},
         replicas=int(replicas) if isinstance(replicas, int) else None,
         volumes=volumes,
         pod_labels={
             str(k): str(v)
-            for k, v in (
-                ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
+            for k, v in _mapping(
+                _mapping(pod_template.get("metadata"), "spec.template.metadata").get("labels"),
+                "spec.template.metadata.labels",
             ).items()
         },
         claim_templates=claims,
         controlled=any(
             isinstance(o, Mapping) and o.get("controller") and o.get("kind") in WORKLOAD_KINDS
-            for o in meta.get("ownerReferences") or []
+            for o in _list(meta.get("ownerReferences"), "metadata.ownerReferences")
         ),
     )
 
 
 def parse_node(doc: Mapping[str, Any], name: str) -> Node:
-    meta = doc.get("metadata") or {}
-    return Node(name=name, labels={str(k): str(v) for k, v in (meta.get("labels") or {}).items()})
+    meta = _mapping(doc.get("metadata"), "metadata")
+    labels = _mapping(meta.get("labels"), "metadata.labels")
+    return Node(name=name, labels={str(k): str(v) for k, v in labels.items()})

@@ -11,6 +11,7 @@ from .. import GROUP
 from .errors import ResourceError, field_path
 from .kube import (
     WORKLOAD_KINDS,
+    FieldError,
     Node,
     Secret,
     Workload,
@@ -92,15 +93,24 @@ def parse_document(doc: Any, origin: str | None = None) -> Parsed | list[Resourc
             return error("metadata.name", "missing")
         try:
             return parse_secret(doc, ns or "default", name)
+        except FieldError as exc:
+            return error(exc.field, exc.message)
         except ValueError as exc:
             return error(None, str(exc))
     if kind == "Node" and api_version == "v1":
-        return None if name is None else parse_node(doc, name)
+        if name is None:
+            return None
+        try:
+            return parse_node(doc, name)
+        except FieldError as exc:
+            return error(exc.field, exc.message)
     if kind in WORKLOAD_KINDS:
         if name is None:
             return error("metadata.name", "missing")
         try:
             return parse_workload(doc, ns or "default", name)
+        except FieldError as exc:
+            return error(exc.field, exc.message)
         except (ValueError, TypeError, KeyError) as exc:
             return error(None, str(exc))
     if kind == "document":

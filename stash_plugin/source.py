@@ -79,6 +79,48 @@ def _parse_file(path: Path, rel: str, data: bytes) -> _Parsed:
     return tuple(parsed)
 
 
+def _refuse_invalid_twins(resources: ResourceSet) -> None:
+    """An object that an invalid document also defines is refused too.
+
+    Two valid definitions of one object are both refused (ResourceSet); the same goes
+    when one of them has errors: the broken one is often the newer edit, and backing
+    up with the other would be a guess.
+    """
+    cluster_scoped = ("BackupAgent", "Node")
+    invalid: dict[tuple[str, str | None, str], ResourceError] = {}
+    for err in resources.errors:
+        if err.name is not None:
+            ns = None if err.kind in cluster_scoped else err.namespace
+            invalid.setdefault((err.kind, ns, err.name), err)
+    if not invalid:
+        return
+    tables: list[tuple[dict[Any, Any], Any]] = [
+        (resources.repositories, lambda k: ("Repository", *k)),
+        (resources.restics, lambda k: ("Restic", *k)),
+        (resources.recoveries, lambda k: ("Recovery", *k)),
+        (resources.secrets, lambda k: ("Secret", *k)),
+        (resources.workloads, lambda k: k),
+        (resources.agents, lambda k: ("BackupAgent", None, k)),
+        (resources.nodes, lambda k: ("Node", None, k)),
+    ]
+    for table, ident_of in tables:
+        for key in [k for k in table if ident_of(k) in invalid]:
+            kind, ns, name = ident_of(key)
+            bad = invalid[(kind, ns, name)]
+            origin = resources.origin_of(kind, ns, name)
+            del table[key]
+            resources.errors.append(
+                ResourceError(
+                    kind,
+                    ns,
+                    name,
+                    "metadata.name",
+                    f"defined twice ({origin} and {bad.origin}, which has errors); neither is used",
+                    origin,
+                )
+            )
+
+
 def load_directory(root: str | Path) -> ResourceSet:
     """Read every manifest under ``root`` into a ResourceSet (objects plus named errors)."""
     root = Path(root)
@@ -107,6 +149,7 @@ def load_directory(root: str | Path) -> ResourceSet:
                 resources.errors.extend(result)
             else:
                 resources.add(result, origin)
+    _refuse_invalid_twins(resources)
     _CACHE[str(root)] = seen
     while len(_CACHE) > _CACHE_ROOTS:
         _CACHE.popitem(last=False)

@@ -42,6 +42,8 @@ def field_path(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
+        elif part == "":  # a key that is the empty string must still show where it is
+            out += '[""]'
         else:
             out += ("." if out else "") + str(part)
     return out

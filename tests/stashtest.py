@@ -76,15 +76,22 @@ def secret_doc(name: str, namespace: str, **values: str) -> dict[str, Any]:
 
 
 def deployment_doc(
-    name: str, namespace: str, host_path: Path, labels: dict[str, str] | None = None
+    name: str,
+    namespace: str,
+    host_path: Path | None,
+    labels: dict[str, str] | None = None,
+    *,
+    volume: dict[str, Any] | None = None,
+    replicas: int = 1,
 ) -> dict[str, Any]:
+    """A Deployment mounting ``host_path`` (or the ``volume`` source) at /source/data."""
     labels = labels or {"app": name}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {"name": name, "namespace": namespace, "labels": labels},
         "spec": {
-            "replicas": 1,
+            "replicas": replicas,
             "selector": {"matchLabels": labels},
             "template": {
                 "metadata": {"labels": labels},
@@ -96,7 +103,9 @@ def deployment_doc(
                             "volumeMounts": [{"name": "data", "mountPath": "/source/data"}],
                         }
                     ],
-                    "volumes": [{"name": "data", "hostPath": {"path": str(host_path)}}],
+                    "volumes": [
+                        {"name": "data", **(volume or {"hostPath": {"path": str(host_path)}})}
+                    ],
                 },
             },
         },

@@ -17,7 +17,16 @@ from typing import Any
 
 import pytest
 from kube.harness import Cluster, start_cluster
-from stashtest import PASSWORD, make_tree, run_dag, secret_doc, task_states, tree_state
+from stashtest import (
+    PASSWORD,
+    deployment_doc,
+    make_tree,
+    restic_doc,
+    run_dag,
+    secret_doc,
+    task_states,
+    tree_state,
+)
 
 pytestmark = pytest.mark.slow
 NS = "demo"
@@ -33,54 +42,15 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 def deployment(claim: str) -> dict[str, Any]:
-    labels = {"app": "app"}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "app", "namespace": NS, "labels": labels},
-        "spec": {
-            "replicas": 2,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "containers": [
-                        {
-                            "name": "app",
-                            "image": "busybox",
-                            "volumeMounts": [{"name": "data", "mountPath": "/source/data"}],
-                        }
-                    ],
-                    "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}],
-                },
-            },
-        },
-    }
+    return deployment_doc(
+        "app", NS, None, volume={"persistentVolumeClaim": {"claimName": claim}}, replicas=2
+    )
 
 
 def restic(mode: str = "Online") -> dict[str, Any]:
-    return {
-        "apiVersion": STASH,
-        "kind": "Restic",
-        "metadata": {"name": "app-backup", "namespace": NS},
-        "spec": {
-            "targetType": "Volume",
-            "schedule": "@every 1h",
-            "backupMode": mode,
-            "repository": {"name": "repo"},
-            "volumeSelector": {
-                "selector": {"matchLabels": {"app": "app"}},
-                "targetVolumes": [
-                    {
-                        "name": "data",
-                        "mountPath": "/source/data",
-                        "directories": [{"path": "/source/data", "retentionPolicyName": "p"}],
-                    }
-                ],
-            },
-            "retentionPolicies": [{"name": "p", "keepLast": 1, "prune": True}],
-        },
-    }
+    return restic_doc(
+        "app-backup", NS, "repo", "app", policy={"keepLast": 1, "prune": True}, backupMode=mode
+    )
 
 
 def recovery(name: str, claim: str, **restorer: Any) -> dict[str, Any]:

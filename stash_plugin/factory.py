@@ -65,7 +65,8 @@ def backup_dag(plan: BackupPlan, settings: Settings) -> DAG:
         start_date=START_DATE,
         catchup=False,
         max_active_runs=1,
-        tags=[*plan.tags, *(["paused"] if plan.paused else [])],
+        # Airflow refuses tags over 100 characters (a long Repository name): cut, not fail.
+        tags=[t[:100] for t in (*plan.tags, *(["paused"] if plan.paused else []))],
         doc_md=doc,
         description=plan.description[:200],
         is_paused_upon_creation=False,
@@ -111,7 +112,7 @@ def recovery_dag(plan: RecoveryPlan, settings: Settings) -> DAG:
         start_date=START_DATE,
         catchup=False,
         max_active_runs=1,
-        tags=list(plan.tags),
+        tags=[t[:100] for t in plan.tags],
         doc_md=f"### Stash recovery\n\n{plan.description}",
         description=plan.description[:200],
         is_paused_upon_creation=False,

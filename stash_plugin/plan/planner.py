@@ -27,6 +27,20 @@ def _repository(resources: ResourceSet, obj: Restic | Recovery, check_secrets: b
     return repo
 
 
+# Airflow refuses longer DAG ids, and a DAG that cannot be made hides every other DAG of
+# the file: names that long are refused here, as a named error.
+MAX_DAG_ID_LENGTH = 250
+
+
+def _check_dag_id(dag_id: str) -> None:
+    if len(dag_id) > MAX_DAG_ID_LENGTH:
+        raise PlanError(
+            "metadata.name",
+            f"makes DAG id {dag_id} of {len(dag_id)} characters, but Airflow allows "
+            f"{MAX_DAG_ID_LENGTH}; shorten the name (or the namespace or workload name)",
+        )
+
+
 # BackupAgents that exist without the user creating them; the image is the configured
 # default agent image ([stash] agent_image). A user's BackupAgent of the same name wins.
 DEFAULT_AGENTS = ("stash",)
@@ -79,6 +93,7 @@ def make_plans(
             # "a.deployment" + Deployment "x", Restic "a" + Deployment "deployment.x"):
             # refuse the second rather than silently drop one target's backups.
             for plan in made:
+                _check_dag_id(plan.dag_id)
                 other = plans.backups.get(plan.dag_id)
                 if other is not None:
                     raise PlanError(
@@ -97,6 +112,7 @@ def make_plans(
             repo = _repository(resources, recovery, check_secrets)
             image = _agent_image(resources, recovery.spec.recovery_agent, "spec.recoveryAgent")
             rplan = plan_recovery(recovery, repo, runtime, image, resources)
+            _check_dag_id(rplan.dag_id)
             plans.recoveries[rplan.dag_id] = rplan
         except PlanError as exc:
             fail(recovery, exc)

@@ -27,6 +27,9 @@ _GO_UNIT_SECONDS = {
 }
 _GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _CRON_FIELD = re.compile(r"^[\d*/,\-?LW#A-Za-z]+$")
+# Go's time.Duration is int64 nanoseconds: Stash could not take a longer @every, and a
+# longer one would overflow the DAG's timetable (and hide every other DAG with it).
+MAX_GO_DURATION_SECONDS = (2**63 - 1) / 1e9
 
 
 def parse_go_duration(text: str) -> float:
@@ -41,6 +44,8 @@ def parse_go_duration(text: str) -> float:
         pos = match.end()
     if not text or pos != len(text):
         raise ValueError(f"{text!r} is not a duration such as 30s, 1m or 1h30m")
+    if not total <= MAX_GO_DURATION_SECONDS:  # also catches inf (a number of 400 digits)
+        raise ValueError(f"{text!r} is longer than the longest duration, 2562047h (292 years)")
     return total
 
 

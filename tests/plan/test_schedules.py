@@ -51,6 +51,8 @@ def test_go_durations() -> None:
         ("@every 1h 30m", "1m"),  # Go durations have no spaces
         ("@every 500ms", "at least 1s"),
         ("@every 0s", "at least 1s"),
+        ("@every 99999999999999999999h", "292 years"),  # overflowed the DAG's timetable
+        ("@every " + "9" * 400 + "h", "292 years"),  # float inf: crashed the planner
         ("61 * * * *", "cron"),
         ("@sometimes", "@daily"),  # the known presets are listed
         ("* * *", "5 fields"),

@@ -7,6 +7,7 @@ that parses for one task (``get_parsing_context().dag_id``) builds only that DAG
 
 from __future__ import annotations
 
+import gc
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -143,14 +144,22 @@ def build_dags(settings: Settings | None = None) -> tuple[dict[str, DAG], list[R
     """Every DAG the resources describe, plus the errors of the resources that made none."""
     settings = settings or load_settings()
     wanted = get_parsing_context().dag_id
-    plans = load_plans(settings, only_dag_id=wanted)
-    dags: dict[str, DAG] = {}
-    for dag_id, bplan in plans.backups.items():
-        if not wanted or dag_id == wanted:
-            dags[dag_id] = backup_dag(bplan, settings)
-    for dag_id, rplan in plans.recoveries.items():
-        if not wanted or dag_id == wanted:
-            dags[dag_id] = recovery_dag(rplan, settings)
+    # Thousands of DAGs are millions of long-lived objects and almost no garbage: the
+    # cyclic GC's full passes over them were a fifth of the time for 5,000 targets.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        plans = load_plans(settings, only_dag_id=wanted)
+        dags: dict[str, DAG] = {}
+        for dag_id, bplan in plans.backups.items():
+            if not wanted or dag_id == wanted:
+                dags[dag_id] = backup_dag(bplan, settings)
+        for dag_id, rplan in plans.recoveries.items():
+            if not wanted or dag_id == wanted:
+                dags[dag_id] = recovery_dag(rplan, settings)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
     for error in plans.errors:
         log.warning("Stash: %s", error)
     return dags, plans.errors

@@ -1,0 +1,467 @@
+"""Parse cost of the Stash DAG factory against hand-written DAGs.
+
+For N volume targets (N Restics, each selecting its own Deployment, one Repository and
+its Secret) this measures, each in a fresh Python process (cold import, clean peak RSS
+from ``getrusage``):
+
+a. a ``DagBag`` parse of our ``dags/`` folder (``stash_dags.py`` + ``stash_errors.py``);
+b. the baseline: one generated, hand-written DAG file with the same DAGs and the same
+   tasks written with stock operators (KubernetesPodOperator backup and retention, a
+   PythonSensor verify, a PythonOperator update_status with ``all_done``), same
+   schedule, tags, params, default args, parsed by ``DagBag`` the same way;
+c. a ``DagBag`` parse of ``dags/`` when the parsing context names one DAG (what a
+   worker does before it runs one task).
+
+Usage::
+
+    .venv/bin/python benchmarks/parse.py [--sizes 10,100,1000,5000] [--repeat 3]
+        [--keep DIR] [--profile DIR]
+
+Times are the median of ``--repeat`` runs after one warm-up run (which also writes the
+byte-code caches, so both sides are measured with ``.pyc`` files in place). Peak memory is
+the parsing process's ``ru_maxrss`` (and, as a cross-check, ``VmHWM``), Airflow included;
+this process stays small so that it does not leak into its children's ``ru_maxrss``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DAGS = ROOT / "dags"
+NS = "bench"
+SCHEDULE = "@every 1h"
+sys.path.insert(0, str(ROOT))
+
+
+# --------------------------------------------------------------------------- manifests
+
+
+def write_manifests(folder: Path, n: int) -> list[str]:
+    """One Repository + Secret, and per target a file with its Deployment and Restic."""
+    import yaml
+
+    folder.mkdir(parents=True, exist_ok=True)
+    repo = [
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "repo-secret", "namespace": NS},
+            "stringData": {"RESTIC_PASSWORD": "not-a-real-password"},
+        },
+        {
+            "apiVersion": "stash.appscode.com/v1alpha1",
+            "kind": "Repository",
+            "metadata": {"name": "repo", "namespace": NS},
+            "spec": {
+                "backend": {
+                    "s3": {"endpoint": "s3.example.com", "bucket": "backups", "prefix": NS},
+                    "storageSecretName": "repo-secret",
+                }
+            },
+        },
+    ]
+    (folder / "repository.yaml").write_text(yaml.safe_dump_all(repo, sort_keys=False))
+    targets = folder / "targets"
+    targets.mkdir(exist_ok=True)
+    for i in range(n):
+        app = f"app-{i:05d}"
+        labels = {"app": app}
+        deployment = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": app, "namespace": NS, "labels": labels},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "containers": [
+                            {
+                                "name": "app",
+                                "image": "busybox",
+                                "volumeMounts": [{"name": "data", "mountPath": "/source/data"}],
+                            }
+                        ],
+                        "volumes": [
+                            {"name": "data", "persistentVolumeClaim": {"claimName": f"{app}-data"}}
+                        ],
+                    },
+                },
+            },
+        }
+        restic = {
+            "apiVersion": "stash.appscode.com/v1alpha1",
+            "kind": "Restic",
+            "metadata": {"name": f"{app}-backup", "namespace": NS},
+            "spec": {
+                "targetType": "Volume",
+                "schedule": SCHEDULE,
+                "repository": {"name": "repo"},
+                "volumeSelector": {
+                    "selector": {"matchLabels": labels},
+                    "targetVolumes": [
+                        {
+                            "name": "data",
+                            "mountPath": "/source/data",
+                            "directories": [
+                                {"path": "/source/data", "retentionPolicyName": "keep-last-5"}
+                            ],
+                        }
+                    ],
+                },
+                "retentionPolicies": [{"name": "keep-last-5", "keepLast": 5, "prune": True}],
+            },
+        }
+        (targets / f"{app}.yaml").write_text(
+            yaml.safe_dump_all([deployment, restic], sort_keys=False)
+        )
+    return [f"stash-backup.{NS}.app-{i:05d}-backup.deployment.app-{i:05d}" for i in range(n)]
+
+
+# --------------------------------------------------------------------------- baseline
+
+_HEADER = '''"""{n} backup DAGs written by hand with stock operators (generated)."""
+
+from datetime import datetime, timedelta, timezone
+
+from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from airflow.providers.standard.operators.python import PythonOperator
+from airflow.providers.standard.sensors.python import PythonSensor
+from airflow.sdk import DAG, DeltaTriggerTimetable, Param
+from kubernetes.client import models as k8s
+
+START = datetime(2024, 1, 1, tzinfo=timezone.utc)
+DEFAULT_ARGS = {{
+    "owner": "stash",
+    "retries": 2,
+    "retry_delay": timedelta(seconds=30),
+    "retry_exponential_backoff": True,
+}}
+
+
+def verify_snapshots(**context):
+    return True
+
+
+def update_status(**context):
+    return None
+
+'''
+
+
+def _env_code(step: Any) -> str:
+    items = [f"k8s.V1EnvVar(name={k!r}, value={v!r})" for k, v in step.env]
+    items += [
+        f"k8s.V1EnvVar(name={ref.name!r}, value_from=k8s.V1EnvVarSource("
+        f"secret_key_ref=k8s.V1SecretKeySelector(name={ref.secret!r}, key={ref.key!r}, "
+        f"optional={ref.optional!r})))"
+        for ref in step.secret_env
+    ]
+    return "[\n            " + ",\n            ".join(items) + ",\n        ]"
+
+
+def _volumes_code(step: Any) -> tuple[str, str]:
+    volumes, mounts = [], []
+    for m in step.mounts:
+        claim = m.source["persistentVolumeClaim"]["claimName"]
+        volumes.append(
+            f"k8s.V1Volume(name={m.name!r}, persistent_volume_claim="
+            f"k8s.V1PersistentVolumeClaimVolumeSource(claim_name={claim!r}))"
+        )
+        mounts.append(
+            f"k8s.V1VolumeMount(name={m.name!r}, mount_path={m.path!r}, read_only={m.read_only!r})"
+        )
+    return "[" + ", ".join(volumes) + "]", "[" + ", ".join(mounts) + "]"
+
+
+def _pod_task(var: str, step: Any) -> str:
+    volumes, mounts = _volumes_code(step)
+    labels = {f"stash.appscode.com/{k}": v for k, v in step.labels}
+    return f"""    {var} = KubernetesPodOperator(
+        task_id={step.task_id!r},
+        name={"stash-" + step.task_id!r},
+        namespace={step.namespace!r},
+        image="stash-airflow/agent:0.1.0",
+        cmds=[{step.argv[0]!r}],
+        arguments={list(step.argv[1:])!r},
+        env_vars={_env_code(step)},
+        volumes={volumes},
+        volume_mounts={mounts},
+        labels={labels!r},
+        get_logs=True,
+        on_finish_action="delete_succeeded_pod",
+        kubernetes_conn_id="kubernetes_default",
+    )
+"""
+
+
+def write_baseline_file(manifests: Path, out: Path) -> int:
+    from stash_plugin.plan import make_plans
+    from stash_plugin.source import load_directory
+
+    plans = make_plans(load_directory(manifests), "kubernetes")
+    assert not plans.errors, [str(e) for e in plans.errors]
+    parts = [_HEADER.format(n=len(plans.backups))]
+    for i, plan in enumerate(plans.backups.values()):
+        assert plan.schedule.kind == "every" and plan.retention is not None
+        doc = (
+            f"### Stash backup\n\n{plan.description}\n\nTrigger by hand for an instant backup; "
+            "set `retention` to false to keep every snapshot this time."
+        )
+        parts.append(
+            f"""
+with DAG(
+    dag_id={plan.dag_id!r},
+    schedule=DeltaTriggerTimetable(timedelta(seconds={plan.schedule.value})),
+    start_date=START,
+    catchup=False,
+    max_active_runs=1,
+    tags={list(plan.tags)!r},
+    doc_md={doc!r},
+    description={plan.description[:200]!r},
+    is_paused_upon_creation=False,
+    default_args=DEFAULT_ARGS,
+    params={{
+        "retention": Param(
+            True, type="boolean", description="Apply the retention policy after this backup"
+        )
+    }},
+) as dag_{i:05d}:
+{_pod_task("backup", plan.backup)}{_pod_task("retention", plan.retention)}    verify = PythonSensor(
+        task_id="verify",
+        python_callable=verify_snapshots,
+        poke_interval=5,
+        timeout=600,
+        mode="poke",
+        trigger_rule="none_failed",
+    )
+    status = PythonOperator(
+        task_id="update_status", python_callable=update_status, trigger_rule="all_done"
+    )
+    backup >> retention >> verify >> status
+"""
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "handwritten_dags.py").write_text("".join(parts))
+    return len(plans.backups)
+
+
+# --------------------------------------------------------------------------- measurement
+
+
+def child(folder: str, expect: int, profile: str | None) -> None:
+    """Runs in a fresh interpreter: import Airflow, parse ``folder`` once, report."""
+    import resource
+
+    t0 = time.perf_counter()
+    from airflow.dag_processing.dagbag import DagBag
+
+    t1 = time.perf_counter()
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    prof = None
+    if profile:
+        import cProfile
+
+        prof = cProfile.Profile()
+        prof.enable()
+    t2 = time.perf_counter()
+    bag = DagBag(dag_folder=folder, collect_dags=True)
+    t3 = time.perf_counter()
+    if prof is not None:
+        prof.disable()
+        prof.dump_stats(profile)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    hwm = next(
+        (int(ln.split()[1]) for ln in open("/proc/self/status") if ln.startswith("VmHWM:")), 0
+    )
+    result = {
+        "import_s": t1 - t0,
+        "parse_s": t3 - t2,
+        "rss_before_mib": rss_before / 1024,
+        "peak_mib": peak / 1024,
+        "vmhwm_mib": hwm / 1024,
+        "dags": len(bag.dags),
+        "tasks": sum(len(d.tasks) for d in bag.dags.values()),
+        "import_errors": {k: v[-300:] for k, v in bag.import_errors.items()},
+    }
+    if expect >= 0 and len(bag.dags) != expect:
+        result["error"] = f"expected {expect} DAGs, got {len(bag.dags)}"
+    print("RESULT " + json.dumps(result))
+
+
+def measure(
+    folder: Path,
+    env: dict[str, str],
+    expect: int,
+    repeat: int,
+    profile: Path | None = None,
+) -> dict[str, Any]:
+    runs = []
+    # The first run is a warm-up (byte-code caches, page cache); a profiled run (slower
+    # under cProfile) comes last and is not counted.
+    for i in range(repeat + 1 + bool(profile)):
+        prof = str(profile) if profile and i == repeat + 1 else None
+        cmd = [sys.executable, __file__, "--child", str(folder), "--expect", str(expect)]
+        if prof:
+            cmd += ["--child-profile", prof]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
+        if out.returncode != 0 or line is None:
+            raise SystemExit(f"child failed ({out.returncode}):\n{out.stderr[-3000:]}")
+        result = json.loads(line.removeprefix("RESULT "))
+        if "error" in result:
+            raise SystemExit(f"{folder}: {result['error']}: {result['import_errors']}")
+        if 0 < i <= repeat:
+            runs.append(result)
+    return {
+        "parse_s": statistics.median(r["parse_s"] for r in runs),
+        "import_s": statistics.median(r["import_s"] for r in runs),
+        "peak_mib": statistics.median(r["peak_mib"] for r in runs),
+        "vmhwm_mib": statistics.median(r["vmhwm_mib"] for r in runs),
+        "rss_before_mib": statistics.median(r["rss_before_mib"] for r in runs),
+        "dags": runs[0]["dags"],
+        "tasks": runs[0]["tasks"],
+        "import_errors": runs[0]["import_errors"],
+        "all_parse_s": [round(r["parse_s"], 3) for r in runs],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--sizes", default="10,100,1000,5000")
+    ap.add_argument("--context-sizes", default="1000,5000")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--keep", type=Path, help="keep the generated manifests and DAG files here")
+    ap.add_argument("--profile", type=Path, help="write cProfile stats of the last runs here")
+    ap.add_argument("--only", choices=("factory", "baseline", "context"), action="append")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--expect", type=int, default=-1, help=argparse.SUPPRESS)
+    ap.add_argument("--child-profile", help=argparse.SUPPRESS)
+    ap.add_argument("--gen-baseline", nargs=2, type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.gen_baseline:
+        write_baseline_file(*args.gen_baseline)
+        return
+    if args.child:
+        child(args.child, args.expect, args.child_profile)
+        return
+
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    context_sizes = {int(s) for s in args.context_sizes.split(",") if s}
+    only = set(args.only or ("factory", "baseline", "context"))
+    work = args.keep or Path(tempfile.mkdtemp(prefix="stash-bench-parse-"))
+    work.mkdir(parents=True, exist_ok=True)
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    home = work / "airflow-home"
+    home.mkdir(exist_ok=True)
+    base_env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AIRFLOW__STASH__", "_AIRFLOW_PARSING_CONTEXT"))
+    }
+    base_env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "3600",
+            "AIRFLOW__STASH__RUNTIME": "kubernetes",
+            "AIRFLOW__STASH__STATE_DIR": str(work / "state"),
+            "AIRFLOW__STASH__TASK_RETRIES": "2",
+            "PYTHONDONTWRITEBYTECODE": "",
+        }
+    )
+    base_env.pop("PYTHONDONTWRITEBYTECODE")
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, work dir {work}")
+    rows = []
+    try:
+        for n in sizes:
+            manifests = work / f"manifests-{n}"
+            dag_ids = write_manifests(manifests, n)
+            env = {**base_env, "AIRFLOW__STASH__MANIFESTS_DIR": str(manifests)}
+            row: dict[str, Any] = {"n": n}
+
+            def prof(name: str, n: int = n) -> Path | None:
+                return args.profile / f"{name}-{n}.prof" if args.profile else None
+
+            if "factory" in only:
+                row["factory"] = measure(DAGS, env, n, args.repeat, prof("factory"))
+                print(f"N={n} factory  {json.dumps(row['factory'])}", flush=True)
+            if "baseline" in only:
+                handwritten = work / f"handwritten-{n}"
+                # In a child: planning 5,000 targets here would grow this process, and a
+                # child's ru_maxrss starts from its parent's peak (vfork + exec).
+                gen = [sys.executable, __file__, "--gen-baseline", str(manifests), str(handwritten)]
+                subprocess.run(gen, env=env, check=True)  # noqa: S603 - fixed argv
+                row["baseline"] = measure(handwritten, env, n, args.repeat, prof("baseline"))
+                print(f"N={n} baseline {json.dumps(row['baseline'])}", flush=True)
+            if "context" in only and n in context_sizes:
+                wanted = dag_ids[n // 2]
+                cenv = {**env, "_AIRFLOW_PARSING_CONTEXT_DAG_ID": wanted}
+                row["context"] = measure(DAGS, cenv, 1, args.repeat, prof("context"))
+                print(f"N={n} context  {json.dumps(row['context'])}", flush=True)
+            rows.append(row)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    print_table(rows)
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    def cell(row: dict[str, Any], key: str, field: str, fmt: str) -> str:
+        return format(row[key][field], fmt) if key in row else "-"
+
+    def ratio(row: dict[str, Any], field: str) -> str:
+        if "factory" not in row or "baseline" not in row:
+            return "-"
+        return f"{row['factory'][field] / row['baseline'][field]:.2f}"
+
+    head = (
+        f"{'targets':>7} | {'factory s':>9} {'peak MiB':>8} | {'baseline s':>10} "
+        f"{'peak MiB':>8} | {'time ratio':>10} {'mem ratio':>9} | {'one DAG s':>9} "
+        f"{'peak MiB':>8}"
+    )
+    print()
+    print("DagBag parse (median of runs; peak = max RSS of the parsing process, incl. Airflow)")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(
+            f"{r['n']:>7} | {cell(r, 'factory', 'parse_s', '9.2f')} "
+            f"{cell(r, 'factory', 'peak_mib', '8.0f')} | {cell(r, 'baseline', 'parse_s', '10.2f')} "
+            f"{cell(r, 'baseline', 'peak_mib', '8.0f')} | {ratio(r, 'parse_s'):>10} "
+            f"{ratio(r, 'peak_mib'):>9} | {cell(r, 'context', 'parse_s', '9.3f')} "
+            f"{cell(r, 'context', 'peak_mib', '8.0f')}"
+        )
+    both = [r for r in rows if "factory" in r and "baseline" in r]
+    if len(both) >= 2:
+        a, b = both[-2], both[-1]
+        per = {
+            k: (b[k]["parse_s"] - a[k]["parse_s"]) / (b["n"] - a["n"]) * 1000
+            for k in ("factory", "baseline")
+        }
+        print(
+            f"Marginal cost per DAG ({a['n']} -> {b['n']} targets): factory "
+            f"{per['factory']:.2f} ms, baseline {per['baseline']:.2f} ms"
+        )
+    if rows and "factory" in rows[0]:
+        print(
+            f"(RSS after importing airflow.dag_processing.dagbag, before parsing: "
+            f"{rows[0]['factory']['rss_before_mib']:.0f} MiB)"
+        )
+
+
+if __name__ == "__main__":
+    main()

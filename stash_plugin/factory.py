@@ -179,6 +179,12 @@ def raise_resource_errors(settings: Settings | None = None) -> None:
     without touching the good DAGs, which another file builds."""
     if get_parsing_context().dag_id:
         return
-    errors = load_plans(settings or load_settings()).errors
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # as in build_dags: many long-lived objects, almost no garbage
+    try:
+        errors = load_plans(settings or load_settings()).errors
+    finally:
+        if gc_was_enabled:
+            gc.enable()
     if errors:
         raise StashResourceErrors(errors)

@@ -46,6 +46,7 @@ def backup_args(path: Path) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_creates_repository_once_and_never_over_a_wrong_password(
     repo: dict[str, str], tmp_path: Path
 ) -> None:

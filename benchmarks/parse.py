@@ -9,6 +9,9 @@ b. the baseline: one generated, hand-written DAG file with the same DAGs and the
    tasks written with stock operators (KubernetesPodOperator backup and retention, a
    PythonSensor verify, a PythonOperator update_status with ``all_done``), same
    schedule, tags, params, default args, parsed by ``DagBag`` the same way;
+   A lower bound ("light") is measured too: the same DAGs whose pods get plain
+   environment values only (no secretKeyRef, no volumes), which is cheaper to build but
+   not equivalent;
 c. a ``DagBag`` parse of ``dags/`` when the parsing context names one DAG (what a
    worker does before it runs one task).
 
@@ -186,9 +189,24 @@ def _volumes_code(step: Any) -> tuple[str, str]:
     return "[" + ", ".join(volumes) + "]", "[" + ", ".join(mounts) + "]"
 
 
-def _pod_task(var: str, step: Any) -> str:
+def _pod_task(var: str, step: Any, light: bool = False) -> str:
     volumes, mounts = _volumes_code(step)
     labels = {f"stash.appscode.com/{k}": v for k, v in step.labels}
+    if light:  # plain values only: no secret references, no volumes (not equivalent)
+        return f"""    {var} = KubernetesPodOperator(
+        task_id={step.task_id!r},
+        name={"stash-" + step.task_id!r},
+        namespace={step.namespace!r},
+        image="stash-airflow/agent:0.1.0",
+        cmds=[{step.argv[0]!r}],
+        arguments={list(step.argv[1:])!r},
+        env_vars={dict(step.env)!r},
+        labels={labels!r},
+        get_logs=True,
+        on_finish_action="delete_succeeded_pod",
+        kubernetes_conn_id="kubernetes_default",
+    )
+"""
     return f"""    {var} = KubernetesPodOperator(
         task_id={step.task_id!r},
         name={"stash-" + step.task_id!r},
@@ -207,7 +225,7 @@ def _pod_task(var: str, step: Any) -> str:
 """
 
 
-def write_baseline_file(manifests: Path, out: Path) -> int:
+def write_baseline_file(manifests: Path, out: Path, light: bool = False) -> int:
     from stash_plugin.plan import make_plans
     from stash_plugin.source import load_directory
 
@@ -220,6 +238,8 @@ def write_baseline_file(manifests: Path, out: Path) -> int:
             f"### Stash backup\n\n{plan.description}\n\nTrigger by hand for an instant backup; "
             "set `retention` to false to keep every snapshot this time."
         )
+        pods = _pod_task("backup", plan.backup, light)
+        pods += _pod_task("retention", plan.retention, light)
         parts.append(
             f"""
 with DAG(
@@ -239,7 +259,7 @@ with DAG(
         )
     }},
 ) as dag_{i:05d}:
-{_pod_task("backup", plan.backup)}{_pod_task("retention", plan.retention)}    verify = PythonSensor(
+{pods}    verify = PythonSensor(
         task_id="verify",
         python_callable=verify_snapshots,
         poke_interval=5,
@@ -345,14 +365,15 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--keep", type=Path, help="keep the generated manifests and DAG files here")
     ap.add_argument("--profile", type=Path, help="write cProfile stats of the last runs here")
-    ap.add_argument("--only", choices=("factory", "baseline", "context"), action="append")
+    ap.add_argument("--only", choices=("factory", "baseline", "light", "context"), action="append")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--expect", type=int, default=-1, help=argparse.SUPPRESS)
     ap.add_argument("--child-profile", help=argparse.SUPPRESS)
     ap.add_argument("--gen-baseline", nargs=2, type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--gen-light", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.gen_baseline:
-        write_baseline_file(*args.gen_baseline)
+        write_baseline_file(*args.gen_baseline, light=args.gen_light)
         return
     if args.child:
         child(args.child, args.expect, args.child_profile)
@@ -360,7 +381,7 @@ def main() -> None:
 
     sizes = [int(s) for s in args.sizes.split(",") if s]
     context_sizes = {int(s) for s in args.context_sizes.split(",") if s}
-    only = set(args.only or ("factory", "baseline", "context"))
+    only = set(args.only or ("factory", "baseline", "light", "context"))
     work = args.keep or Path(tempfile.mkdtemp(prefix="stash-bench-parse-"))
     work.mkdir(parents=True, exist_ok=True)
     if args.profile:
@@ -399,14 +420,17 @@ def main() -> None:
             if "factory" in only:
                 row["factory"] = measure(DAGS, env, n, args.repeat, prof("factory"))
                 print(f"N={n} factory  {json.dumps(row['factory'])}", flush=True)
-            if "baseline" in only:
-                handwritten = work / f"handwritten-{n}"
+            for variant in ("baseline", "light"):
+                if variant not in only:
+                    continue
+                handwritten = work / f"handwritten-{variant}-{n}"
                 # In a child: planning 5,000 targets here would grow this process, and a
                 # child's ru_maxrss starts from its parent's peak (vfork + exec).
                 gen = [sys.executable, __file__, "--gen-baseline", str(manifests), str(handwritten)]
+                gen += ["--gen-light"] if variant == "light" else []
                 subprocess.run(gen, env=env, check=True)  # noqa: S603 - fixed argv
-                row["baseline"] = measure(handwritten, env, n, args.repeat, prof("baseline"))
-                print(f"N={n} baseline {json.dumps(row['baseline'])}", flush=True)
+                row[variant] = measure(handwritten, env, n, args.repeat, prof(variant))
+                print(f"N={n} {variant:<8} {json.dumps(row[variant])}", flush=True)
             if "context" in only and n in context_sizes:
                 wanted = dag_ids[n // 2]
                 cenv = {**env, "_AIRFLOW_PARSING_CONTEXT_DAG_ID": wanted}
@@ -423,10 +447,10 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     def cell(row: dict[str, Any], key: str, field: str, fmt: str) -> str:
         return format(row[key][field], fmt) if key in row else "-"
 
-    def ratio(row: dict[str, Any], field: str) -> str:
-        if "factory" not in row or "baseline" not in row:
+    def ratio(row: dict[str, Any], field: str, base: str = "baseline") -> str:
+        if "factory" not in row or base not in row:
             return "-"
-        return f"{row['factory'][field] / row['baseline'][field]:.2f}"
+        return f"{row['factory'][field] / row[base][field]:.2f}"
 
     head = (
         f"{'targets':>7} | {'factory s':>9} {'peak MiB':>8} | {'baseline s':>10} "
@@ -456,6 +480,24 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             f"Marginal cost per DAG ({a['n']} -> {b['n']} targets): factory "
             f"{per['factory']:.2f} ms, baseline {per['baseline']:.2f} ms"
         )
+    if any("light" in r for r in rows):
+        print()
+        print(
+            "Lower bound, not equivalent: hand-written DAGs whose pods get plain env values "
+            "only (no secretKeyRef, no volumes)"
+        )
+        head = (
+            f"{'targets':>7} | {'light s':>9} {'peak MiB':>8} | "
+            f"{'factory/light time':>18} {'mem':>6}"
+        )
+        print(head)
+        print("-" * len(head))
+        for r in rows:
+            print(
+                f"{r['n']:>7} | {cell(r, 'light', 'parse_s', '9.2f')} "
+                f"{cell(r, 'light', 'peak_mib', '8.0f')} | {ratio(r, 'parse_s', 'light'):>18} "
+                f"{ratio(r, 'peak_mib', 'light'):>6}"
+            )
     if rows and "factory" in rows[0]:
         print(
             f"(RSS after importing airflow.dag_processing.dagbag, before parsing: "

@@ -15,6 +15,7 @@ checks the contract of each stage:
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -41,13 +42,23 @@ from stash_plugin.source import load_directory
 
 EXAMPLES = Path("/work/shared/spec/examples")
 NS = "demo"
-FUZZ = settings(
-    max_examples=200,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-    derandomize=True,
-    database=None,
-)
+# Derandomized (the same examples every run, no example database) and sized so the
+# module runs in under 10 s with the normal suite; STASH_FUZZ_SCALE=10 looks harder.
+SCALE = float(os.environ.get("STASH_FUZZ_SCALE", "1"))
+
+
+def fuzz(examples: int) -> Any:
+    return settings(
+        max_examples=max(1, int(examples * SCALE)),
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+        derandomize=True,
+        database=None,
+    )
+
+
+FUZZ = fuzz(200)
+FUZZ_FILES = fuzz(100)  # each example writes and reads a folder of manifests
 
 
 def world(root: Path) -> list[dict[str, Any]]:
@@ -324,7 +335,7 @@ def test_parse_document_random_shape(
     check_parse({**doc, "data": spec, "stringData": metadata, "metadata": {"name": "x"}})
 
 
-@FUZZ
+@FUZZ_FILES
 @given(
     docs=st.lists(mutated(max_mutations=2), min_size=1, max_size=6),
     runtime=st.sampled_from(["local", "kubernetes"]),
@@ -341,7 +352,7 @@ def test_make_plans_on_mutated_sets(
         assert set(one.dag_ids) == {dag_id}
 
 
-@FUZZ
+@FUZZ_FILES
 @given(
     docs=st.lists(mutated(max_mutations=2), min_size=1, max_size=5),
     garbage=st.sampled_from(["", "{{{", "- a\n- b", "a: [", "\t: x", "null", "42", "---\n---"]),
@@ -363,13 +374,7 @@ def test_load_directory_on_mutated_files(
     assert load_directory(root) == resources  # the cache gives the same answer
 
 
-@settings(
-    max_examples=60,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+@fuzz(40)
 @given(
     docs=st.lists(mutated(max_mutations=2), min_size=1, max_size=4),
     runtime=st.sampled_from(["local", "kubernetes"]),

@@ -140,6 +140,24 @@ def load_plans(settings: Settings, only_dag_id: str | None = None) -> PlanSet:
     return make_plans(resources, settings.runtime, only_dag_id=only_dag_id)
 
 
+def _guarded(
+    dags: dict[str, DAG],
+    plans: PlanSet,
+    dag_id: str,
+    kind: str,
+    namespace: str,
+    name: str,
+    build: Any,
+) -> None:
+    """Build one DAG; if Airflow refuses it, name the resource and keep the others."""
+    try:
+        dags[dag_id] = build()
+    except Exception as exc:  # one bad DAG must never hide the rest
+        plans.errors.append(
+            ResourceError(kind, namespace, name, None, f"Airflow refused DAG {dag_id}: {exc}")
+        )
+
+
 def build_dags(settings: Settings | None = None) -> tuple[dict[str, DAG], list[ResourceError]]:
     """Every DAG the resources describe, plus the errors of the resources that made none."""
     settings = settings or load_settings()
@@ -153,10 +171,27 @@ def build_dags(settings: Settings | None = None) -> tuple[dict[str, DAG], list[R
         dags: dict[str, DAG] = {}
         for dag_id, bplan in plans.backups.items():
             if not wanted or dag_id == wanted:
-                dags[dag_id] = backup_dag(bplan, settings)
+                t = bplan.target
+                _guarded(
+                    dags,
+                    plans,
+                    dag_id,
+                    "Restic",
+                    t.restic_namespace,
+                    t.restic_name,
+                    lambda p=bplan: backup_dag(p, settings),
+                )  # type: ignore[misc]
         for dag_id, rplan in plans.recoveries.items():
             if not wanted or dag_id == wanted:
-                dags[dag_id] = recovery_dag(rplan, settings)
+                _guarded(
+                    dags,
+                    plans,
+                    dag_id,
+                    "Recovery",
+                    rplan.namespace,
+                    rplan.name,
+                    lambda p=rplan: recovery_dag(p, settings),
+                )  # type: ignore[misc]
     finally:
         if gc_was_enabled:
             gc.enable()

@@ -7,6 +7,7 @@ in the container's termination message (read by the operator from the pod status
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from .model import Step
@@ -14,6 +15,15 @@ from .model import Step
 CONTAINER = "base"  # the name KubernetesPodOperator follows for logs and exit codes
 TERMINATION_LOG = "/dev/termination-log"
 GROUP_LABEL = "stash.appscode.com"
+
+
+def label_value(value: str) -> str:
+    """Kubernetes label values hold at most 63 characters: longer names are cut and end
+    in a short hash, so that two long names stay apart."""
+    if len(value) <= 63:
+        return value
+    digest = hashlib.sha256(value.encode()).hexdigest()[:8]
+    return f"{value[:54].rstrip('-._')}-{digest}"
 
 
 def _env(step: Step) -> list[dict[str, Any]]:
@@ -61,7 +71,7 @@ def pod_manifest(step: Step, image: str) -> dict[str, Any]:
     for key in ("resources", "securityContext"):
         if container_settings.get(key):
             container[key] = container_settings[key]
-    labels = {f"{GROUP_LABEL}/{k}": v for k, v in step.labels}
+    labels = {f"{GROUP_LABEL}/{k}": label_value(v) for k, v in step.labels}
     labels.update(pod_settings.get("labels") or {})
     spec: dict[str, Any] = {"restartPolicy": "Never", "containers": [container], "volumes": volumes}
     if step.node_name:

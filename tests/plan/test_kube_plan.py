@@ -193,3 +193,13 @@ def test_a_deployments_replicaset_is_not_a_second_target() -> None:
     ]
     plans = make_plans(resources(*base("web"), dep, rs), "kubernetes")
     assert sorted(plans.backups) == ["stash-backup.prod.bk.deployment.web"]
+
+
+def test_long_names_make_valid_pod_labels() -> None:
+    name = "a" * 60 + "-" + "b" * 60
+    dep = workload("Deployment", name, [{"name": "data", "hostPath": {"path": "/x"}}])
+    plans = make_plans(resources(*base(name), dep), "kubernetes")
+    (plan,) = plans.backups.values()
+    pod = pod_manifest(plan.backup, "agent:1")
+    kubernetes_validate.validate(pod, kubernetes_validate.latest_version(), strict=True)
+    assert all(len(v) <= 63 for v in pod["metadata"]["labels"].values())

@@ -150,12 +150,28 @@ def _snapshot_view(snap: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_commands(commands: list[list[str]], lock_wait: float) -> dict[str, Any]:
-    """Run restic commands in order; stop at the first failure."""
+def run_commands(
+    commands: list[list[str]], lock_wait: float, init: bool = False, unlock: bool = False
+) -> dict[str, Any]:
+    """Run restic commands in order; stop at the first failure.
+
+    Stale locks of a killed run are cleared first (``unlock``), so that no exclusive
+    operation (retention, check) after this run trips over them. The repository is
+    created (``init``) only when the first command finds none: probing for it first
+    would cost a key derivation (most of a second) on every run.
+    """
     results: dict[str, Any] = {"backups": [], "forgets": [], "snapshots": []}
+    if unlock:
+        unlock_stale()
     for args in commands:
         verb = args[1] if len(args) > 1 else ""
         proc = restic(args, lock_wait=lock_wait)
+        if proc.returncode != 0 and WRONG_PASSWORD in proc.stderr:
+            raise AgentError("wrong repository password (RESTIC_PASSWORD of the storage Secret)")
+        if proc.returncode != 0 and init and NO_REPOSITORY in proc.stderr:
+            ensure_repository()
+            init = False
+            proc = restic(args, lock_wait=lock_wait)
         if verb == "backup":
             entry = _backup_result(args, proc)
             if proc.returncode == 3 and entry.get("snapshot_id"):
@@ -415,11 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _rest_credentials()
         if args.verb == "run":
             commands = _split_commands(tail)
-            if args.init:
-                ensure_repository()
-            if args.unlock:
-                unlock_stale()
-            result = run_commands(commands, args.lock_wait)
+            result = run_commands(commands, args.lock_wait, args.init, args.unlock)
         else:
             if len(args.mount_path) != len(args.target) or not args.target:
                 raise AgentError("give --mount-path and --target in pairs")

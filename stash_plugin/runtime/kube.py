@@ -13,7 +13,7 @@ from typing import Any
 
 from ..api.resources import BackupRepo, RecoveryStatus, RepositoryStatus
 from ..plan.model import TargetRef
-from .status import BackupOutcome, apply_outcome
+from .status import BackupOutcome, record_in
 
 log = logging.getLogger(__name__)
 GROUP, VERSION = "stash.appscode.com", "v1alpha1"
@@ -66,26 +66,10 @@ class KubeStatusStore:
             current = RepositoryStatus.model_validate(
                 {"backupRepos": status.get("backupRepos", [])}
             )
-            entries = list(current.backup_repos)
-            index = next(
-                (
-                    i
-                    for i, e in enumerate(entries)
-                    if (e.restic_namespace, e.restic_name, e.repo_dir)
-                    == (target.restic_namespace, target.restic_name, target.repo_dir)
-                ),
-                None,
-            )
-            entry = apply_outcome(entries[index] if index is not None else None, target, outcome)
-            if index is None:
-                entries.append(entry)
-            else:
-                entries[index] = entry
+            updated, entry = record_in(current, target, outcome)
             new = {
                 **status,
-                **RepositoryStatus(backup_repos=entries).model_dump(
-                    mode="json", by_alias=True, exclude_none=True
-                ),
+                **updated.model_dump(mode="json", by_alias=True, exclude_none=True),
             }
             return new, entry
 

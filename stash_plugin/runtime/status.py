@@ -94,6 +94,21 @@ def _same_target(entry: BackupRepo, target: TargetRef) -> bool:
     )
 
 
+def record_in(
+    status: RepositoryStatus, target: TargetRef, outcome: BackupOutcome
+) -> tuple[RepositoryStatus, BackupRepo]:
+    """The status with this target's entry updated (or added); other entries untouched.
+    Shared by the file store and the cluster store."""
+    entries = list(status.backup_repos)
+    index = next((i for i, e in enumerate(entries) if _same_target(e, target)), None)
+    entry = apply_outcome(entries[index] if index is not None else None, target, outcome)
+    if index is None:
+        entries.append(entry)
+    else:
+        entries[index] = entry
+    return RepositoryStatus(backup_repos=entries), entry
+
+
 class LocalStatusStore:
     """Status files under ``state_dir``, updated under an exclusive file lock."""
 
@@ -134,14 +149,7 @@ class LocalStatusStore:
         path = self.repository_file(target.repository_namespace, target.repository_name)
         with self._locked(path):
             status = self.repository_status(target.repository_namespace, target.repository_name)
-            entries = list(status.backup_repos)
-            index = next((i for i, e in enumerate(entries) if _same_target(e, target)), None)
-            entry = apply_outcome(entries[index] if index is not None else None, target, outcome)
-            if index is None:
-                entries.append(entry)
-            else:
-                entries[index] = entry
-            new = RepositoryStatus(backup_repos=entries)
+            new, entry = record_in(status, target, outcome)
             self._write(
                 path, {"status": new.model_dump(mode="json", by_alias=True, exclude_none=True)}
             )

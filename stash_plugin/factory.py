@@ -23,6 +23,7 @@ from stash_plugin.operators.status import (
 from stash_plugin.operators.step import StashRetentionOperator, StashStepOperator
 from stash_plugin.operators.workload import StashQuiesceOperator, StashResumeOperator
 from stash_plugin.plan import BackupPlan, PlanSet, RecoveryPlan, Schedule, make_plans
+from stash_plugin.plan.model import WorkloadRef
 from stash_plugin.sensors.snapshot import SnapshotSensor
 from stash_plugin.sensors.workload import WorkloadReadySensor, WorkloadStoppedSensor
 from stash_plugin.settings import Settings, load_settings
@@ -51,6 +52,21 @@ def airflow_schedule(schedule: Schedule, paused: bool) -> Any:
         assert isinstance(schedule.value, int)
         return DeltaTriggerTimetable(timedelta(seconds=schedule.value))
     return schedule.value
+
+
+def around(task: Any, workload: WorkloadRef) -> tuple[Any, Any]:
+    """``quiesce -> wait_quiesced -> task -> resume -> wait_ready``; returns the first
+    and last of them. ``resume`` runs whatever happened to ``task``."""
+    quiesce = StashQuiesceOperator(workload=workload)
+    ready = WorkloadReadySensor(workload=workload)
+    (
+        quiesce
+        >> WorkloadStoppedSensor(workload=workload)
+        >> task
+        >> StashResumeOperator(workload=workload)
+        >> ready
+    )
+    return quiesce, ready
 
 
 def backup_dag(plan: BackupPlan, settings: Settings) -> DAG:
@@ -85,12 +101,7 @@ def backup_dag(plan: BackupPlan, settings: Settings) -> DAG:
         status = StashBackupStatusOperator(plan=plan)
         first, after_backup = backup, backup
         if plan.offline is not None:
-            quiesce = StashQuiesceOperator(workload=plan.offline)
-            stopped = WorkloadStoppedSensor(workload=plan.offline)
-            resume = StashResumeOperator(workload=plan.offline)
-            ready = WorkloadReadySensor(workload=plan.offline)
-            quiesce >> stopped >> backup >> resume >> ready
-            first, after_backup = quiesce, ready
+            first, after_backup = around(backup, plan.offline)
         if plan.retention is not None:
             retention = StashRetentionOperator(step=plan.retention)
             verify.trigger_rule = "none_failed"  # type: ignore[assignment]
@@ -126,11 +137,8 @@ def recovery_dag(plan: RecoveryPlan, settings: Settings) -> DAG:
         if plan.offline is None:
             restore >> status
         else:
-            quiesce = StashQuiesceOperator(workload=plan.offline)
-            stopped = WorkloadStoppedSensor(workload=plan.offline)
-            resume = StashResumeOperator(workload=plan.offline)
-            ready = WorkloadReadySensor(workload=plan.offline)
-            quiesce >> stopped >> restore >> resume >> ready >> status
+            _, ready = around(restore, plan.offline)
+            ready >> status
             restore >> status
     return dag
 

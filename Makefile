@@ -140,7 +140,7 @@ airflow: $(VENV)/.installed
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/mypy stash_plugin operators sensors
+	$(BIN)/mypy stash_plugin  # operators/ and sensors/ too, as stash_plugin.operators/.sensors
 
 test: system-packages lint
 	PATH="$(BIN):$$PATH" $(BIN)/pytest

@@ -154,7 +154,7 @@ def run_dag_timed(dag_id: str) -> dict[str, Any]:
 def manifests(
     folder: Path, data: Path, backend: Path, restores: dict[str, Path] | None = None
 ) -> None:
-    from stashtest import (
+    from stash_plugin.manifests import (
         deployment_doc,
         recovery_doc,
         repository_doc,

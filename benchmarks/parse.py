@@ -54,79 +54,30 @@ def write_manifests(folder: Path, n: int) -> list[str]:
     """One Repository + Secret, and per target a file with its Deployment and Restic."""
     import yaml
 
+    from stash_plugin.manifests import deployment_doc, repository_doc, restic_doc, secret_doc
+
     folder.mkdir(parents=True, exist_ok=True)
+    s3 = {"s3": {"endpoint": "s3.example.com", "bucket": "backups", "prefix": NS}}
     repo = [
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "repo-secret", "namespace": NS},
-            "stringData": {"RESTIC_PASSWORD": "not-a-real-password"},
-        },
-        {
-            "apiVersion": "stash.appscode.com/v1alpha1",
-            "kind": "Repository",
-            "metadata": {"name": "repo", "namespace": NS},
-            "spec": {
-                "backend": {
-                    "s3": {"endpoint": "s3.example.com", "bucket": "backups", "prefix": NS},
-                    "storageSecretName": "repo-secret",
-                }
-            },
-        },
+        secret_doc("repo-secret", NS, RESTIC_PASSWORD="not-a-real-password"),
+        repository_doc("repo", NS, s3),
     ]
     (folder / "repository.yaml").write_text(yaml.safe_dump_all(repo, sort_keys=False))
     targets = folder / "targets"
     targets.mkdir(exist_ok=True)
     for i in range(n):
         app = f"app-{i:05d}"
-        labels = {"app": app}
-        deployment = {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": app, "namespace": NS, "labels": labels},
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": labels},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {
-                        "containers": [
-                            {
-                                "name": "app",
-                                "image": "busybox",
-                                "volumeMounts": [{"name": "data", "mountPath": "/source/data"}],
-                            }
-                        ],
-                        "volumes": [
-                            {"name": "data", "persistentVolumeClaim": {"claimName": f"{app}-data"}}
-                        ],
-                    },
-                },
-            },
-        }
-        restic = {
-            "apiVersion": "stash.appscode.com/v1alpha1",
-            "kind": "Restic",
-            "metadata": {"name": f"{app}-backup", "namespace": NS},
-            "spec": {
-                "targetType": "Volume",
-                "schedule": SCHEDULE,
-                "repository": {"name": "repo"},
-                "volumeSelector": {
-                    "selector": {"matchLabels": labels},
-                    "targetVolumes": [
-                        {
-                            "name": "data",
-                            "mountPath": "/source/data",
-                            "directories": [
-                                {"path": "/source/data", "retentionPolicyName": "keep-last-5"}
-                            ],
-                        }
-                    ],
-                },
-                "retentionPolicies": [{"name": "keep-last-5", "keepLast": 5, "prune": True}],
-            },
-        }
+        claim = {"persistentVolumeClaim": {"claimName": f"{app}-data"}}
+        deployment = deployment_doc(app, NS, None, volume=claim)
+        restic = restic_doc(
+            f"{app}-backup",
+            NS,
+            "repo",
+            app,
+            schedule=SCHEDULE,
+            policy={"keepLast": 5, "prune": True},
+            policy_name="keep-last-5",
+        )
         (targets / f"{app}.yaml").write_text(
             yaml.safe_dump_all([deployment, restic], sort_keys=False)
         )

@@ -1,6 +1,12 @@
 """Airflow operators of Stash (installed as ``stash_plugin.operators``)."""
 
-from .status import StashBackupStatusOperator, StashRecoveryStatusOperator
-from .step import StashStepOperator
+from .step import StashRestoreOperator, StashRetentionOperator, StashStepOperator
+from .update_status import StashBackupStatusOperator, StashRecoveryStatusOperator
 
-__all__ = ["StashBackupStatusOperator", "StashRecoveryStatusOperator", "StashStepOperator"]
+__all__ = [
+    "StashBackupStatusOperator",
+    "StashRecoveryStatusOperator",
+    "StashRestoreOperator",
+    "StashRetentionOperator",
+    "StashStepOperator",
+]

@@ -1,94 +1,23 @@
-"""The operator that runs one planned step (backup, retention, restore).
+"""Operators that run one planned step (backup, retention, restore).
 
 The step stays plain data until ``execute``: constructing the task is cheap, which
-keeps parsing a thousand backup DAGs fast. At run time the configured runtime turns it
-into a local process (``local``) or a pod run by KubernetesPodOperator (``kubernetes``).
+keeps parsing a thousand backup DAGs fast. At run time the step runner
+(``stash_plugin.runtime.steps``) runs it where the plan placed it: a local process, or
+a pod run by the real KubernetesPodOperator.
 """
 
 from __future__ import annotations
 
-import logging
-from dataclasses import replace
-from typing import Any, NoReturn
+from typing import Any
 
 from airflow.sdk import BaseOperator
 
-from stash_plugin.api.kube import Secret
-from stash_plugin.plan.model import Step
-from stash_plugin.runtime.local import StepFailed, StepOutput, resolve_secret_env, run_step
-from stash_plugin.settings import Settings, load_settings
-
-log = logging.getLogger(__name__)
-ERROR_KEY = "stash_error"
-
-
-def load_secrets() -> dict[tuple[str, str], Secret]:
-    """Secrets of the directory source, read when a task runs (never at parse time)."""
-    from stash_plugin.source import load_directory
-
-    return load_directory(load_settings().manifests_dir).secrets
-
-
-def execute_step(step: Step, context: Any, *, may_defer: bool = True) -> StepOutput:
-    """Run ``step`` in the configured runtime; on failure leave a secret-free reason in XCom.
-
-    ``may_defer=False`` for callers that cannot resume from a trigger (a sensor's poke).
-    """
-    settings = load_settings()
-    if settings.runtime == "kubernetes":
-        if not may_defer:
-            settings = replace(settings, deferrable=False)
-        return _run_pod(step, context, settings)
-    return _run_local(step, context)
-
-
-def _fail(step: Step, context: Any, exc: StepFailed) -> NoReturn:
-    from airflow.sdk.exceptions import AirflowException
-
-    context["ti"].xcom_push(key=ERROR_KEY, value=str(exc))
-    raise AirflowException(str(exc)) from None
-
-
-def _run_local(step: Step, context: Any) -> StepOutput:
-    from airflow.sdk.log import mask_secret
-
-    secrets = load_secrets()
-    try:
-        for value in resolve_secret_env(step, secrets).values():
-            mask_secret(value)
-        return run_step(step, secrets, emit=log.info)
-    except StepFailed as exc:
-        _fail(step, context, exc)
-
-
-def _run_pod(step: Step, context: Any, settings: Settings, event: Any = None) -> StepOutput:
-    from airflow.sdk.exceptions import AirflowException, TaskDeferred
-
-    from .pod import build_pod_operator, failure_reason, result_of
-
-    pod_op = build_pod_operator(step, context["ti"].task_id, settings)
-    try:
-        if event is None:
-            pod_op.execute(context)
-        else:
-            pod_op.trigger_reentry(context, event)
-    except TaskDeferred:
-        raise
-    except AirflowException as exc:
-        reason = failure_reason(pod_op.final_pod) if pod_op.final_pod is not None else str(exc)
-        _fail(
-            step,
-            context,
-            StepFailed(step.task_id, _exit_code(pod_op.final_pod), reason, step.subject),
-        )
-    return StepOutput(result=result_of(pod_op.final_pod))
-
-
-def _exit_code(pod: Any) -> int:
-    try:
-        return int(pod.status.container_statuses[0].state.terminated.exit_code)
-    except (AttributeError, IndexError, TypeError):
-        return 1
+from stash_plugin.plan.model import RecoveryPlan, Step
+from stash_plugin.runtime.errors import StepFailed
+from stash_plugin.runtime.outcomes import running_status
+from stash_plugin.runtime.status import status_store
+from stash_plugin.runtime.steps import report_failure, resume_step, run_step
+from stash_plugin.settings import load_settings
 
 
 class StashStepOperator(BaseOperator):
@@ -102,11 +31,17 @@ class StashStepOperator(BaseOperator):
         self.step = step
 
     def execute(self, context: Any) -> dict[str, Any]:
-        return execute_step(self.step, context).result
+        try:
+            return run_step(self.step, context)
+        except StepFailed as exc:
+            report_failure(context, exc)
 
     def trigger_reentry(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
         """Resume after a deferred pod (``[stash] deferrable``) finished."""
-        return _run_pod(self.step, context, load_settings(), event).result
+        try:
+            return resume_step(self.step, context, event)
+        except StepFailed as exc:
+            report_failure(context, exc)
 
 
 class StashRetentionOperator(StashStepOperator):
@@ -119,4 +54,18 @@ class StashRetentionOperator(StashStepOperator):
             raise AirflowSkipException(
                 "retention skipped: the run was triggered with retention=false"
             )
+        return super().execute(context)
+
+
+class StashRestoreOperator(StashStepOperator):
+    """The restore step; marks the Recovery ``Running`` before it starts."""
+
+    def __init__(self, *, plan: RecoveryPlan, **kwargs: Any) -> None:
+        super().__init__(step=plan.restore, **kwargs)
+        self.plan = plan
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        settings = load_settings()
+        store = status_store(self.plan.runtime, settings.state_dir, settings.kubernetes_conn_id)
+        store.record_recovery(self.plan.namespace, self.plan.name, running_status(self.plan))
         return super().execute(context)

@@ -11,20 +11,12 @@ from typing import Any
 
 from airflow.sdk import BaseOperator, TriggerRule
 
-from stash_plugin.plan.model import WorkloadRef
-from stash_plugin.runtime.kube import Workloads, hook
-from stash_plugin.settings import load_settings
+from stash_plugin import GROUP
+from stash_plugin.plan.model import QuiescedWorkload
+from stash_plugin.runtime.kube import workloads
+from stash_plugin.runtime.steps import report_failure
 
-from .step import ERROR_KEY
-
-ANNOTATION = "stash.appscode.com/original-replicas"
-
-
-def workloads() -> Workloads:
-    from kubernetes import client
-
-    api = hook(load_settings().kubernetes_conn_id).api_client
-    return Workloads(client.AppsV1Api(api), client.CoreV1Api(api))
+ANNOTATION = f"{GROUP}/original-replicas"
 
 
 class StashQuiesceOperator(BaseOperator):
@@ -32,7 +24,7 @@ class StashQuiesceOperator(BaseOperator):
 
     ui_color = "#fce4ec"
 
-    def __init__(self, *, workload: WorkloadRef, **kwargs: Any) -> None:
+    def __init__(self, *, workload: QuiescedWorkload, **kwargs: Any) -> None:
         super().__init__(task_id="quiesce", **kwargs)
         self.workload = workload
 
@@ -55,14 +47,12 @@ class StashResumeOperator(BaseOperator):
 
     ui_color = "#fce4ec"
 
-    def __init__(self, *, workload: WorkloadRef, **kwargs: Any) -> None:
+    def __init__(self, *, workload: QuiescedWorkload, **kwargs: Any) -> None:
         kwargs.setdefault("trigger_rule", TriggerRule.ALL_DONE)
         super().__init__(task_id="resume", **kwargs)
         self.workload = workload
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from airflow.sdk.exceptions import AirflowException
-
         ref = self.workload
         wl = workloads()
         saved = (context["ti"].xcom_pull(task_ids="quiesce") or {}).get("replicas")
@@ -75,8 +65,8 @@ class StashResumeOperator(BaseOperator):
             wl.scale(ref.kind, ref.namespace, ref.name, int(replicas))
             wl.annotate(ref.kind, ref.namespace, ref.name, ANNOTATION, None)
         except Exception as exc:
-            message = f"resume: could not scale {ref.kind} {ref.namespace}/{ref.name} back: {exc}"
-            context["ti"].xcom_push(key=ERROR_KEY, value=message)
-            raise AirflowException(message) from None
+            report_failure(
+                context, f"could not scale {ref.kind} {ref.namespace}/{ref.name} back: {exc}"
+            )
         self.log.info("scaled %s %s/%s back to %s", ref.kind, ref.namespace, ref.name, replicas)
         return {"replicas": int(replicas)}

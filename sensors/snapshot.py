@@ -9,9 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
-from stash_plugin.operators.step import execute_step
 
 from stash_plugin.plan.model import Step
+from stash_plugin.protocol import RunResult
+from stash_plugin.runtime.errors import StepFailed
+from stash_plugin.runtime.steps import report_failure, run_step
 
 
 class SnapshotSensor(BaseSensorOperator):
@@ -25,19 +27,16 @@ class SnapshotSensor(BaseSensorOperator):
         self.step = step
 
     def poke(self, context: Any) -> PokeReturnValue:
-        made = context["ti"].xcom_pull(task_ids="backup") or {}
-        wanted = {str(b["snapshot_id"]) for b in made.get("backups") or [] if b.get("snapshot_id")}
+        made = RunResult.from_dict(context["ti"].xcom_pull(task_ids="backup"))
+        wanted = {b.snapshot_id for b in made.backups if b.snapshot_id}
         if not wanted:
-            from airflow.sdk.exceptions import AirflowException
-
-            raise AirflowException("the backup task reported no snapshot to verify")
-        listed = execute_step(self.step, context, may_defer=False).result.get("snapshots") or []
-        present: set[str] = set()
-        count = 0
-        for group in listed:
-            count += int(group.get("count", len(group.get("snapshots") or [])))
-            for snap in group.get("snapshots") or []:
-                present.update({str(snap.get("id")), str(snap.get("short_id"))})
+            report_failure(context, "the backup task reported no snapshot to verify")
+        try:
+            listed = RunResult.from_dict(run_step(self.step, context, may_defer=False)).snapshots
+        except StepFailed as exc:
+            report_failure(context, exc)
+        present = {i for group in listed for s in group.snapshots for i in (s.id, s.short_id)}
+        count = sum(group.count for group in listed)
         missing = sorted(w for w in wanted if not any(p.startswith(w) for p in present))
         if missing:
             self.log.info("snapshots %s not listed yet", ", ".join(missing))

@@ -6,7 +6,8 @@ from typing import Any
 
 from airflow.sdk import BaseSensorOperator
 
-from stash_plugin.plan.model import WorkloadRef
+from stash_plugin.plan.model import QuiescedWorkload
+from stash_plugin.runtime.kube import workloads
 
 
 class WorkloadStoppedSensor(BaseSensorOperator):
@@ -14,15 +15,13 @@ class WorkloadStoppedSensor(BaseSensorOperator):
 
     ui_color = "#fff3e0"
 
-    def __init__(self, *, workload: WorkloadRef, **kwargs: Any) -> None:
+    def __init__(self, *, workload: QuiescedWorkload, **kwargs: Any) -> None:
         kwargs.setdefault("poke_interval", 2)
         kwargs.setdefault("timeout", 600)
         super().__init__(task_id="wait_quiesced", **kwargs)
         self.workload = workload
 
     def poke(self, context: Any) -> bool:
-        from stash_plugin.operators.workload import workloads
-
         wl = workloads()
         left = wl.pods(self.workload.namespace, dict(self.workload.pod_labels))
         if left:
@@ -35,15 +34,13 @@ class WorkloadReadySensor(BaseSensorOperator):
 
     ui_color = "#fff3e0"
 
-    def __init__(self, *, workload: WorkloadRef, **kwargs: Any) -> None:
+    def __init__(self, *, workload: QuiescedWorkload, **kwargs: Any) -> None:
         kwargs.setdefault("poke_interval", 2)
         kwargs.setdefault("timeout", 900)
         super().__init__(task_id="wait_ready", **kwargs)
         self.workload = workload
 
     def poke(self, context: Any) -> bool:
-        from stash_plugin.operators.workload import workloads
-
         replicas = (context["ti"].xcom_pull(task_ids="resume") or {}).get("replicas")
         if replicas is None:
             return True

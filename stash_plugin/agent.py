@@ -6,9 +6,10 @@ locks left by a killed run while waiting for live ones, turn restic's JSON into 
 result document, and restore through a staging folder so that a failed restore never
 leaves a half-written target that looks complete.
 
-The result goes to ``$STASH_RESULT_FILE`` (local runtime) and, in a pod, to the
-container's termination message, which the operator reads from the pod's status.
-Only the standard library is used, so the agent image needs nothing of Airflow.
+The result (records of ``stash_plugin.protocol``) goes to ``$STASH_RESULT_FILE``
+(local runtime) and, in a pod, to the container's termination message, which the
+operator reads from the pod's status. Only the standard library is used, so the agent
+image needs nothing of Airflow.
 """
 
 from __future__ import annotations
@@ -17,15 +18,37 @@ import argparse
 import json
 import os
 import posixpath
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+
+from stash_plugin.protocol import (
+    ENV_PASSWORD,
+    ENV_REPOSITORY,
+    ENV_RESTIC_BINARY,
+    ENV_RESULT_FILE,
+    ENV_TERMINATION_MESSAGE,
+    SEPARATOR,
+    TERMINATION_MESSAGE_LIMIT,
+    BackupResult,
+    ForgetResult,
+    RestoreResult,
+    RestoreRunResult,
+    RunResult,
+    SnapshotInfo,
+    SnapshotList,
+    encode,
+    error_line,
+    fit_termination_message,
+)
 
 LOCKED = "repository is already locked"
 NO_REPOSITORY = "Is there a repository at the following location?"
@@ -37,7 +60,7 @@ class AgentError(RuntimeError):
 
 
 def _restic() -> str:
-    return os.environ.get("STASH_RESTIC_BINARY", "restic")
+    return os.environ.get(ENV_RESTIC_BINARY, "restic")
 
 
 def log(message: str) -> None:
@@ -101,16 +124,18 @@ def _json_lines(text: str) -> list[Any]:
     return out
 
 
-def _tag_value(tags: Sequence[str], key: str) -> str | None:
-    prefix = f"{key}="
-    return next((t[len(prefix) :] for t in tags if t.startswith(prefix)), None)
+_SIZE_UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
+_PRUNED = re.compile(r"^total prune:\s+\d+ blobs / ([0-9.]+) (B|KiB|MiB|GiB|TiB)\s*$", re.M)
 
 
-def _arg_value(args: Sequence[str], flag: str) -> str | None:
-    return next((a.split("=", 1)[1] for a in args if a.startswith(flag + "=")), None)
+def _bytes_pruned(text: str) -> int | None:
+    """What ``forget --prune`` removed, from prune's summary line (restic 0.14 prints it
+    as text after the JSON); None when prune did not run."""
+    found = _PRUNED.search(text)
+    return int(float(found.group(1)) * _SIZE_UNITS[found.group(2)]) if found else None
 
 
-def _backup_result(args: Sequence[str], proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+def _backup_result(path: str, proc: subprocess.CompletedProcess[str]) -> BackupResult:
     summary = next(
         (
             d
@@ -119,11 +144,11 @@ def _backup_result(args: Sequence[str], proc: subprocess.CompletedProcess[str]) 
         ),
         None,
     )
-    tags = (_arg_value(args, "--tag") or "").split(",")
-    result: dict[str, Any] = {"path": _tag_value(tags, "path") or args[-1]}
-    if summary:
+    if not summary:
+        return BackupResult(path=path)
+    counts = {
+        key: int(summary.get(key) or 0)
         for key in (
-            "snapshot_id",
             "files_new",
             "files_changed",
             "files_unmodified",
@@ -132,27 +157,42 @@ def _backup_result(args: Sequence[str], proc: subprocess.CompletedProcess[str]) 
             "data_added",
             "total_files_processed",
             "total_bytes_processed",
-            "total_duration",
-        ):
-            if key in summary:
-                result[key] = summary[key]
-    return result
-
-
-def _snapshot_view(snap: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": snap.get("id"),
-        "short_id": snap.get("short_id") or str(snap.get("id", ""))[:8],
-        "time": snap.get("time"),
-        "paths": snap.get("paths", []),
-        "hostname": snap.get("hostname"),
-        "tags": snap.get("tags") or [],
+        )
     }
+    return BackupResult(
+        path=path,
+        snapshot_id=summary.get("snapshot_id"),
+        duration_seconds=float(summary.get("total_duration") or 0.0),
+        **counts,
+    )
+
+
+def _snapshot_info(snap: dict[str, Any]) -> SnapshotInfo:
+    return SnapshotInfo(
+        id=str(snap.get("id")),
+        short_id=snap.get("short_id") or str(snap.get("id", ""))[:8],
+        time=snap.get("time"),
+        paths=list(snap.get("paths") or []),
+        hostname=snap.get("hostname"),
+        tags=list(snap.get("tags") or []),
+    )
+
+
+@dataclass(frozen=True)
+class Command:
+    """One restic command and the folder (as the workload sees it) it is about."""
+
+    path: str
+    args: list[str]
+
+    @property
+    def verb(self) -> str:
+        return self.args[1] if len(self.args) > 1 else ""
 
 
 def run_commands(
-    commands: list[list[str]], lock_wait: float, init: bool = False, unlock: bool = False
-) -> dict[str, Any]:
+    commands: Sequence[Command], lock_wait: float, init: bool = False, unlock: bool = False
+) -> RunResult:
     """Run restic commands in order; stop at the first failure.
 
     Stale locks of a killed run are cleared first (``unlock``), so that no exclusive
@@ -160,61 +200,64 @@ def run_commands(
     created (``init``) only when the first command finds none: probing for it first
     would cost a key derivation (most of a second) on every run.
     """
-    results: dict[str, Any] = {"backups": [], "forgets": [], "snapshots": []}
+    result = RunResult()
     if unlock:
         unlock_stale()
-    for args in commands:
-        verb = args[1] if len(args) > 1 else ""
-        proc = restic(args, lock_wait=lock_wait)
+    for cmd in commands:
+        proc = restic(cmd.args, lock_wait=lock_wait)
         if proc.returncode != 0 and WRONG_PASSWORD in proc.stderr:
             raise AgentError("wrong repository password (RESTIC_PASSWORD of the storage Secret)")
         if proc.returncode != 0 and init and NO_REPOSITORY in proc.stderr:
             ensure_repository()
             init = False
-            proc = restic(args, lock_wait=lock_wait)
-        if verb == "backup":
-            entry = _backup_result(args, proc)
-            if proc.returncode == 3 and entry.get("snapshot_id"):
-                # Some files could not be read: the snapshot is incomplete and must not
-                # count as a good backup (nor shield an older good one from retention).
-                restic(["restic", "forget", str(entry["snapshot_id"])], lock_wait=lock_wait)
-                raise AgentError(
-                    f"backup of {entry['path']} could not read every file; the incomplete "
-                    f"snapshot {entry['snapshot_id']} was removed"
-                )
-            if proc.returncode != 0:
-                raise AgentError(
-                    f"backup of {entry['path']} failed (restic exit {proc.returncode})"
-                )
-            results["backups"].append(entry)
-            log(
-                f"snapshot {entry.get('snapshot_id')} of {entry['path']}: "
-                f"{entry.get('files_new', 0)} new, {entry.get('files_changed', 0)} changed files, "
-                f"{entry.get('data_added', 0)} bytes added"
-            )
+            proc = restic(cmd.args, lock_wait=lock_wait)
+        if cmd.verb == "backup":
+            result.backups.append(_checked_backup(cmd, proc, lock_wait))
         elif proc.returncode != 0:
-            raise AgentError(f"restic {verb} failed (restic exit {proc.returncode})")
-        elif verb == "forget":
-            groups: list[dict[str, Any]] = next(iter(_json_lines(proc.stdout)), []) or []
-            kept = sum(len(g.get("keep") or []) for g in groups)
-            removed = sum(len(g.get("remove") or []) for g in groups)
-            tags = (_arg_value(args, "--tag") or "").split(",")
-            results["forgets"].append(
-                {
-                    "path": _tag_value(tags, "path"),
-                    "kept": kept,
-                    "removed": removed,
-                    "dry_run": "--dry-run" in args,
-                }
-            )
-            log(f"retention for {_tag_value(tags, 'path')}: kept {kept}, removed {removed}")
-        elif verb == "snapshots":
+            raise AgentError(f"restic {cmd.verb} failed (restic exit {proc.returncode})")
+        elif cmd.verb == "forget":
+            result.forgets.append(_forget_result(cmd, proc))
+        elif cmd.verb == "snapshots":
             snaps: list[dict[str, Any]] = next(iter(_json_lines(proc.stdout)), []) or []
-            tags = (_arg_value(args, "--tag") or "").split(",")
-            results["snapshots"].append(
-                {"path": _tag_value(tags, "path"), "snapshots": [_snapshot_view(s) for s in snaps]}
-            )
-    return results
+            infos = [_snapshot_info(s) for s in snaps]
+            result.snapshots.append(SnapshotList(path=cmd.path, count=len(infos), snapshots=infos))
+    return result
+
+
+def _checked_backup(
+    cmd: Command, proc: subprocess.CompletedProcess[str], lock_wait: float
+) -> BackupResult:
+    entry = _backup_result(cmd.path, proc)
+    if proc.returncode == 3 and entry.snapshot_id:
+        # Some files could not be read: the snapshot is incomplete and must not count
+        # as a good backup (nor shield an older good one from retention).
+        restic(["restic", "forget", entry.snapshot_id], lock_wait=lock_wait)
+        raise AgentError(
+            f"backup of {cmd.path} could not read every file; the incomplete "
+            f"snapshot {entry.snapshot_id} was removed"
+        )
+    if proc.returncode != 0:
+        raise AgentError(f"backup of {cmd.path} failed (restic exit {proc.returncode})")
+    log(
+        f"snapshot {entry.snapshot_id} of {cmd.path}: {entry.files_new} new, "
+        f"{entry.files_changed} changed files, {entry.data_added} bytes added"
+    )
+    return entry
+
+
+def _forget_result(cmd: Command, proc: subprocess.CompletedProcess[str]) -> ForgetResult:
+    groups: list[dict[str, Any]] = next(iter(_json_lines(proc.stdout)), []) or []
+    kept = sum(len(g.get("keep") or []) for g in groups)
+    removed = sum(len(g.get("remove") or []) for g in groups)
+    freed = _bytes_pruned(proc.stdout + proc.stderr)
+    log(f"retention for {cmd.path}: kept {kept}, removed {removed}")
+    return ForgetResult(
+        path=cmd.path,
+        kept=kept,
+        removed=removed,
+        bytes_freed=freed,
+        dry_run="--dry-run" in cmd.args,
+    )
 
 
 # ----------------------------------------------------------------------------- restore
@@ -226,7 +269,10 @@ def _under(path: str, root: str) -> bool:
 
 def _workload_path(snap: dict[str, Any]) -> str:
     """The path the workload saw: our ``path=`` tag, or (Stash 0.8) the snapshot path."""
-    return _tag_value(snap.get("tags") or [], "path") or snap["paths"][0]
+    tagged = next(
+        (t[len("path=") :] for t in snap.get("tags") or [] if t.startswith("path=")), None
+    )
+    return tagged or snap["paths"][0]
 
 
 def _list_snapshots(ref: str) -> list[dict[str, Any]]:
@@ -306,7 +352,7 @@ def _restore_one(snap: dict[str, Any], include: str, final: Path, wanted: str) -
 
 def restore(
     snapshot: str, mounts: list[tuple[str, str]], paths: list[str], overwrite: bool
-) -> dict[str, Any]:
+) -> RestoreRunResult:
     snaps = _list_snapshots(snapshot)
     wanted_all = paths or [m for m, _ in mounts]
     # Refuse before writing anything: one non-empty target stops the whole recovery.
@@ -320,7 +366,7 @@ def restore(
                 "to restore over existing files"
             )
         plan.append((wanted, dest))
-    stats = []
+    stats: list[RestoreResult] = []
     for wanted, dest in plan:
         started = time.monotonic()
         used = []
@@ -337,30 +383,32 @@ def restore(
         took = time.monotonic() - started
         log(f"restored {wanted} from snapshot(s) {', '.join(u[:8] for u in used)} in {took:.2f}s")
         stats.append(
-            {
-                "path": wanted,
-                "snapshot_ids": used,
-                "target": str(dest),
-                "phase": "Succeeded",
-                "duration": f"{took:.3f}s",
-            }
+            RestoreResult(path=wanted, target=str(dest), snapshot_ids=used, duration_seconds=took)
         )
-    return {"restores": stats}
+    return RestoreRunResult(restores=stats)
 
 
 # ----------------------------------------------------------------------------- main
 
 
-def _split_commands(rest: list[str]) -> list[list[str]]:
-    commands: list[list[str]] = []
+def _split_commands(rest: list[str]) -> list[Command]:
+    """``-- PATH restic ARGS... -- PATH restic ARGS...``: each command names the folder
+    it is about (as the workload sees it) before its restic argv, so results never have
+    to be guessed back from the arguments."""
+    groups: list[list[str]] = []
     for item in rest:
-        if item == "--":
-            commands.append([])
-        elif not commands:
-            raise AgentError(f"unexpected argument {item!r} before '--'")
+        if item == SEPARATOR:
+            groups.append([])
+        elif not groups:
+            raise AgentError(f"unexpected argument {item!r} before {SEPARATOR!r}")
         else:
-            commands[-1].append(item)
-    return [c for c in commands if c]
+            groups[-1].append(item)
+    commands = []
+    for group in (g for g in groups if g):
+        if len(group) < 3 or not group[0].startswith("/") or group[1] != "restic":
+            raise AgentError("each command is '-- PATH restic VERB ...' with an absolute PATH")
+        commands.append(Command(group[0], group[1:]))
+    return commands
 
 
 def _rest_credentials() -> None:
@@ -376,36 +424,21 @@ def _rest_credentials() -> None:
     os.environ["RESTIC_REPOSITORY"] = f"rest:{scheme}://{auth}@{rest}"
 
 
-def _write_result(result: dict[str, Any]) -> None:
+def _write_result(result: RunResult | RestoreRunResult) -> None:
     """Hand the result to whoever runs the agent: a file (local runtime) or the
     container's termination message (pods; Kubernetes keeps up to 4 KiB of it)."""
-    text = json.dumps(result, separators=(",", ":"))
-    target = os.environ.get("STASH_RESULT_FILE")
+    target = os.environ.get(ENV_RESULT_FILE)
     if target:
-        Path(target).write_text(text)
-    message = os.environ.get("STASH_TERMINATION_MESSAGE_PATH")
+        Path(target).write_text(encode(result))
+    message = os.environ.get(ENV_TERMINATION_MESSAGE)
     if message:
-        Path(message).write_text(text if len(text) <= 4096 else json.dumps(_compact(result)))
-
-
-def _compact(result: dict[str, Any]) -> dict[str, Any]:
-    """What the DAG needs when the full result is too long for a termination message."""
-    out = dict(result)
-    out["snapshots"] = [
-        {
-            "path": g["path"],
-            "count": len(g["snapshots"]),
-            "snapshots": [{"id": s["id"], "short_id": s["short_id"]} for s in g["snapshots"][-20:]],
-        }
-        for g in result.get("snapshots", [])
-    ]
-    return out
+        Path(message).write_text(fit_termination_message(result))
 
 
 def _write_error(message: str) -> None:
-    path = os.environ.get("STASH_TERMINATION_MESSAGE_PATH")
+    path = os.environ.get(ENV_TERMINATION_MESSAGE)
     if path:
-        Path(path).write_text(f"stash-agent: error: {message}"[:4096])
+        Path(path).write_text(error_line(message)[:TERMINATION_MESSAGE_LIMIT])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -422,16 +455,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     res_p.add_argument("--target", action="append", default=[])
     res_p.add_argument("--path", action="append", default=[])
     res_p.add_argument("--overwrite", action="store_true")
-    head = argv[: argv.index("--")] if "--" in argv else argv
+    head = argv[: argv.index(SEPARATOR)] if SEPARATOR in argv else argv
     tail = argv[len(head) :]
     args = parser.parse_args(head)
     try:
-        if "RESTIC_REPOSITORY" not in os.environ or "RESTIC_PASSWORD" not in os.environ:
-            raise AgentError("RESTIC_REPOSITORY and RESTIC_PASSWORD must be set")
+        if ENV_REPOSITORY not in os.environ or ENV_PASSWORD not in os.environ:
+            raise AgentError(f"{ENV_REPOSITORY} and {ENV_PASSWORD} must be set")
         _rest_credentials()
         if args.verb == "run":
             commands = _split_commands(tail)
-            result = run_commands(commands, args.lock_wait, args.init, args.unlock)
+            result: RunResult | RestoreRunResult = run_commands(
+                commands, args.lock_wait, args.init, args.unlock
+            )
         else:
             if len(args.mount_path) != len(args.target) or not args.target:
                 raise AgentError("give --mount-path and --target in pairs")
@@ -442,11 +477,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.overwrite,
             )
     except AgentError as exc:
-        log(f"error: {exc}")
+        print(error_line(str(exc)), file=sys.stderr, flush=True)
         _write_error(str(exc))
         return 1
     except FileNotFoundError as exc:
-        log(f"error: {exc.strerror}: {exc.filename}")
+        print(error_line(f"{exc.strerror}: {exc.filename}"), file=sys.stderr, flush=True)
         _write_error(f"{exc.strerror}: {exc.filename}")
         return 1
     _write_result(result)

@@ -13,6 +13,17 @@ from pathlib import Path
 
 import yaml
 
+from .manifests import (
+    DATA_MOUNT,
+    deployment_doc,
+    recovery_doc,
+    repository_doc,
+    restic_doc,
+    secret_doc,
+)
+
+NS = "demo"
+
 
 def write_demo(root: Path, *, schedule: str = "@every 1m") -> Path:
     """Create (or refresh) the demo under ``root``; returns the manifests folder.
@@ -35,100 +46,43 @@ def write_demo(root: Path, *, schedule: str = "@every 1m") -> Path:
     if secret_file.exists():
         password = base64.b64decode(
             yaml.safe_load(secret_file.read_text())["data"]["RESTIC_PASSWORD"]
-        )
+        ).decode()
     else:
-        password = secrets.token_urlsafe(24).encode()
-    docs = [
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "local-secret", "namespace": "demo"},
-            "data": {"RESTIC_PASSWORD": base64.b64encode(password).decode()},
-        },
-    ]
-    secret_file.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+        password = secrets.token_urlsafe(24)
+    secret_file.write_text(
+        yaml.safe_dump(secret_doc("local-secret", NS, RESTIC_PASSWORD=password), sort_keys=False)
+    )
+    deployment = deployment_doc(
+        "stash-demo",
+        NS,
+        data,
+        volume_name="source-data",
+        container={"name": "busybox", "args": ["sleep", "3600"]},
+    )
+    backend = {"local": {"mountPath": "/safe/data", "hostPath": {"path": str(repo)}}}
     objects = {
-        "deployment.yaml": {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {
-                "name": "stash-demo",
-                "namespace": "demo",
-                "labels": {"app": "stash-demo"},
-            },
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": {"app": "stash-demo"}},
-                "template": {
-                    "metadata": {"labels": {"app": "stash-demo"}},
-                    "spec": {
-                        "containers": [
-                            {
-                                "name": "busybox",
-                                "image": "busybox",
-                                "args": ["sleep", "3600"],
-                                "volumeMounts": [
-                                    {"name": "source-data", "mountPath": "/source/data"}
-                                ],
-                            }
-                        ],
-                        "volumes": [{"name": "source-data", "hostPath": {"path": str(data)}}],
-                    },
-                },
-            },
-        },
-        "repository.yaml": {
-            "apiVersion": "stash.appscode.com/v1alpha1",
-            "kind": "Repository",
-            "metadata": {"name": "local-repo", "namespace": "demo"},
-            "spec": {
-                "backend": {
-                    "local": {"mountPath": "/safe/data", "hostPath": {"path": str(repo)}},
-                    "storageSecretName": "local-secret",
-                }
-            },
-        },
-        "restic.yaml": {
-            "apiVersion": "stash.appscode.com/v1alpha1",
-            "kind": "Restic",
-            "metadata": {"name": "demo-backup", "namespace": "demo"},
-            "spec": {
-                "targetType": "Volume",
-                "backupType": "Scheduled",
-                "schedule": schedule,
-                "repository": {"name": "local-repo"},
-                "volumeSelector": {
-                    "selector": {"matchLabels": {"app": "stash-demo"}},
-                    "targetVolumes": [
-                        {
-                            "name": "source-data",
-                            "mountPath": "/source/data",
-                            "directories": [
-                                {"path": "/source/data", "retentionPolicyName": "keep-last-5"}
-                            ],
-                        }
-                    ],
-                },
-                "retentionPolicies": [{"name": "keep-last-5", "keepLast": 5, "prune": True}],
-            },
-        },
-        "recovery.yaml": {
-            "apiVersion": "stash.appscode.com/v1alpha1",
-            "kind": "Recovery",
-            "metadata": {"name": "demo-restore", "namespace": "demo"},
-            "spec": {
-                "targetType": "Volume",
-                "repository": {"name": "local-repo"},
-                "volumeRestorer": {
-                    "repoDir": "/volumes/deployment/stash-demo",
-                    "snapshot": "latest",
-                    "paths": ["/source/data"],
-                    "recoverTo": [
-                        {"mountPath": "/source/data", "hostPath": {"path": str(restored)}}
-                    ],
-                },
-            },
-        },
+        "deployment.yaml": deployment,
+        "repository.yaml": repository_doc("local-repo", NS, backend, secret="local-secret"),
+        "restic.yaml": restic_doc(
+            "demo-backup",
+            NS,
+            "local-repo",
+            "stash-demo",
+            schedule=schedule,
+            policy={"keepLast": 5, "prune": True},
+            policy_name="keep-last-5",
+            volume_name="source-data",
+            backupType="Scheduled",
+        ),
+        "recovery.yaml": recovery_doc(
+            "demo-restore",
+            NS,
+            "local-repo",
+            restored,
+            snapshot="latest",
+            paths=[DATA_MOUNT],
+            repo_dir="/volumes/deployment/stash-demo",
+        ),
     }
     for name, obj in objects.items():
         (manifests / name).write_text(yaml.safe_dump(obj, sort_keys=False))

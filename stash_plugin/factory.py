@@ -15,15 +15,18 @@ from typing import Any
 from airflow.sdk import DAG, DeltaTriggerTimetable, Param, get_parsing_context
 
 from stash_plugin.api.errors import ResourceError
-from stash_plugin.operators.status import (
+from stash_plugin.operators.step import (
+    StashRestoreOperator,
+    StashRetentionOperator,
+    StashStepOperator,
+)
+from stash_plugin.operators.update_status import (
     StashBackupStatusOperator,
     StashRecoveryStatusOperator,
-    StashRestoreOperator,
 )
-from stash_plugin.operators.step import StashRetentionOperator, StashStepOperator
 from stash_plugin.operators.workload import StashQuiesceOperator, StashResumeOperator
 from stash_plugin.plan import BackupPlan, PlanSet, RecoveryPlan, Schedule, make_plans
-from stash_plugin.plan.model import WorkloadRef
+from stash_plugin.plan.model import QuiescedWorkload
 from stash_plugin.sensors.snapshot import SnapshotSensor
 from stash_plugin.sensors.workload import WorkloadReadySensor, WorkloadStoppedSensor
 from stash_plugin.settings import Settings, load_settings
@@ -54,7 +57,7 @@ def airflow_schedule(schedule: Schedule, paused: bool) -> Any:
     return schedule.value
 
 
-def around(task: Any, workload: WorkloadRef) -> tuple[Any, Any]:
+def around(task: Any, workload: QuiescedWorkload) -> tuple[Any, Any]:
     """``quiesce -> wait_quiesced -> task -> resume -> wait_ready``; returns the first
     and last of them. ``resume`` runs whatever happened to ``task``."""
     quiesce = StashQuiesceOperator(workload=workload)

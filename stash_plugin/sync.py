@@ -17,8 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from stash_plugin import GROUP, VERSION
+
 log = logging.getLogger(__name__)
-GROUP, VERSION = "stash.appscode.com", "v1alpha1"
+
 STASH_PLURALS = {
     "Repository": "repositories",
     "Restic": "restics",

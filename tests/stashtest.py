@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
 import random
@@ -11,7 +10,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
+from stash_plugin.manifests import (  # noqa: F401 - the builders tests import from here
+    deployment_doc,
+    recovery_doc,
+    repository_doc,
+    restic_doc,
+    secret_doc,
+    write_manifests,
+)
 
 PASSWORD = "s3cr3t-Restic-Pa55word-do-not-leak"
 
@@ -64,132 +70,6 @@ def tree_state(root: Path) -> dict[str, tuple[Any, ...]]:
             else:
                 out[rel] = ("file", mode, hashlib.sha256(p.read_bytes()).hexdigest())
     return out
-
-
-def secret_doc(name: str, namespace: str, **values: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name, "namespace": namespace},
-        "data": {k: base64.b64encode(v.encode()).decode() for k, v in values.items()},
-    }
-
-
-def deployment_doc(
-    name: str,
-    namespace: str,
-    host_path: Path | None,
-    labels: dict[str, str] | None = None,
-    *,
-    volume: dict[str, Any] | None = None,
-    replicas: int = 1,
-) -> dict[str, Any]:
-    """A Deployment mounting ``host_path`` (or the ``volume`` source) at /source/data."""
-    labels = labels or {"app": name}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "containers": [
-                        {
-                            "name": "app",
-                            "image": "busybox",
-                            "volumeMounts": [{"name": "data", "mountPath": "/source/data"}],
-                        }
-                    ],
-                    "volumes": [
-                        {"name": "data", **(volume or {"hostPath": {"path": str(host_path)}})}
-                    ],
-                },
-            },
-        },
-    }
-
-
-def repository_doc(
-    name: str, namespace: str, backend: dict[str, Any], secret: str = "repo-secret"
-) -> dict[str, Any]:
-    return {
-        "apiVersion": "stash.appscode.com/v1alpha1",
-        "kind": "Repository",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"backend": {**backend, "storageSecretName": secret}},
-    }
-
-
-def restic_doc(
-    name: str,
-    namespace: str,
-    repository: str,
-    app: str,
-    *,
-    schedule: str = "@every 1h",
-    policy: dict[str, Any] | None = None,
-    **spec: Any,
-) -> dict[str, Any]:
-    policy = policy if policy is not None else {"keepLast": 5, "prune": True}
-    return {
-        "apiVersion": "stash.appscode.com/v1alpha1",
-        "kind": "Restic",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "targetType": "Volume",
-            "schedule": schedule,
-            "repository": {"name": repository},
-            "volumeSelector": {
-                "selector": {"matchLabels": {"app": app}},
-                "targetVolumes": [
-                    {
-                        "name": "data",
-                        "mountPath": "/source/data",
-                        "directories": [{"path": "/source/data", "retentionPolicyName": "policy"}],
-                    }
-                ],
-            },
-            "retentionPolicies": [{"name": "policy", **policy}],
-            **spec,
-        },
-    }
-
-
-def recovery_doc(
-    name: str,
-    namespace: str,
-    repository: str,
-    target: Path,
-    *,
-    snapshot: str | None = None,
-    paths: list[str] | None = None,
-    repo_dir: str = "/volumes/deployment/app",
-    **restorer: Any,
-) -> dict[str, Any]:
-    vr: dict[str, Any] = {
-        "repoDir": repo_dir,
-        "recoverTo": [{"mountPath": "/source/data", "hostPath": {"path": str(target)}}],
-        **restorer,
-    }
-    if snapshot:
-        vr["snapshot"] = snapshot
-    if paths:
-        vr["paths"] = paths
-    return {
-        "apiVersion": "stash.appscode.com/v1alpha1",
-        "kind": "Recovery",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"targetType": "Volume", "repository": {"name": repository}, "volumeRestorer": vr},
-    }
-
-
-def write_manifests(folder: Path, docs: list[dict[str, Any]], filename: str = "all.yaml") -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / filename).write_text(yaml.safe_dump_all(docs, sort_keys=False))
-    return folder
 
 
 def run_dag(dag: Any, conf: dict[str, Any] | None = None) -> Any:

@@ -36,6 +36,7 @@ def repo(tmp_path: Path) -> dict[str, str]:
 def backup_args(path: Path) -> list[str]:
     return [
         "--",
+        "/data",
         "restic",
         "backup",
         "--json",
@@ -92,7 +93,7 @@ def test_clears_a_stale_lock_and_waits_for_a_live_one(repo: dict[str, str], tmp_
     data.mkdir()
     (data / "f").write_text("x")
     assert agent(repo, "run", "--init", *backup_args(data)).returncode == 0
-    forget = ["--", "restic", "forget", "--json", "--keep-last=1", "--prune"]
+    forget = ["--", "/data", "restic", "forget", "--json", "--keep-last=1", "--prune"]
 
     # A run killed with SIGKILL leaves its lock behind: the next run clears it.
     killed = _hold_lock(repo)

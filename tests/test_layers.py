@@ -14,13 +14,27 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 # Lowest first. A module's layer is the first entry that prefixes its dotted name.
 LAYERS: list[tuple[str, ...]] = [
-    ("stash_plugin.api",),
+    ("stash_plugin.api", "stash_plugin.protocol", "stash_plugin.manifests"),
     ("stash_plugin.plan", "stash_plugin.source", "stash_plugin.demo"),
     ("stash_plugin.runtime", "stash_plugin.agent", "stash_plugin.settings", "stash_plugin.sync"),
     ("stash_plugin.operators", "stash_plugin.sensors"),
     ("stash_plugin.factory", "stash_plugin.cli", "stash_plugin.__main__"),
 ]
-PURE = ("stash_plugin.api", "stash_plugin.plan", "stash_plugin.source", "stash_plugin.agent")
+PURE = (
+    "stash_plugin.api",
+    "stash_plugin.protocol",
+    "stash_plugin.manifests",
+    "stash_plugin.plan",
+    "stash_plugin.source",
+    "stash_plugin.agent",
+)
+# Airflow-facing classes are thin adapters: they never read the manifests themselves
+# (the runtime resolves what a step needs) and sensors run steps through the runtime's
+# step runner, not through an operator.
+FORBIDDEN = {
+    "stash_plugin.operators": ("stash_plugin.source",),
+    "stash_plugin.sensors": ("stash_plugin.source", "stash_plugin.operators"),
+}
 FOREIGN = ("airflow", "kubernetes")
 
 
@@ -80,6 +94,23 @@ def test_module_imports_only_lower_layers(module: str) -> None:
     if module.startswith(PURE):
         for name in _imports(module, MODULES[module]):
             assert name.split(".")[0] not in FOREIGN, f"{module} imports {name}"
+    for owner, banned in FORBIDDEN.items():
+        if module == owner or module.startswith(owner + "."):
+            for name in _imports(module, MODULES[module]):
+                assert not name.startswith(banned), f"{module} imports {name}"
+
+
+def test_the_agent_needs_only_the_standard_library_and_the_protocol() -> None:
+    """The agent image holds no Airflow: the agent may import the protocol, nothing else
+    of ours."""
+    ours = [
+        n
+        for n in _imports("stash_plugin.agent", MODULES["stash_plugin.agent"])
+        if n.startswith("stash_plugin")
+    ]
+    assert {n.rsplit(".", 1)[0] if n.count(".") > 1 else n for n in ours} <= {
+        "stash_plugin.protocol"
+    }
 
 
 def test_every_module_has_a_layer() -> None:

@@ -6,7 +6,7 @@ No Airflow and no kubernetes client here: this layer is pure data.
 from .backend import Backend
 from .common import LabelSelector, ObjectRef, RetentionPolicy
 from .errors import ResourceError
-from .kube import Secret, Workload
+from .kubeobjects import Secret, Workload
 from .parse import STASH_KINDS, parse_document
 from .resources import (
     BackupAgent,

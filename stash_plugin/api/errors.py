@@ -36,6 +36,15 @@ class ResourceError:
         return f"{self.object_ref}: {field}{self.message}{where}"
 
 
+class FieldError(ValueError):
+    """A field of a plain Kubernetes object that Stash cannot read."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
 def field_path(loc: tuple[Any, ...]) -> str:
     """Turn a pydantic error location into ``a.b[0].c``."""
     out = ""

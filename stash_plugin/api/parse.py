@@ -8,10 +8,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from .. import GROUP
-from .errors import ResourceError, field_path
-from .kube import (
+from .errors import FieldError, ResourceError, field_path
+from .kubeobjects import (
     WORKLOAD_KINDS,
-    FieldError,
     Node,
     Secret,
     Workload,

@@ -47,6 +47,10 @@ class BackupRepo(Model):
     failed_backup_count: int = 0
     last_failure_time: datetime | None = None
     last_failure: str | None = None
+    last_retention_removed: int | None = None
+    """Snapshots the last retention run removed."""
+    last_retention_bytes_freed: int | None = None
+    """Bytes the last retention run's prune freed (when the policy prunes)."""
 
 
 class RepositoryStatus(Model):

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ResourceError
-from .kube import Node, Secret, Workload
+from .kubeobjects import Node, Secret, Workload
 from .parse import Parsed
 from .resources import BackupAgent, Recovery, Repository, Restic
 

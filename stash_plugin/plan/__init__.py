@@ -1,8 +1,17 @@
 """Pure planning: resources in, plans (argv, env references, mounts) out. No Airflow."""
 
-from .model import BackupPlan, Mount, PlanSet, RecoveryPlan, Runtime, Schedule, SecretEnv, Step
+from .model import (
+    BackupPlan,
+    Mount,
+    PlanError,
+    PlanSet,
+    RecoveryPlan,
+    Runtime,
+    Schedule,
+    SecretEnv,
+    Step,
+)
 from .planner import make_plans
-from .restic import PlanError
 
 __all__ = [
     "BackupPlan",

@@ -14,6 +14,16 @@ from typing import Any, Literal
 from ..api.errors import ResourceError
 
 Runtime = Literal["local", "kubernetes"]
+"""Where steps run: ``local`` (child processes of the worker, volumes are host paths)
+or ``kubernetes`` (agent pods). Decided once, when planning, and carried by every step."""
+
+
+class PlanError(ValueError):
+    """A resource that cannot be planned; ``field`` names where the problem is."""
+
+    def __init__(self, field: str | None, message: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -51,6 +61,7 @@ class Step:
     task_id: str
     argv: tuple[str, ...]
     namespace: str
+    runtime: Runtime
     env: tuple[tuple[str, str], ...] = ()
     secret_env: tuple[SecretEnv, ...] = ()
     mounts: tuple[Mount, ...] = ()
@@ -98,8 +109,9 @@ class TargetRef:
 
 
 @dataclass(frozen=True)
-class WorkloadRef:
-    """A workload to stop before and start after a backup (offline mode)."""
+class QuiescedWorkload:
+    """A workload stopped before and started after a step (offline backup, restore into
+    a running workload's own volume)."""
 
     kind: str
     namespace: str
@@ -123,9 +135,23 @@ class BackupPlan:
     verify: Step
     snapshot_paths: tuple[str, ...]
     """The workload paths (one snapshot each) that a run must produce."""
+    runtime: Runtime = "local"
     origin: str | None = None
-    offline: WorkloadRef | None = None
+    offline: QuiescedWorkload | None = None
     """Set in offline mode: scale this workload to zero around the backup."""
+
+    @property
+    def task_ids(self) -> tuple[str, ...]:
+        """Every task of the DAG before ``update_status``, in the order they run."""
+        around = ("quiesce", "wait_quiesced")
+        after = ("resume", "wait_ready")
+        return (
+            *(around if self.offline else ()),
+            "backup",
+            *(after if self.offline else ()),
+            *(("retention",) if self.retention else ()),
+            "verify",
+        )
 
 
 @dataclass(frozen=True)
@@ -141,9 +167,17 @@ class RecoveryPlan:
     description: str
     restore: Step
     paths: tuple[str, ...]
+    runtime: Runtime = "local"
     origin: str | None = None
-    offline: WorkloadRef | None = None
+    offline: QuiescedWorkload | None = None
     """Set when restoring into a running workload's own volume."""
+
+    @property
+    def task_ids(self) -> tuple[str, ...]:
+        """Every task of the DAG before ``update_status``, in the order they run."""
+        if self.offline is None:
+            return ("restore",)
+        return ("quiesce", "wait_quiesced", "restore", "resume", "wait_ready")
 
 
 @dataclass

@@ -6,7 +6,7 @@ host and tags), so they live in one place and follow Stash 0.8's layout.
 
 from __future__ import annotations
 
-from ..api.kube import Workload
+from ..api.kubeobjects import Workload
 
 
 def backup_dag_id(namespace: str, restic: str, target: str) -> str:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from ..api.errors import ResourceError
 from ..api.resources import Recovery, Repository, Restic
 from ..api.resourceset import ResourceSet
-from .model import PlanSet, Runtime
+from .model import PlanError, PlanSet, Runtime
+from .placement import placement_for
 from .recovery import plan_recovery
-from .restic import PlanError
 from .volume import WorkloadIndex, plan_volume_backups
 
 
@@ -68,7 +68,8 @@ def make_plans(
     worker that runs one task), keeping its cost to one resource.
     """
     plans = PlanSet(errors=list(resources.errors))
-    check_secrets = runtime == "local"  # the directory source holds the Secrets too
+    placement = placement_for(runtime)
+    check_secrets = placement.secrets_in_source
     index: WorkloadIndex | None = None  # built once, on the first Restic that needs it
 
     def fail(obj: Restic | Recovery, exc: PlanError) -> None:
@@ -88,7 +89,7 @@ def make_plans(
             repo = _repository(resources, restic, check_secrets)
             image = _agent_image(resources, restic.spec.backup_agent, "spec.backupAgent")
             index = index or WorkloadIndex(resources)
-            made = plan_volume_backups(restic, repo, resources, runtime, image, index=index)
+            made = plan_volume_backups(restic, repo, resources, placement, image, index=index)
             # Names may hold dots, so two Restics can spell the same DAG id (Restic
             # "a.deployment" + Deployment "x", Restic "a" + Deployment "deployment.x"):
             # refuse the second rather than silently drop one target's backups.
@@ -111,7 +112,7 @@ def make_plans(
         try:
             repo = _repository(resources, recovery, check_secrets)
             image = _agent_image(resources, recovery.spec.recovery_agent, "spec.recoveryAgent")
-            rplan = plan_recovery(recovery, repo, runtime, image, resources)
+            rplan = plan_recovery(recovery, repo, placement, image, resources)
             _check_dag_id(rplan.dag_id)
             plans.recoveries[rplan.dag_id] = rplan
         except PlanError as exc:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from .. import GROUP
 from .model import Step
 
 CONTAINER = "base"  # the name KubernetesPodOperator follows for logs and exit codes
 TERMINATION_LOG = "/dev/termination-log"
-GROUP_LABEL = "stash.appscode.com"
+GROUP_LABEL = GROUP
 
 
 def label_value(value: str) -> str:

@@ -6,9 +6,10 @@ import re
 
 from ..api.resources import Recovery, Repository
 from ..api.resourceset import ResourceSet
+from ..protocol import AGENT
 from . import naming
-from .model import Mount, RecoveryPlan, Runtime, Step, WorkloadRef
-from .restic import AGENT, PlanError, repository_env, repository_mounts, repository_url
+from .model import Mount, PlanError, QuiescedWorkload, RecoveryPlan, Step
+from .placement import Placement
 
 _HEX_ID = re.compile(r"^[0-9a-f]{8,64}$")
 
@@ -35,25 +36,25 @@ def _under(path: str, root: str) -> bool:
 
 
 def _workload(
-    recovery: Recovery, resources: ResourceSet | None, runtime: Runtime
-) -> WorkloadRef | None:
+    recovery: Recovery, resources: ResourceSet | None, placement: Placement
+) -> QuiescedWorkload | None:
     vr = recovery.spec.volume_restorer
     if vr is None or vr.workload is None:
         return None
     field = "spec.volumeRestorer.workload"
-    if runtime == "local":
-        raise PlanError(field, "stopping a workload needs the kubernetes runtime")
     ns = recovery.metadata.namespace or "default"
     found = (resources.workloads if resources else {}).get((vr.workload.kind, ns, vr.workload.name))
     if found is None:
+        if placement.runtime == "local":  # say what cannot work before what is missing
+            raise PlanError(field, "stopping a workload needs the kubernetes runtime")
         raise PlanError(field, f"{vr.workload.kind} {ns}/{vr.workload.name} not found")
-    return WorkloadRef(found.kind, ns, found.name, tuple(sorted(found.pod_labels.items())))
+    return placement.quiesced(found, field, "restoring into a running workload")
 
 
 def plan_recovery(
     recovery: Recovery,
     repository: Repository,
-    runtime: Runtime,
+    placement: Placement,
     image: str | None = None,
     resources: ResourceSet | None = None,
 ) -> RecoveryPlan:
@@ -65,32 +66,14 @@ def plan_recovery(
         )
     ns = recovery.metadata.namespace or "default"
     vr = spec.volume_restorer
-    backend = repository.spec.backend
-    try:
-        url = repository_url(backend, vr.repo_dir, runtime)
-        secret_env = repository_env(backend)
-    except PlanError as exc:
-        raise PlanError(
-            None,
-            f"Repository {repository.metadata.namespace}/{repository.metadata.name}: "
-            f"{exc.field}: {exc}",
-        ) from None
+    access = placement.repository(repository, vr.repo_dir)
+    url = access.url
     snapshot = snapshot_ref(vr.snapshot, "spec.volumeRestorer.snapshot")
     argv = [AGENT, "restore", f"--snapshot={snapshot}"]
-    mounts = list(repository_mounts(backend, runtime))
+    mounts: list[Mount] = list(access.mounts)
     for i, rt in enumerate(vr.recover_to):
-        if runtime == "local":
-            if rt.host_path is None:
-                raise PlanError(
-                    f"spec.volumeRestorer.recoverTo[{i}]",
-                    "the local runtime restores into hostPath only",
-                )
-            dest = rt.host_path.path
-            source = {"hostPath": rt.host_path.model_dump(by_alias=True, exclude_none=True)}
-        else:
-            dest = rt.mount_path
-            source = rt.model_dump(by_alias=True, exclude_none=True, exclude={"mount_path"})
-        mounts.append(Mount(f"recover-to-{i}", dest, source))
+        dest, mount = placement.restore_destination(rt, i)
+        mounts.append(mount)
         argv += [f"--mount-path={rt.mount_path}", f"--target={dest}"]
     for i, p in enumerate(vr.paths):
         if not any(_under(p, rt.mount_path) for rt in vr.recover_to):
@@ -106,8 +89,9 @@ def plan_recovery(
         "restore",
         tuple(argv),
         ns,
+        placement.runtime,
         (("RESTIC_REPOSITORY", url),),
-        secret_env,
+        access.secret_env,
         tuple(mounts),
         image,
         subject=f"Recovery {ns}/{recovery.metadata.name}, Repository "
@@ -138,5 +122,6 @@ def plan_recovery(
         ),
         restore=step,
         paths=tuple(vr.paths) or tuple(rt.mount_path for rt in vr.recover_to),
-        offline=_workload(recovery, resources, runtime),
+        runtime=placement.runtime,
+        offline=_workload(recovery, resources, placement),
     )

@@ -6,14 +6,12 @@ path or tag can never be read as another flag, and nothing goes through a shell.
 
 from __future__ import annotations
 
-import posixpath
 from collections.abc import Iterable, Sequence
 
 from ..api.backend import Backend
 from ..api.common import RetentionPolicy
-from .model import Mount, Runtime, SecretEnv
-
-AGENT = "stash-agent"
+from ..protocol import AGENT, SEPARATOR
+from .model import PlanError, SecretEnv
 
 # Keys of the storage Secret that become the agent's environment, per backend.
 # RESTIC_PASSWORD is always required; the rest are optional (cloud roles, public CAs).
@@ -39,15 +37,6 @@ CREDENTIAL_KEYS: dict[str, tuple[str, ...]] = {
     "b2": ("B2_ACCOUNT_ID", "B2_ACCOUNT_KEY"),
     "rest": ("RESTIC_REST_USERNAME", "RESTIC_REST_PASSWORD"),
 }
-REPOSITORY_MOUNT = "stash-repository"
-
-
-class PlanError(ValueError):
-    """A resource that cannot be planned; ``field`` names where the problem is."""
-
-    def __init__(self, field: str | None, message: str) -> None:
-        super().__init__(message)
-        self.field = field
 
 
 def _join(*parts: str | None) -> str:
@@ -55,24 +44,17 @@ def _join(*parts: str | None) -> str:
     return "/".join(clean)
 
 
-def repository_url(backend: Backend, repo_dir: str, runtime: Runtime) -> str:
+def repository_url(backend: Backend, repo_dir: str, local_root: str | None = None) -> str:
     """Where restic finds the target's repository (``RESTIC_REPOSITORY``).
 
     ``repo_dir`` is the per-target folder under the backend's prefix (``/volumes/
     deployment/NAME``); the layout is Stash 0.8's, so old repositories keep working.
+    ``local_root`` is where the agent sees a ``local`` backend's volume (the runtime's
+    placement decides it).
     """
     if backend.local is not None:
-        local = backend.local
-        if runtime == "local":
-            if local.host_path is None:
-                raise PlanError(
-                    "spec.backend.local",
-                    "the local runtime can only use a hostPath repository volume",
-                )
-            base = local.host_path.path
-        else:
-            base = local.mount_path
-        return "/" + _join(base, local.sub_path, repo_dir)
+        assert local_root is not None, "a local backend needs the placement's root"
+        return "/" + _join(local_root, backend.local.sub_path, repo_dir)
     if backend.s3 is not None:
         s3 = backend.s3
         endpoint = (s3.endpoint or "s3.amazonaws.com").rstrip("/")
@@ -101,15 +83,6 @@ def repository_env(backend: Backend) -> tuple[SecretEnv, ...]:
     env += [SecretEnv(k, secret, k, optional=True) for k in CREDENTIAL_KEYS[backend.kind]]
     env.append(SecretEnv("CA_CERT_DATA", secret, "CA_CERT_DATA", optional=True))
     return tuple(env)
-
-
-def repository_mounts(backend: Backend, runtime: Runtime) -> tuple[Mount, ...]:
-    """The backend's own volume, for local/NFS/PVC repositories (pods only need it)."""
-    local = backend.local
-    if local is None or runtime == "local":
-        return ()
-    source = local.model_dump(by_alias=True, exclude_none=True, exclude={"mount_path", "sub_path"})
-    return (Mount(REPOSITORY_MOUNT, local.mount_path, source),)
 
 
 def tag_list(tags: Iterable[str]) -> str:
@@ -158,14 +131,16 @@ def snapshots_args(host: str, tags: Sequence[str]) -> list[str]:
     return ["restic", "snapshots", "--json", f"--host={host}", f"--tag={tag_list(tags)}"]
 
 
-def agent_run(commands: Sequence[Sequence[str]], *options: str) -> tuple[str, ...]:
+def agent_run(commands: Sequence[tuple[str, Sequence[str]]], *options: str) -> tuple[str, ...]:
     """The agent argv that runs restic commands in order.
 
-    ``stash-agent run [options] -- restic ... -- restic ...``: every value is passed in
-    ``--flag=value`` form, so a bare ``--`` only ever separates commands."""
+    ``stash-agent run [options] -- PATH restic ... -- PATH restic ...``: each command
+    names the folder it is about (as the workload sees it), so the agent never guesses
+    it back from tags. Every value is passed in ``--flag=value`` form, so a bare ``--``
+    only ever separates commands."""
     argv: list[str] = [AGENT, "run", *options]
-    for cmd in commands:
-        argv += ["--", *cmd]
+    for path, cmd in commands:
+        argv += [SEPARATOR, path, *cmd]
     return tuple(argv)
 
 
@@ -175,7 +150,3 @@ def check_tag(tag: str) -> str:
             f"tag {tag!r} must be non-empty, without commas or spaces, not start with '-'"
         )
     return tag
-
-
-def normpath(path: str) -> str:
-    return posixpath.normpath(path)

@@ -6,27 +6,14 @@ import posixpath
 from dataclasses import dataclass
 
 from ..api.common import LabelSelector, RetentionPolicy
-from ..api.kube import WORKLOAD_KINDS, Workload
+from ..api.kubeobjects import WORKLOAD_KINDS, Workload
 from ..api.resources import Repository, Restic
 from ..api.resourceset import ResourceSet
 from . import naming
-from .model import BackupPlan, Mount, Runtime, Schedule, Step, TargetRef, WorkloadRef
-from .restic import (
-    PlanError,
-    agent_run,
-    backup_args,
-    check_tag,
-    forget_args,
-    repository_env,
-    repository_mounts,
-    repository_url,
-    snapshots_args,
-)
+from .model import BackupPlan, Mount, PlanError, QuiescedWorkload, Schedule, Step, TargetRef
+from .placement import Instance, Placement
+from .restic import agent_run, backup_args, check_tag, forget_args, snapshots_args
 from .schedules import parse_schedule
-
-# StatefulSet pods each have their own claims and DaemonSet pods live on one node each:
-# both need the cluster to say which pod/node holds the data.
-LOCAL_WORKLOAD_KINDS = ("Deployment", "ReplicaSet", "ReplicationController")
 
 
 @dataclass(frozen=True)
@@ -84,70 +71,11 @@ def selected_workloads(
     return (index or WorkloadIndex(resources)).select(restic.metadata.namespace, selector)
 
 
-@dataclass(frozen=True)
-class _Instance:
-    """One backup target of a workload: the workload, one StatefulSet pod, or one
-    DaemonSet node (kubernetes runtime)."""
-
-    target: str
-    repo_dir: str
-    host: str
-    claims: dict[str, str]
-    """Volume name -> the claim this instance's pod mounts (StatefulSet templates)."""
-    node: str | None = None
-    colocate: tuple[tuple[str, str], ...] = ()
-
-
-def _instances(
-    workload: Workload, resources: ResourceSet, runtime: Runtime, prefix: str | None
-) -> list[_Instance]:
-    has_claims = any("persistentVolumeClaim" in v for v in workload.volumes.values())
-    if runtime == "local" or workload.kind in LOCAL_WORKLOAD_KINDS:
-        colocate = tuple(sorted(workload.pod_labels.items())) if has_claims else ()
-        return [
-            _Instance(
-                naming.workload_target(workload),
-                naming.volume_repo_dir(workload, prefix),
-                workload.name,
-                {},
-                colocate=colocate if runtime == "kubernetes" else (),
-            )
-        ]
-    if workload.kind == "StatefulSet":
-        out = []
-        for ordinal in range(workload.replicas if workload.replicas is not None else 1):
-            pod = f"{workload.name}-{ordinal}"
-            target, repo_dir = naming.statefulset_pod_target(workload, pod, prefix)
-            claims = {t: f"{t}-{pod}" for t in workload.claim_templates}
-            out.append(
-                _Instance(
-                    target,
-                    repo_dir,
-                    pod,
-                    claims,
-                    colocate=(("statefulset.kubernetes.io/pod-name", pod),),
-                )
-            )
-        return out
-    # DaemonSet: its hostPath data differs per node.
-    if not resources.nodes:
-        raise PlanError(
-            "spec.volumeSelector.selector",
-            f"selects {workload.ref}, which runs on every node, but the source lists no "
-            "Node (`stash sync` copies them)",
-        )
-    out = []
-    for node in sorted(resources.nodes):
-        target, repo_dir = naming.daemonset_node_target(workload, node, prefix)
-        out.append(_Instance(target, repo_dir, node, {}, node=node))
-    return out
-
-
 def plan_volume_backups(
     restic: Restic,
     repository: Repository,
     resources: ResourceSet,
-    runtime: Runtime,
+    placement: Placement,
     image: str | None = None,
     *,
     index: WorkloadIndex | None = None,
@@ -156,27 +84,7 @@ def plan_volume_backups(
     assert spec.volume_selector is not None
     ns = restic.metadata.namespace or "default"
     schedule = restic_schedule(restic)
-    policies = {p.name: p for p in spec.retention_policies}
-    for i, tv in enumerate(spec.volume_selector.target_volumes):
-        for j, d in enumerate(tv.directories):
-            if d.retention_policy_name and d.retention_policy_name not in policies:
-                known = ", ".join(sorted(policies)) or "none defined"
-                raise PlanError(
-                    f"spec.volumeSelector.targetVolumes[{i}].directories[{j}].retentionPolicyName",
-                    f"no retention policy named {d.retention_policy_name!r} (known: {known})",
-                )
-            if "," in d.path:
-                raise PlanError(
-                    f"spec.volumeSelector.targetVolumes[{i}].directories[{j}].path",
-                    "paths with commas cannot be selected by restic tags",
-                )
-            for t in d.tags:
-                try:
-                    check_tag(t)
-                except ValueError as exc:
-                    raise PlanError(
-                        f"spec.volumeSelector.targetVolumes[{i}].directories[{j}].tags", str(exc)
-                    ) from None
+    policies = _checked_policies(restic)
     workloads = selected_workloads(restic, resources, index)
     if not workloads:
         raise PlanError(
@@ -185,156 +93,172 @@ def plan_volume_backups(
             f"{', '.join(WORKLOAD_KINDS)} by their labels)",
         )
     return [
-        _plan_workload(restic, repository, w, instance, schedule, policies, runtime, image)
+        _plan_instance(
+            _Target(restic, repository, w, instance, placement, image), schedule, policies
+        )
         for w in workloads
-        for instance in _instances(w, resources, runtime, spec.prefix)
+        for instance in placement.instances(w, resources, spec.prefix)
     ]
 
 
-def _plan_workload(
-    restic: Restic,
-    repository: Repository,
-    workload: Workload,
-    instance: _Instance,
-    schedule: Schedule,
-    policies: dict[str, RetentionPolicy],
-    runtime: Runtime,
-    image: str | None,
-) -> BackupPlan:
+def _checked_policies(restic: Restic) -> dict[str, RetentionPolicy]:
+    """The Restic's retention policies by name, after checking every directory's
+    reference, path and tags."""
     spec = restic.spec
     assert spec.volume_selector is not None
-    ns = restic.metadata.namespace or "default"
-    name = restic.metadata.name
-    if runtime == "local" and workload.kind not in LOCAL_WORKLOAD_KINDS:
-        raise PlanError(
-            "spec.volumeSelector.selector",
-            f"selects {workload.ref}; {workload.kind} volumes need the kubernetes runtime "
-            f"(the local runtime backs up {', '.join(LOCAL_WORKLOAD_KINDS)})",
-        )
-    offline = None
-    if spec.backup_mode == "Offline":
-        if runtime == "local":
-            raise PlanError(
-                "spec.backupMode",
-                "Offline backups stop the workload, which needs the kubernetes runtime",
-            )
-        if workload.kind not in ("Deployment", "StatefulSet", "ReplicaSet"):
-            raise PlanError(
-                "spec.backupMode",
-                f"Offline needs a workload that scales to zero; {workload.ref} does not",
-            )
-        offline = WorkloadRef(
-            workload.kind,
-            workload.namespace,
-            workload.name,
-            tuple(sorted(workload.pod_labels.items())),
-        )
-    target, repo_dir = instance.target, instance.repo_dir
-    backend = repository.spec.backend
-    try:
-        url = repository_url(backend, repo_dir, runtime)
-        secret_env = repository_env(backend)
-    except PlanError as exc:
-        raise PlanError(
-            None,
-            f"Repository {repository.metadata.namespace}/{repository.metadata.name}: "
-            f"{exc.field}: {exc}",
-        ) from None
-    mounts = list(repository_mounts(backend, runtime))
+    policies = {p.name: p for p in spec.retention_policies}
+    for i, tv in enumerate(spec.volume_selector.target_volumes):
+        for j, d in enumerate(tv.directories):
+            field = f"spec.volumeSelector.targetVolumes[{i}].directories[{j}]"
+            if d.retention_policy_name and d.retention_policy_name not in policies:
+                known = ", ".join(sorted(policies)) or "none defined"
+                raise PlanError(
+                    f"{field}.retentionPolicyName",
+                    f"no retention policy named {d.retention_policy_name!r} (known: {known})",
+                )
+            if "," in d.path:
+                raise PlanError(
+                    f"{field}.path", "paths with commas cannot be selected by restic tags"
+                )
+            for t in d.tags:
+                try:
+                    check_tag(t)
+                except ValueError as exc:
+                    raise PlanError(f"{field}.tags", str(exc)) from None
+    return policies
+
+
+@dataclass(frozen=True)
+class _Target:
+    """One backup target being planned: who asks, what it backs up, where it runs."""
+
+    restic: Restic
+    repository: Repository
+    workload: Workload
+    instance: Instance
+    placement: Placement
+    image: str | None
+
+    @property
+    def namespace(self) -> str:
+        return self.restic.metadata.namespace or "default"
+
+
+def _offline(t: _Target) -> QuiescedWorkload | None:
+    if t.restic.spec.backup_mode != "Offline":
+        return None
+    return t.placement.quiesced(t.workload, "spec.backupMode", "an Offline backup")
+
+
+def _directories(
+    t: _Target, policies: dict[str, RetentionPolicy]
+) -> tuple[list[_Dir], list[Mount]]:
+    """Every folder to back up (as the workload sees it and as the agent sees it), and
+    the volumes the agent mounts for them. A folder backed up twice is an error."""
+    spec = t.restic.spec
+    assert spec.volume_selector is not None
     dirs: list[_Dir] = []
-    seen: dict[str, str] = {}
+    mounts: list[Mount] = []
+    owner: dict[str, str] = {}
+
+    def add(d: _Dir, where: str, field: str) -> None:
+        if d.workload_path in owner:
+            raise PlanError(
+                field, f"{d.workload_path} is already backed up by {owner[d.workload_path]}"
+            )
+        owner[d.workload_path] = where
+        dirs.append(d)
+
     for i, tv in enumerate(spec.volume_selector.target_volumes):
         field = f"spec.volumeSelector.targetVolumes[{i}]"
-        source = workload.volumes.get(tv.name)
-        if tv.name in instance.claims:
-            source = {"persistentVolumeClaim": {"claimName": instance.claims[tv.name]}}
-        if source is None:
-            raise PlanError(f"{field}.name", f"{workload.ref} has no volume named {tv.name!r}")
-        if runtime == "local":
-            host = source.get("hostPath")
-            if not isinstance(host, dict) or not isinstance(host.get("path"), str):
-                raise PlanError(
-                    f"{field}.name",
-                    f"volume {tv.name!r} of {workload.ref} is not a hostPath volume; the local "
-                    "runtime backs up hostPath volumes only",
-                )
-            base = host["path"]
-        else:
-            base = tv.mount_path
-        mounts.append(Mount(tv.name, base, source, read_only=True))
+        base, mount = t.placement.source(t.workload, t.instance, tv, field)
+        mounts.append(mount)
         for j, d in enumerate(tv.directories or []):
             rel = posixpath.relpath(d.path, tv.mount_path)
             agent_path = posixpath.normpath(posixpath.join(base, rel))
-            wpath = posixpath.normpath(d.path)
-            if wpath in seen:
-                raise PlanError(
-                    f"{field}.directories[{j}].path",
-                    f"{wpath} is already backed up by {seen[wpath]}",
-                )
-            seen[wpath] = f"{field}.directories[{j}]"
             policy = policies.get(d.retention_policy_name or "")
-            dirs.append(_Dir(wpath, agent_path, policy, tuple(d.tags)))
+            where = f"{field}.directories[{j}]"
+            add(
+                _Dir(posixpath.normpath(d.path), agent_path, policy, tuple(d.tags)),
+                where,
+                f"{where}.path",
+            )
         if not tv.directories:
-            wpath = posixpath.normpath(tv.mount_path)
-            if wpath in seen:
-                raise PlanError(
-                    f"{field}.mountPath", f"{wpath} is already backed up by {seen[wpath]}"
-                )
-            seen[wpath] = field
-            dirs.append(_Dir(wpath, posixpath.normpath(base), None, ()))
+            whole = _Dir(posixpath.normpath(tv.mount_path), posixpath.normpath(base), None, ())
+            add(whole, field, f"{field}.mountPath")
+    return dirs, mounts
 
-    host = instance.host
-    env = (("RESTIC_REPOSITORY", url),)
+
+def _plan_instance(
+    t: _Target, schedule: Schedule, policies: dict[str, RetentionPolicy]
+) -> BackupPlan:
+    ns, name = t.namespace, t.restic.metadata.name
+    instance = t.instance
+    offline = _offline(t)
+    access = t.placement.repository(t.repository, instance.repo_dir)
+    dirs, volume_mounts = _directories(t, policies)
     ref = TargetRef(
         type="Volumes",
-        target=target,
-        repository_namespace=repository.metadata.namespace or "default",
-        repository_name=repository.metadata.name,
+        target=instance.target,
+        repository_namespace=t.repository.metadata.namespace or "default",
+        repository_name=t.repository.metadata.name,
         restic_namespace=ns,
         restic_name=name,
-        repo_dir=repo_dir,
-        workload_kind=workload.kind,
-        workload_name=instance.host if workload.kind == "StatefulSet" else workload.name,
+        repo_dir=instance.repo_dir,
+        workload_kind=t.workload.kind,
+        workload_name=instance.host if t.workload.kind == "StatefulSet" else t.workload.name,
     )
+    settings = t.restic.spec.runtime_settings.model_dump(by_alias=True, exclude_defaults=True)
 
     def step(task_id: str, argv: tuple[str, ...]) -> Step:
         return Step(
             task_id,
             argv,
             ns,
-            env,
-            secret_env,
-            tuple(mounts),
-            image,
+            t.placement.runtime,
+            (("RESTIC_REPOSITORY", access.url),),
+            access.secret_env,
+            (*access.mounts, *volume_mounts),
+            t.image,
             subject=f"Restic {ns}/{name}, Repository {ref.repository_namespace}/"
-            f"{ref.repository_name} at {url}",
-            labels=(("restic", name), ("target", target)),
+            f"{ref.repository_name} at {access.url}",
+            labels=(("restic", name), ("target", instance.target)),
             node_name=instance.node,
             colocate=instance.colocate,
-            runtime_settings=spec.runtime_settings.model_dump(by_alias=True, exclude_defaults=True),
+            runtime_settings=settings,
         )
 
     def tags(d: _Dir) -> list[str]:
-        return naming.snapshot_tags(ns, name, target, d.workload_path) + list(d.tags)
+        return naming.snapshot_tags(ns, name, instance.target, d.workload_path) + list(d.tags)
 
+    host = instance.host
     backup = step(
         "backup",
-        agent_run([backup_args(d.agent_path, host, tags(d)) for d in dirs], "--init", "--unlock"),
+        agent_run(
+            [(d.workload_path, backup_args(d.agent_path, host, tags(d))) for d in dirs],
+            "--init",
+            "--unlock",
+        ),
     )
-    forgets = [forget_args(d.policy, host, tags(d)[:4]) for d in dirs if d.policy is not None]
+    forgets = [
+        (d.workload_path, forget_args(d.policy, host, tags(d)[:4]))
+        for d in dirs
+        if d.policy is not None
+    ]
     retention = step("retention", agent_run(forgets, "--unlock")) if forgets else None
-    verify = step("verify", agent_run([snapshots_args(host, tags(d)[:4]) for d in dirs]))
-    dag_id = naming.backup_dag_id(ns, name, target)
+    verify = step(
+        "verify", agent_run([(d.workload_path, snapshots_args(host, tags(d)[:4])) for d in dirs])
+    )
     description = (
-        f"Backs up {', '.join(d.workload_path for d in dirs)} of {workload.ref} into "
-        f"Repository {ref.repository_namespace}/{ref.repository_name} ({url}) for "
+        f"Backs up {', '.join(d.workload_path for d in dirs)} of {t.workload.ref} into "
+        f"Repository {ref.repository_namespace}/{ref.repository_name} ({access.url}) for "
         f"Restic {ns}/{name}."
     )
     return BackupPlan(
-        dag_id=dag_id,
+        dag_id=naming.backup_dag_id(ns, name, instance.target),
         target=ref,
         schedule=schedule,
-        paused=spec.paused,
+        paused=t.restic.spec.paused,
         tags=(
             "stash",
             "backup",
@@ -347,5 +271,6 @@ def _plan_workload(
         retention=retention,
         verify=verify,
         snapshot_paths=tuple(d.workload_path for d in dirs),
+        runtime=t.placement.runtime,
         offline=offline,
     )

@@ -11,12 +11,13 @@ import logging
 import time
 from typing import Any
 
+from .. import GROUP, VERSION
 from ..api.resources import BackupRepo, RecoveryStatus, RepositoryStatus
 from ..plan.model import TargetRef
-from .status import BackupOutcome, record_in
+from .outcomes import BackupOutcome, record_in
 
 log = logging.getLogger(__name__)
-GROUP, VERSION = "stash.appscode.com", "v1alpha1"
+
 SCALABLE = {"Deployment": "deployment", "StatefulSet": "stateful_set", "ReplicaSet": "replica_set"}
 
 
@@ -118,7 +119,7 @@ class Workloads:
     def pods(self, namespace: str, selector: dict[str, str]) -> list[Any]:
         label_selector = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
         pods = self.core.list_namespaced_pod(namespace, label_selector=label_selector).items
-        return [p for p in pods if not (p.metadata.labels or {}).get("stash.appscode.com/restic")]
+        return [p for p in pods if not (p.metadata.labels or {}).get(f"{GROUP}/restic")]
 
     def ready(self, kind: str, namespace: str, name: str, replicas: int) -> bool:
         obj = self._call("read", kind)(name, namespace)
@@ -128,3 +129,13 @@ class Workloads:
             and int(status.replicas or 0) == replicas
             and (status.observed_generation or 0) >= (obj.metadata.generation or 0)
         )
+
+
+def workloads(conn_id: str | None = None) -> Workloads:
+    """Workload access through the configured Kubernetes connection."""
+    from kubernetes import client
+
+    from ..settings import load_settings
+
+    api = hook(conn_id or load_settings().kubernetes_conn_id).api_client
+    return Workloads(client.AppsV1Api(api), client.CoreV1Api(api))

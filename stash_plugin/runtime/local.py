@@ -1,8 +1,8 @@
 """The local runtime: a step runs as a child process of the Airflow worker.
 
-Same argv and same environment names as the pod would get; Secret values are read
-from the Secret manifests of the directory source at run time (never at parse time,
-so they never reach the serialised DAG).
+Same argv and same environment names as the pod would get. Secret values are read
+from the Secrets of the resource source when the step runs (never at parse time, so
+they never reach the serialised DAG).
 """
 
 from __future__ import annotations
@@ -13,34 +13,24 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..api.kube import Secret
+from ..api.kubeobjects import Secret
 from ..plan.model import Step
-from ..plan.restic import AGENT
+from ..protocol import AGENT, ENV_RESTIC_BINARY, ENV_RESULT_FILE, parse_error
+from .errors import StepFailed
 
 # What a child needs from the worker's environment: nothing else leaks into it
 # (in particular no Airflow connection or variable passed in the environment).
-_PASSTHROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "XDG_CACHE_HOME", "STASH_RESTIC_BINARY")
+_PASSTHROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "XDG_CACHE_HOME", ENV_RESTIC_BINARY)
 
 
-class StepFailed(RuntimeError):
-    """A step exited non-zero; ``reason`` is the agent's own error line (secret-free)."""
+def load_secrets(manifests_dir: Path) -> dict[tuple[str, str], Secret]:
+    """The Secrets of the directory source, read through the same loader as the DAGs."""
+    from ..source import load_directory
 
-    def __init__(self, task_id: str, exit_code: int, reason: str | None, subject: str = "") -> None:
-        detail = f": {reason}" if reason else ""
-        who = f" ({subject})" if subject else ""
-        super().__init__(f"step {task_id}{who} failed with exit code {exit_code}{detail}")
-        self.exit_code = exit_code
-        self.reason = reason
-
-
-@dataclass
-class StepOutput:
-    result: dict[str, Any]
-    lines: list[str] = field(default_factory=list)
+    return load_directory(manifests_dir).secrets
 
 
 def resolve_secret_env(step: Step, secrets: Mapping[tuple[str, str], Secret]) -> dict[str, str]:
@@ -74,20 +64,26 @@ def redact(line: str, values: list[str]) -> str:
     return line
 
 
-def run_step(
+def run_process(
     step: Step,
     secrets: Mapping[tuple[str, str], Secret],
     emit: Callable[[str], None] = print,
-) -> StepOutput:
-    """Run ``step`` to completion, streaming its (redacted) output to ``emit``."""
+    on_secret: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run ``step`` to completion, streaming its (redacted) output to ``emit``; returns
+    the agent's result document. ``on_secret`` is told every secret value first (the
+    task masks them in its logs)."""
     secret_env = resolve_secret_env(step, secrets)
+    if on_secret is not None:
+        for value in secret_env.values():
+            on_secret(value)
     hidden = sorted((v for v in secret_env.values() if len(v) >= 3), key=len, reverse=True)
     with tempfile.TemporaryDirectory(prefix="stash-step-") as tmp:
         result_file = Path(tmp, "result.json")
         env = {k: os.environ[k] for k in _PASSTHROUGH if k in os.environ}
         env.update(dict(step.env))
         env.update(secret_env)
-        env["STASH_RESULT_FILE"] = str(result_file)
+        env[ENV_RESULT_FILE] = str(result_file)
         proc = subprocess.Popen(  # noqa: S603 - argv list, no shell
             agent_argv(step),
             env=env,
@@ -104,14 +100,6 @@ def run_step(
             emit(line)
         code = proc.wait()
         if code != 0:
-            reason = next(
-                (
-                    ln.split("error: ", 1)[1]
-                    for ln in reversed(lines)
-                    if "stash-agent: error: " in ln
-                ),
-                lines[-1] if lines else None,
-            )
+            reason = parse_error("\n".join(lines)) or (lines[-1] if lines else None)
             raise StepFailed(step.task_id, code, reason, step.subject)
-        result = json.loads(result_file.read_text()) if result_file.exists() else {}
-    return StepOutput(result=result, lines=lines)
+        return json.loads(result_file.read_text()) if result_file.exists() else {}  # type: ignore[no-any-return]

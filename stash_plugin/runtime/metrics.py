@@ -1,13 +1,18 @@
 """statsd metrics, using Airflow's ``[metrics]`` settings (host, port, prefix).
 
-Names carry namespace, Restic and target so that a statsd-exporter mapping can turn
-them into labelled Prometheus series.
+Names carry the run's scope (``backup``, namespace, Restic, target, repository, or
+``recovery``, namespace, name) so that a statsd-exporter mapping can turn them into
+labelled Prometheus series. What to send is decided by ``outcomes``; this module only
+sends it.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
+
+from .outcomes import Metric
 
 log = logging.getLogger(__name__)
 
@@ -31,44 +36,29 @@ def _client() -> Any | None:
 
 
 def _clean(part: str) -> str:
+    """One name component: dots and colons would split or break the statsd name."""
     return part.replace(".", "_").replace(":", "_")
 
 
-def emit_backup(
-    namespace: str,
-    restic: str,
-    target: str,
-    repository: str,
-    succeeded: bool,
-    duration_seconds: float,
-    timestamp: float,
-    snapshot_count: int | None,
-    totals: dict[str, int],
-) -> None:
+def metric_name(scope: tuple[str, ...], name: str) -> str:
+    """``stash.<kind>.<namespace>.<...>.<name>``: every part but the fixed prefix is
+    cleaned, so backups and recoveries share one naming scheme."""
+    return ".".join(["stash", *(_clean(p) for p in scope), name])
+
+
+def emit(scope: tuple[str, ...], metrics: Iterable[Metric]) -> None:
+    """Send a run's metrics; never fails the run."""
     client = _client()
     if client is None:
         return
-    base = ".".join(_clean(p) for p in ("stash.backup", namespace, restic, target, repository))
     try:
-        client.incr(f"{base}.{'succeeded' if succeeded else 'failed'}")
-        if succeeded:
-            client.gauge(f"{base}.last_backup_time", int(timestamp))
-            client.timing(f"{base}.duration", duration_seconds * 1000)
-            for key, value in totals.items():
-                client.gauge(f"{base}.{key}", value)
-        if snapshot_count is not None:
-            client.gauge(f"{base}.snapshots", snapshot_count)
-    except OSError:
-        log.warning("could not send statsd metrics", exc_info=True)
-
-
-def emit_recovery(namespace: str, name: str, succeeded: bool, duration_seconds: float) -> None:
-    client = _client()
-    if client is None:
-        return
-    base = f"stash.recovery.{_clean(namespace)}.{_clean(name)}"
-    try:
-        client.incr(f"{base}.{'succeeded' if succeeded else 'failed'}")
-        client.timing(f"{base}.duration", duration_seconds * 1000)
+        for m in metrics:
+            name = metric_name(scope, m.name)
+            if m.kind == "incr":
+                client.incr(name, int(m.value))
+            elif m.kind == "gauge":
+                client.gauge(name, m.value)
+            else:
+                client.timing(name, m.value)
     except OSError:
         log.warning("could not send statsd metrics", exc_info=True)

@@ -14,99 +14,19 @@ import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..api.resources import BackupRepo, RecoveryPathStats, RecoveryStatus, RepositoryStatus
-from ..plan.model import TargetRef
-
-
-def go_duration(seconds: float) -> str:
-    """``3.026137088s``: how Stash (Go) wrote durations in the status."""
-    return f"{seconds:.9f}".rstrip("0").rstrip(".") + "s"
-
-
-@dataclass(frozen=True)
-class BackupOutcome:
-    """What one backup run did, as recorded in the target's status entry."""
-
-    succeeded: bool
-    started: datetime
-    duration_seconds: float
-    snapshot_ids: tuple[str, ...] = ()
-    snapshot_count: int | None = None
-    failure: str | None = None
+from ..api.resources import BackupRepo, RecoveryStatus, RepositoryStatus
+from ..plan.model import Runtime, TargetRef
+from .outcomes import BackupOutcome, record_in
 
 
 class StatusStore(Protocol):
     def record_backup(self, target: TargetRef, outcome: BackupOutcome) -> BackupRepo: ...
 
     def record_recovery(self, namespace: str, name: str, status: RecoveryStatus) -> None: ...
-
-
-def apply_outcome(
-    entry: BackupRepo | None, target: TargetRef, outcome: BackupOutcome
-) -> BackupRepo:
-    """The new status entry of a target. A failure only adds failure fields, so the
-    last good backup's record stays intact."""
-    base = entry or BackupRepo(
-        type=target.type,
-        workload_kind=target.workload_kind,
-        workload_name=target.workload_name,
-        restic_name=target.restic_name,
-        restic_namespace=target.restic_namespace,
-        repo_dir=target.repo_dir,
-    )
-    if not outcome.succeeded:
-        return base.model_copy(
-            update={
-                "failed_backup_count": base.failed_backup_count + 1,
-                "last_failure_time": outcome.started,
-                "last_failure": outcome.failure or "backup failed",
-            }
-        )
-    update: dict[str, Any] = {
-        "backup_count": base.backup_count + 1,
-        "first_backup_time": base.first_backup_time or outcome.started,
-        "last_backup_time": outcome.started,
-        "last_successful_backup_time": outcome.started,
-        "last_backup_duration": go_duration(outcome.duration_seconds),
-        "last_snapshot_id": outcome.snapshot_ids[-1] if outcome.snapshot_ids else None,
-    }
-    if outcome.snapshot_count is not None:
-        update["snapshot_count"] = outcome.snapshot_count
-    if outcome.failure:  # succeeded backup, but a later step (retention) failed
-        update.update(
-            failed_backup_count=base.failed_backup_count + 1,
-            last_failure_time=outcome.started,
-            last_failure=outcome.failure,
-        )
-    return base.model_copy(update=update)
-
-
-def _same_target(entry: BackupRepo, target: TargetRef) -> bool:
-    return (
-        entry.restic_namespace == target.restic_namespace
-        and entry.restic_name == target.restic_name
-        and entry.repo_dir == target.repo_dir
-    )
-
-
-def record_in(
-    status: RepositoryStatus, target: TargetRef, outcome: BackupOutcome
-) -> tuple[RepositoryStatus, BackupRepo]:
-    """The status with this target's entry updated (or added); other entries untouched.
-    Shared by the file store and the cluster store."""
-    entries = list(status.backup_repos)
-    index = next((i for i, e in enumerate(entries) if _same_target(e, target)), None)
-    entry = apply_outcome(entries[index] if index is not None else None, target, outcome)
-    if index is None:
-        entries.append(entry)
-    else:
-        entries[index] = entry
-    return RepositoryStatus(backup_repos=entries), entry
 
 
 class LocalStatusStore:
@@ -181,13 +101,13 @@ def now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 
-__all__ = [
-    "BackupOutcome",
-    "LocalStatusStore",
-    "RecoveryPathStats",
-    "RecoveryStatus",
-    "StatusStore",
-    "apply_outcome",
-    "go_duration",
-    "now",
-]
+def status_store(runtime: Runtime, state_dir: Path, kubernetes_conn_id: str) -> StatusStore:
+    """The objects' own status in the cluster; a file per object in the local runtime."""
+    if runtime == "kubernetes":
+        from .kube import KubeStatusStore, hook
+
+        return KubeStatusStore(hook(kubernetes_conn_id).custom_object_client)
+    return LocalStatusStore(state_dir)
+
+
+__all__ = ["LocalStatusStore", "StatusStore", "now", "status_store"]

@@ -150,15 +150,15 @@ def test_backup_retention_and_recovery(
     snapshot_3 = xcom(third, "backup")["backups"][0]["snapshot_id"]
     kept = sorted(s["short_id"] for s in restic_snapshots(world["repo"]))
     assert kept == sorted([snapshot_2, snapshot_3])
-    assert xcom(third, "retention")["forgets"][0] == {
-        "path": "/source/data",
-        "kept": 2,
-        "removed": 1,
-        "dry_run": False,
-    }
+    forget = xcom(third, "retention")["forgets"][0]
+    freed = forget.pop("bytes_freed")
+    assert forget == {"path": "/source/data", "kept": 2, "removed": 1, "dry_run": False}
+    assert freed > 0  # the policy prunes: the data only the first snapshot had is gone
     entry = repo_status(state)["backupRepos"][0]
     assert entry["backupCount"] == 3 and entry["snapshotCount"] == 2
     assert entry["lastSnapshotId"] == snapshot_3
+    # Retention's result reaches the status too.
+    assert (entry["lastRetentionRemoved"], entry["lastRetentionBytesFreed"]) == (1, freed)
 
     # 4. Recoveries: latest (whole), a named older snapshot, and a subset of paths.
     restored = world["root"] / "restored-latest"

@@ -56,15 +56,33 @@ def one_error(*docs: dict[str, Any], runtime: str = "local") -> ResourceError:
     return plans.errors[0]
 
 
-def restic_cmds(argv: tuple[str, ...]) -> list[list[str]]:
-    """Split ``stash-agent run [opts] -- cmd -- cmd`` into its restic commands."""
+def agent_cmds(argv: tuple[str, ...]) -> list[tuple[str, list[str]]]:
+    """Split ``stash-agent run [opts] -- PATH cmd -- PATH cmd`` into (path, command)."""
     out: list[list[str]] = []
     for item in argv:
         if item == "--":
             out.append([])
         elif out:
             out[-1].append(item)
-    return out
+    return [(c[0], c[1:]) for c in out]
+
+
+def restic_cmds(argv: tuple[str, ...]) -> list[list[str]]:
+    """The restic commands of an agent argv, each checked to name its folder first."""
+    cmds = agent_cmds(argv)
+    assert all(path.startswith("/") for path, _ in cmds)
+    return [cmd for _, cmd in cmds]
+
+
+def test_each_command_names_the_folder_it_is_about() -> None:
+    """The agent reports results per folder as the workload sees it (not the host path),
+    and is told so rather than parsing it back from the tags."""
+    plan = one_plan(*base_docs())
+    for step in (plan.backup, plan.verify, plan.retention):
+        assert step is not None
+        assert [p for p, _ in agent_cmds(step.argv)] == ["/source/data"]
+    ((_, backup),) = agent_cmds(plan.backup.argv)
+    assert backup[-1] == str(DATA)
 
 
 TAG = "--tag=namespace=demo,restic=rs,target=deployment.app,path=/source/data"

@@ -12,9 +12,11 @@ import json
 from dataclasses import replace
 from typing import Any
 
-from stash_plugin.plan.model import Step
-from stash_plugin.plan.pods import CONTAINER, pod_manifest
-from stash_plugin.settings import Settings
+from ..plan.model import Step
+from ..plan.pods import CONTAINER, pod_manifest
+from ..protocol import parse_error
+from ..settings import Settings
+from .errors import StepFailed
 
 
 def _pod_operator_class() -> type:
@@ -39,7 +41,7 @@ def colocated(step: Step, settings: Settings) -> Step:
         return step
     from kubernetes import client
 
-    from stash_plugin.runtime.kube import hook
+    from .kube import hook
 
     core = client.CoreV1Api(hook(settings.kubernetes_conn_id).api_client)
     selector = ",".join(f"{k}={v}" for k, v in step.colocate)
@@ -92,6 +94,31 @@ def result_of(pod: Any) -> dict[str, Any]:
 def failure_reason(pod: Any) -> str | None:
     """The agent's own error line from the termination message, if it wrote one."""
     message = termination_message(pod) or ""
-    marker = "stash-agent: error: "
-    lines = [ln for ln in message.splitlines() if marker in ln]
-    return lines[-1].split(marker, 1)[1] if lines else (message.strip()[-500:] or None)
+    return parse_error(message) or (message.strip()[-500:] or None)
+
+
+def _exit_code(pod: Any) -> int:
+    try:
+        return int(pod.status.container_statuses[0].state.terminated.exit_code)
+    except (AttributeError, IndexError, TypeError):
+        return 1
+
+
+def run_pod(step: Step, context: Any, settings: Settings, event: Any = None) -> dict[str, Any]:
+    """Run ``step`` as a pod (or, with ``event``, finish a deferred one); returns the
+    agent's result. Deferral propagates as Airflow's ``TaskDeferred``."""
+    from airflow.sdk.exceptions import AirflowException, TaskDeferred
+
+    pod_op = build_pod_operator(step, context["ti"].task_id, settings)
+    try:
+        if event is None:
+            pod_op.execute(context)
+        else:
+            pod_op.trigger_reentry(context, event)
+    except TaskDeferred:
+        raise
+    except AirflowException as exc:
+        pod = pod_op.final_pod
+        reason = failure_reason(pod) if pod is not None else str(exc)
+        raise StepFailed(step.task_id, _exit_code(pod), reason, step.subject) from None
+    return result_of(pod_op.final_pod)

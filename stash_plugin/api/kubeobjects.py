@@ -12,16 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import FieldError
+
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "ReplicationController")
-
-
-class FieldError(ValueError):
-    """A field of a plain Kubernetes object that Stash cannot read."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
 
 
 def _mapping(value: Any, field: str) -> Mapping[str, Any]:

@@ -1,0 +1,193 @@
+"""What the agent and the Airflow side tell each other: one module both import.
+
+The agent (``stash_plugin.agent``) runs in a pod image with nothing of Airflow, and
+the Airflow side (runtime, operators) reads what it reports. Both sides import this
+module, which uses only the standard library, so the environment names, the error
+line and the result records cannot drift apart. Durations are seconds (floats);
+the Go-style ``3.2s`` text of Stash's status is made only where status is written.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, TypeVar
+
+# --------------------------------------------------------------------------- environment
+
+ENV_REPOSITORY = "RESTIC_REPOSITORY"
+ENV_PASSWORD = "RESTIC_PASSWORD"
+ENV_RESULT_FILE = "STASH_RESULT_FILE"
+"""Local runtime: where the agent writes its result document."""
+ENV_TERMINATION_MESSAGE = "STASH_TERMINATION_MESSAGE_PATH"
+"""Pods: the container's termination message file; the operator reads it back."""
+ENV_RESTIC_BINARY = "STASH_RESTIC_BINARY"
+"""Which restic to run (default ``restic`` on PATH)."""
+
+AGENT = "stash-agent"
+"""The agent program, first item of every default step's argv."""
+SEPARATOR = "--"
+"""Separates the agent's own options from each command it runs."""
+
+# --------------------------------------------------------------------------- errors
+
+ERROR_PREFIX = "stash-agent: error: "
+TERMINATION_MESSAGE_LIMIT = 4096
+"""Kubernetes keeps at most this many bytes of a termination message."""
+
+
+def error_line(message: str) -> str:
+    """The line the agent prints (and leaves as termination message) when it fails."""
+    return f"{ERROR_PREFIX}{message}"
+
+
+def parse_error(text: str | None) -> str | None:
+    """The agent's own reason from its output: the last error line, secret-free by
+    construction (the agent never puts a secret in one)."""
+    lines = [ln for ln in (text or "").splitlines() if ERROR_PREFIX in ln]
+    return lines[-1].split(ERROR_PREFIX, 1)[1].strip() if lines else None
+
+
+# --------------------------------------------------------------------------- results
+
+R = TypeVar("R", bound="Record")
+
+
+class Record:
+    """A result record: JSON out, JSON in; unknown keys are dropped on reading, so an
+    older Airflow side can read a newer agent's results."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload, no-any-return]
+
+    @classmethod
+    def from_dict(cls: type[R], data: Any) -> R:
+        if not isinstance(data, dict):
+            raise ValueError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
+        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True)
+class BackupResult(Record):
+    """One ``restic backup`` of one folder."""
+
+    path: str
+    """The folder as the workload sees it (what status and restores name)."""
+    snapshot_id: str | None = None
+    files_new: int = 0
+    files_changed: int = 0
+    files_unmodified: int = 0
+    dirs_new: int = 0
+    dirs_changed: int = 0
+    data_added: int = 0
+    """Bytes added to the repository (after deduplication and compression)."""
+    total_files_processed: int = 0
+    total_bytes_processed: int = 0
+    duration_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class ForgetResult(Record):
+    """Retention of one folder's snapshots."""
+
+    path: str
+    kept: int = 0
+    removed: int = 0
+    bytes_freed: int | None = None
+    """What prune reported removing; None when nothing was pruned."""
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class SnapshotInfo(Record):
+    id: str
+    short_id: str = ""
+    time: str | None = None
+    paths: list[str] = field(default_factory=list)
+    hostname: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SnapshotList(Record):
+    """The snapshots of one folder of one target."""
+
+    path: str
+    count: int = 0
+    snapshots: list[SnapshotInfo] = field(default_factory=list)
+    """The newest ones; all of them unless the list had to be cut to fit a pod's
+    termination message (``count`` stays the real number)."""
+
+    @classmethod
+    def from_dict(cls, data: Any) -> SnapshotList:
+        base = super().from_dict(data)
+        snaps = [
+            s if isinstance(s, SnapshotInfo) else SnapshotInfo.from_dict(s) for s in base.snapshots
+        ]
+        return cls(path=base.path, count=base.count or len(snaps), snapshots=snaps)
+
+
+@dataclass(frozen=True)
+class RunResult(Record):
+    """What ``stash-agent run`` did: one record per restic command of each verb."""
+
+    backups: list[BackupResult] = field(default_factory=list)
+    forgets: list[ForgetResult] = field(default_factory=list)
+    snapshots: list[SnapshotList] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> RunResult:
+        data = data if isinstance(data, dict) else {}
+        return cls(
+            backups=[BackupResult.from_dict(b) for b in data.get("backups") or []],
+            forgets=[ForgetResult.from_dict(f) for f in data.get("forgets") or []],
+            snapshots=[SnapshotList.from_dict(s) for s in data.get("snapshots") or []],
+        )
+
+
+@dataclass(frozen=True)
+class RestoreResult(Record):
+    """One restored path."""
+
+    path: str
+    target: str
+    snapshot_ids: list[str] = field(default_factory=list)
+    duration_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class RestoreRunResult(Record):
+    restores: list[RestoreResult] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> RestoreRunResult:
+        data = data if isinstance(data, dict) else {}
+        return cls(restores=[RestoreResult.from_dict(r) for r in data.get("restores") or []])
+
+
+def encode(result: Record) -> str:
+    return json.dumps(result.to_dict(), separators=(",", ":"))
+
+
+def fit_termination_message(result: RunResult | RestoreRunResult) -> str:
+    """The result as JSON within Kubernetes' termination message limit: long snapshot
+    lists keep their count and their newest entries, ids only."""
+    text = encode(result)
+    if len(text) <= TERMINATION_MESSAGE_LIMIT or not isinstance(result, RunResult):
+        return text
+    for keep in (20, 5, 0):
+        lists = [
+            SnapshotList(
+                path=g.path,
+                count=g.count,
+                snapshots=[SnapshotInfo(id=s.id, short_id=s.short_id) for s in g.snapshots[-keep:]]
+                if keep
+                else [],
+            )
+            for g in result.snapshots
+        ]
+        text = encode(RunResult(result.backups, result.forgets, lists))
+        if len(text) <= TERMINATION_MESSAGE_LIMIT:
+            break
+    return text

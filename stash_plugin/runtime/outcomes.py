@@ -1,0 +1,274 @@
+"""What a run did, decided from what its tasks reported: status entries and metrics.
+
+Pure functions, no Airflow: ``update_status`` gathers one :class:`TaskReport` per task
+of the plan (its state, result and failure reason) and hands them here. Every task of
+the plan is looked at, in the order the DAG runs them, so a failure is reported by
+the task that failed (a workload that did not start again after a good backup is a
+``resume`` failure, not a missing verification).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from ..api.resources import BackupRepo, RecoveryPathStats, RecoveryStatus, RepositoryStatus
+from ..plan.model import BackupPlan, RecoveryPlan, TargetRef
+from ..protocol import RestoreRunResult, RunResult
+
+FAILED_STATES = ("failed",)
+
+
+@dataclass(frozen=True)
+class TaskReport:
+    """What one upstream task left behind."""
+
+    task_id: str
+    state: str | None = None
+    """Airflow's state (``success``, ``failed``, ``skipped``, ``upstream_failed``), or None
+    when it could not be read."""
+    result: Any = None
+    """The task's return value (XCom)."""
+    error: str | None = None
+    """The secret-free reason the task pushed when it failed."""
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One statsd value; ``name`` is relative to the run's scope."""
+
+    name: str
+    kind: Literal["incr", "gauge", "timing"]
+    value: float
+
+
+def go_duration(seconds: float) -> str:
+    """``3.026137088s``: how Stash (Go) wrote durations in the status."""
+    return f"{seconds:.9f}".rstrip("0").rstrip(".") + "s"
+
+
+@dataclass(frozen=True)
+class BackupOutcome:
+    """What one backup run did, as recorded in the target's status entry."""
+
+    succeeded: bool
+    """Every folder of the target has its new snapshot."""
+    started: datetime
+    duration_seconds: float
+    snapshot_ids: tuple[str, ...] = ()
+    snapshot_count: int | None = None
+    failure: str | None = None
+    """Why the run is red; set also when the backup itself succeeded but a later task
+    (retention, verify, resume) failed."""
+    snapshots_removed: int | None = None
+    bytes_freed: int | None = None
+
+
+@dataclass(frozen=True)
+class BackupReport:
+    outcome: BackupOutcome
+    metrics: tuple[Metric, ...]
+    scope: tuple[str, ...]
+    """Where the metrics belong: ``backup``, namespace, Restic, target, repository."""
+
+    @property
+    def failed(self) -> bool:
+        return self.outcome.failure is not None
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    status: RecoveryStatus
+    metrics: tuple[Metric, ...]
+    scope: tuple[str, ...]
+    failure: str | None = None
+    duration_seconds: float = 0.0
+
+    @property
+    def failed(self) -> bool:
+        return self.failure is not None
+
+
+def _failures(task_ids: tuple[str, ...], reports: Mapping[str, TaskReport]) -> list[str]:
+    """``task: reason`` for each task that failed, in run order. A task that failed
+    without a reason (killed, timed out, a sensor) is named with a pointer to its log;
+    tasks that only did not run (upstream failed, skipped) are not failures of their own."""
+    out = []
+    for task_id in task_ids:
+        report = reports.get(task_id) or TaskReport(task_id)
+        if report.error:
+            out.append(f"{task_id}: {report.error}")
+        elif report.state in FAILED_STATES:
+            out.append(f"{task_id}: failed (see the {task_id} task's log)")
+    return out
+
+
+def _run_result(report: TaskReport | None) -> RunResult:
+    return RunResult.from_dict(report.result if report else None)
+
+
+def backup_report(
+    plan: BackupPlan, reports: Mapping[str, TaskReport], started: datetime, now: float
+) -> BackupReport:
+    """The status outcome and metrics of one backup run."""
+    backups = _run_result(reports.get("backup")).backups
+    forgets = _run_result(reports.get("retention")).forgets
+    verify = reports.get("verify")
+    confirmed = verify.result if verify and isinstance(verify.result, dict) else {}
+    backed_up = len(plan.snapshot_paths) > 0 and {b.path for b in backups if b.snapshot_id} >= set(
+        plan.snapshot_paths
+    )
+    errors = _failures(plan.task_ids, reports)
+    if not backed_up and not errors:
+        errors.append("backup: did not finish (see the backup task's log)")
+    if backed_up and not confirmed and not errors:
+        errors.append("verify: the new snapshots were not confirmed (see the verify task's log)")
+    duration = sum(b.duration_seconds for b in backups)
+    count = confirmed.get("snapshot_count")
+    removed = sum(f.removed for f in forgets) if forgets else None
+    freed_values = [f.bytes_freed for f in forgets if f.bytes_freed is not None]
+    outcome = BackupOutcome(
+        succeeded=backed_up,
+        started=started,
+        duration_seconds=duration,
+        snapshot_ids=tuple(str(b.snapshot_id) for b in backups if b.snapshot_id),
+        snapshot_count=int(count) if count is not None else None,
+        failure="; ".join(errors) or None,
+        snapshots_removed=removed,
+        bytes_freed=sum(freed_values) if freed_values else None,
+    )
+    metrics = [Metric("succeeded" if backed_up and not errors else "failed", "incr", 1)]
+    if backed_up:
+        metrics += [
+            Metric("last_backup_time", "gauge", int(now)),
+            Metric("duration", "timing", duration * 1000),
+            Metric("data_added", "gauge", sum(b.data_added for b in backups)),
+            Metric("files_new", "gauge", sum(b.files_new for b in backups)),
+            Metric("files_changed", "gauge", sum(b.files_changed for b in backups)),
+        ]
+    if outcome.snapshot_count is not None:
+        metrics.append(Metric("snapshots", "gauge", outcome.snapshot_count))
+    if outcome.snapshots_removed is not None:
+        metrics.append(Metric("snapshots_removed", "gauge", outcome.snapshots_removed))
+    if outcome.bytes_freed is not None:
+        metrics.append(Metric("bytes_freed", "gauge", outcome.bytes_freed))
+    t = plan.target
+    scope = ("backup", t.restic_namespace, t.restic_name, t.target, t.repository_name)
+    return BackupReport(outcome, tuple(metrics), scope)
+
+
+def recovery_report(plan: RecoveryPlan, reports: Mapping[str, TaskReport]) -> RecoveryReport:
+    """The Recovery's status and metrics after a run."""
+    restore = reports.get("restore")
+    restores = RestoreRunResult.from_dict(restore.result if restore else None).restores
+    errors = _failures(plan.task_ids, reports)
+    if not restores and not errors:
+        errors.append("restore: did not finish (see the restore task's log)")
+    ok = bool(restores) and not errors
+    stats = [
+        RecoveryPathStats(path=r.path, phase="Succeeded", duration=go_duration(r.duration_seconds))
+        for r in restores
+    ] or [RecoveryPathStats(path=p, phase="Failed") for p in plan.paths]
+    status = RecoveryStatus(phase="Succeeded" if ok else "Failed", stats=stats)
+    duration = sum(r.duration_seconds for r in restores)
+    metrics = (
+        Metric("succeeded" if ok else "failed", "incr", 1),
+        Metric("duration", "timing", duration * 1000),
+    )
+    failure = "; ".join(errors) or None
+    return RecoveryReport(
+        status, metrics, ("recovery", plan.namespace, plan.name), failure, duration
+    )
+
+
+def running_status(plan: RecoveryPlan) -> RecoveryStatus:
+    """What a Recovery shows while its restore runs."""
+    return RecoveryStatus(
+        phase="Running", stats=[RecoveryPathStats(path=p, phase="Running") for p in plan.paths]
+    )
+
+
+# --------------------------------------------------------------------------- status entries
+
+
+def apply_outcome(
+    entry: BackupRepo | None, target: TargetRef, outcome: BackupOutcome
+) -> BackupRepo:
+    """The new status entry of a target. A failure only adds failure fields, so the
+    last good backup's record stays intact."""
+    base = entry or BackupRepo(
+        type=target.type,
+        workload_kind=target.workload_kind,
+        workload_name=target.workload_name,
+        restic_name=target.restic_name,
+        restic_namespace=target.restic_namespace,
+        repo_dir=target.repo_dir,
+    )
+    if not outcome.succeeded:
+        return base.model_copy(
+            update={
+                "failed_backup_count": base.failed_backup_count + 1,
+                "last_failure_time": outcome.started,
+                "last_failure": outcome.failure or "backup failed",
+            }
+        )
+    update: dict[str, Any] = {
+        "backup_count": base.backup_count + 1,
+        "first_backup_time": base.first_backup_time or outcome.started,
+        "last_backup_time": outcome.started,
+        "last_successful_backup_time": outcome.started,
+        "last_backup_duration": go_duration(outcome.duration_seconds),
+        "last_snapshot_id": outcome.snapshot_ids[-1] if outcome.snapshot_ids else None,
+    }
+    if outcome.snapshot_count is not None:
+        update["snapshot_count"] = outcome.snapshot_count
+    if outcome.snapshots_removed is not None:
+        update["last_retention_removed"] = outcome.snapshots_removed
+        update["last_retention_bytes_freed"] = outcome.bytes_freed
+    if outcome.failure:  # succeeded backup, but a later task (retention, resume) failed
+        update.update(
+            failed_backup_count=base.failed_backup_count + 1,
+            last_failure_time=outcome.started,
+            last_failure=outcome.failure,
+        )
+    return base.model_copy(update=update)
+
+
+def _same_target(entry: BackupRepo, target: TargetRef) -> bool:
+    return (
+        entry.restic_namespace == target.restic_namespace
+        and entry.restic_name == target.restic_name
+        and entry.repo_dir == target.repo_dir
+    )
+
+
+def record_in(
+    status: RepositoryStatus, target: TargetRef, outcome: BackupOutcome
+) -> tuple[RepositoryStatus, BackupRepo]:
+    """The status with this target's entry updated (or added); other entries untouched.
+    Shared by the file store and the cluster store."""
+    entries = list(status.backup_repos)
+    index = next((i for i, e in enumerate(entries) if _same_target(e, target)), None)
+    entry = apply_outcome(entries[index] if index is not None else None, target, outcome)
+    if index is None:
+        entries.append(entry)
+    else:
+        entries[index] = entry
+    return RepositoryStatus(backup_repos=entries), entry
+
+
+__all__ = [
+    "BackupOutcome",
+    "BackupReport",
+    "Metric",
+    "RecoveryReport",
+    "TaskReport",
+    "apply_outcome",
+    "backup_report",
+    "go_duration",
+    "record_in",
+    "recovery_report",
+    "running_status",
+]

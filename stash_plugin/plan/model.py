@@ -77,6 +77,9 @@ class Step:
     colocate: tuple[tuple[str, str], ...] = ()
     """Run next to a running pod with these labels, found when the step runs, so that
     a ReadWriteOnce claim mounted by the workload can be mounted by the agent too."""
+    keep_entrypoint: bool = False
+    """In a pod, ``argv`` is the container's ``args`` (the image's entrypoint runs it)
+    rather than its ``command``: how a BackupAgent's plain commands are written."""
 
 
 @dataclass(frozen=True)

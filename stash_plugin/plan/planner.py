@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..api.errors import ResourceError
 from ..api.resources import Recovery, Repository, Restic
 from ..api.resourceset import ResourceSet
+from .commands import DEFAULT_AGENT, Agent
 from .model import PlanError, PlanSet, Runtime
 from .placement import placement_for
 from .recovery import plan_recovery
@@ -46,15 +47,18 @@ def _check_dag_id(dag_id: str) -> None:
 DEFAULT_AGENTS = ("stash",)
 
 
-def _agent_image(resources: ResourceSet, name: str | None, field: str) -> str | None:
-    """The image of the named BackupAgent, or None for the default agent."""
+def _agent(resources: ResourceSet, name: str | None, field: str) -> Agent:
+    """The named BackupAgent (image and commands), or the default agent."""
     if not name:
-        return None
+        return DEFAULT_AGENT
     agent = resources.agents.get(name)
     if agent is not None:
-        return agent.spec.image
+        commands = {
+            op: tuple(items) for op, items in agent.spec.commands.model_dump().items() if items
+        }
+        return Agent(name, agent.spec.image, commands)
     if name in DEFAULT_AGENTS:
-        return None
+        return DEFAULT_AGENT
     known = ", ".join(sorted({*resources.agents, *DEFAULT_AGENTS}))
     raise PlanError(field, f"no BackupAgent named {name!r} (known: {known})")
 
@@ -87,9 +91,9 @@ def make_plans(
                     f"{restic.spec.target_type} backup is not available yet (Volume backup is)",
                 )
             repo = _repository(resources, restic, check_secrets)
-            image = _agent_image(resources, restic.spec.backup_agent, "spec.backupAgent")
+            agent = _agent(resources, restic.spec.backup_agent, "spec.backupAgent")
             index = index or WorkloadIndex(resources)
-            made = plan_volume_backups(restic, repo, resources, placement, image, index=index)
+            made = plan_volume_backups(restic, repo, resources, placement, agent, index=index)
             # Names may hold dots, so two Restics can spell the same DAG id (Restic
             # "a.deployment" + Deployment "x", Restic "a" + Deployment "deployment.x"):
             # refuse the second rather than silently drop one target's backups.
@@ -111,8 +115,8 @@ def make_plans(
             continue
         try:
             repo = _repository(resources, recovery, check_secrets)
-            image = _agent_image(resources, recovery.spec.recovery_agent, "spec.recoveryAgent")
-            rplan = plan_recovery(recovery, repo, placement, image, resources)
+            agent = _agent(resources, recovery.spec.recovery_agent, "spec.recoveryAgent")
+            rplan = plan_recovery(recovery, repo, placement, agent, resources)
             _check_dag_id(rplan.dag_id)
             plans.recoveries[rplan.dag_id] = rplan
         except PlanError as exc:

@@ -63,7 +63,7 @@ def pod_manifest(step: Step, image: str) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": image,
-        "command": list(step.argv),
+        ("args" if step.keep_entrypoint else "command"): list(step.argv),
         "env": _env(step) + list(container_settings.get("env") or []),
         "volumeMounts": mounts,
         "terminationMessagePath": TERMINATION_LOG,

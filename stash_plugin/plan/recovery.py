@@ -8,6 +8,7 @@ from ..api.resources import Recovery, Repository
 from ..api.resourceset import ResourceSet
 from ..protocol import AGENT
 from . import naming
+from .commands import DEFAULT_AGENT, Agent, agent_step
 from .model import Mount, PlanError, QuiescedWorkload, RecoveryPlan, Step
 from .placement import Placement
 
@@ -55,7 +56,7 @@ def plan_recovery(
     recovery: Recovery,
     repository: Repository,
     placement: Placement,
-    image: str | None = None,
+    agent: Agent = DEFAULT_AGENT,
     resources: ResourceSet | None = None,
 ) -> RecoveryPlan:
     spec = recovery.spec
@@ -93,7 +94,7 @@ def plan_recovery(
         (("RESTIC_REPOSITORY", url),),
         access.secret_env,
         tuple(mounts),
-        image,
+        None,
         subject=f"Recovery {ns}/{recovery.metadata.name}, Repository "
         f"{repository.metadata.namespace}/{repository.metadata.name} at {url}",
         labels=(("recovery", recovery.metadata.name),),
@@ -101,6 +102,16 @@ def plan_recovery(
     )
     repo_ns = repository.metadata.namespace or "default"
     name = recovery.metadata.name
+    values = {
+        "STASH_NAMESPACE": ns,
+        "STASH_NAME": name,
+        "STASH_REPO_DIR": vr.repo_dir,
+        "STASH_SNAPSHOT": snapshot,
+    }
+    try:
+        step = agent_step(step, agent, "recovery", values)
+    except PlanError as exc:
+        raise PlanError("spec.recoveryAgent", f"{exc.field}: {exc}") from None
     return RecoveryPlan(
         dag_id=naming.recovery_dag_id(ns, name),
         namespace=ns,

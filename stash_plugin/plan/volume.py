@@ -10,6 +10,7 @@ from ..api.kubeobjects import WORKLOAD_KINDS, Workload
 from ..api.resources import Repository, Restic
 from ..api.resourceset import ResourceSet
 from . import naming
+from .commands import DEFAULT_AGENT, Agent, agent_step
 from .model import BackupPlan, Mount, PlanError, QuiescedWorkload, Schedule, Step, TargetRef
 from .placement import Instance, Placement
 from .restic import agent_run, backup_args, check_tag, forget_args, snapshots_args
@@ -76,7 +77,7 @@ def plan_volume_backups(
     repository: Repository,
     resources: ResourceSet,
     placement: Placement,
-    image: str | None = None,
+    agent: Agent = DEFAULT_AGENT,
     *,
     index: WorkloadIndex | None = None,
 ) -> list[BackupPlan]:
@@ -94,7 +95,7 @@ def plan_volume_backups(
         )
     return [
         _plan_instance(
-            _Target(restic, repository, w, instance, placement, image), schedule, policies
+            _Target(restic, repository, w, instance, placement, agent), schedule, policies
         )
         for w in workloads
         for instance in placement.instances(w, resources, spec.prefix)
@@ -137,7 +138,7 @@ class _Target:
     workload: Workload
     instance: Instance
     placement: Placement
-    image: str | None
+    agent: Agent
 
     @property
     def namespace(self) -> str:
@@ -219,7 +220,7 @@ def _plan_instance(
             (("RESTIC_REPOSITORY", access.url),),
             access.secret_env,
             (*access.mounts, *volume_mounts),
-            t.image,
+            None,
             subject=f"Restic {ns}/{name}, Repository {ref.repository_namespace}/"
             f"{ref.repository_name} at {access.url}",
             labels=(("restic", name), ("target", instance.target)),
@@ -232,6 +233,20 @@ def _plan_instance(
         return naming.snapshot_tags(ns, name, instance.target, d.workload_path) + list(d.tags)
 
     host = instance.host
+    values = {
+        "STASH_NAMESPACE": ns,
+        "STASH_NAME": name,
+        "STASH_TARGET": instance.target,
+        "STASH_HOST": host,
+        "STASH_REPO_DIR": instance.repo_dir,
+    }
+
+    def as_agent_runs(s: Step, operation: str) -> Step:
+        try:
+            return agent_step(s, t.agent, operation, values)
+        except PlanError as exc:
+            raise PlanError("spec.backupAgent", f"{exc.field}: {exc}") from None
+
     backup = step(
         "backup",
         agent_run(
@@ -249,6 +264,9 @@ def _plan_instance(
     verify = step(
         "verify", agent_run([(d.workload_path, snapshots_args(host, tags(d)[:4])) for d in dirs])
     )
+    backup = as_agent_runs(backup, "backup")
+    verify = as_agent_runs(verify, "verify")
+    retention = as_agent_runs(retention, "retention") if retention else None
     description = (
         f"Backs up {', '.join(d.workload_path for d in dirs)} of {t.workload.ref} into "
         f"Repository {ref.repository_namespace}/{ref.repository_name} ({access.url}) for "

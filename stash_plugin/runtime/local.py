@@ -81,6 +81,10 @@ def run_process(
     with tempfile.TemporaryDirectory(prefix="stash-step-") as tmp:
         result_file = Path(tmp, "result.json")
         env = {k: os.environ[k] for k in _PASSTHROUGH if k in os.environ}
+        # A BackupAgent's shell command calls `stash-agent` by name: the one installed
+        # next to this Python, whatever PATH the worker was started with.
+        here = str(Path(sys.executable).parent)
+        env["PATH"] = os.pathsep.join([here, env.get("PATH", os.defpath)])
         env.update(dict(step.env))
         env.update(secret_env)
         env[ENV_RESULT_FILE] = str(result_file)

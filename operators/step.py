@@ -16,7 +16,13 @@ from stash_plugin.plan.model import RecoveryPlan, Step
 from stash_plugin.runtime.errors import StepFailed
 from stash_plugin.runtime.outcomes import running_status
 from stash_plugin.runtime.status import status_store
-from stash_plugin.runtime.steps import report_failure, resume_step, run_step
+from stash_plugin.runtime.steps import (
+    ERROR_KEY,
+    report_failure,
+    resume_step,
+    run_step,
+    stop_running,
+)
 from stash_plugin.settings import load_settings
 
 
@@ -31,10 +37,24 @@ class StashStepOperator(BaseOperator):
         self.step = step
 
     def execute(self, context: Any) -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowTaskTimeout
+
         try:
             return run_step(self.step, context)
         except StepFailed as exc:
             report_failure(context, exc)
+        except AirflowTaskTimeout:
+            limit = self.execution_timeout
+            context["ti"].xcom_push(
+                key=ERROR_KEY,
+                value=f"timed out after {limit} (the [stash] timeout of this kind of step); "
+                "the step was stopped",
+            )
+            raise
+
+    def on_kill(self) -> None:
+        """The task was stopped (timeout, marked failed): stop its step too."""
+        stop_running()
 
     def trigger_reentry(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
         """Resume after a deferred pod (``[stash] deferrable``) finished."""

@@ -20,6 +20,7 @@ import os
 import posixpath
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -67,6 +68,46 @@ def log(message: str) -> None:
     print(f"stash-agent: {message}", file=sys.stderr, flush=True)
 
 
+class Interrupted(BaseException):
+    """The agent was told to stop (a task timeout, a stopped task, a deleted pod)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
+
+
+RESTIC_STOP_GRACE = 30.0
+"""Seconds restic gets to remove its lock after being interrupted."""
+
+
+def _run_restic(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run restic with no terminal and no standard input (it must never wait for a
+    password or confirmation). When the agent is told to stop, restic gets SIGINT, the
+    one signal on which restic 0.14 removes its lock, and some time to do so."""
+    proc = subprocess.Popen(  # noqa: S603 - argv list, no shell
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out, err = proc.communicate()
+    except Interrupted:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=RESTIC_STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+        raise
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
 def restic(
     args: Sequence[str], *, lock_wait: float = 0.0, echo: bool = True
 ) -> subprocess.CompletedProcess[str]:
@@ -75,7 +116,7 @@ def restic(
     deadline = time.monotonic() + lock_wait
     delay = 2.0
     while True:
-        proc = subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603
+        proc = _run_restic(argv)
         if proc.stderr and echo:
             sys.stderr.write(proc.stderr)
             sys.stderr.flush()
@@ -458,6 +499,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     head = argv[: argv.index(SEPARATOR)] if SEPARATOR in argv else argv
     tail = argv[len(head) :]
     args = parser.parse_args(head)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupted)
     try:
         if ENV_REPOSITORY not in os.environ or ENV_PASSWORD not in os.environ:
             raise AgentError(f"{ENV_REPOSITORY} and {ENV_PASSWORD} must be set")
@@ -480,6 +523,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(error_line(str(exc)), file=sys.stderr, flush=True)
         _write_error(str(exc))
         return 1
+    except Interrupted as exc:
+        message = f"stopped by {exc} (a task timeout or a stopped task); restic was interrupted"
+        print(error_line(message), file=sys.stderr, flush=True)
+        _write_error(message)
+        return 128 + exc.signum
     except FileNotFoundError as exc:
         print(error_line(f"{exc.strerror}: {exc.filename}"), file=sys.stderr, flush=True)
         _write_error(f"{exc.strerror}: {exc.filename}")

@@ -57,16 +57,26 @@ def airflow_schedule(schedule: Schedule, paused: bool) -> Any:
     return schedule.value
 
 
-def around(task: Any, workload: QuiescedWorkload) -> tuple[Any, Any]:
+def limits(settings: Settings, kind: str, sensor: bool = False) -> dict[str, Any]:
+    """How long a task of ``kind`` may take before it is stopped and fails (a sensor's
+    own ``timeout`` is the same)."""
+    limit = settings.timeout(kind)
+    out: dict[str, Any] = {"execution_timeout": limit}
+    if sensor:
+        out["timeout"] = limit.total_seconds()
+    return out
+
+
+def around(task: Any, workload: QuiescedWorkload, settings: Settings) -> tuple[Any, Any]:
     """``quiesce -> wait_quiesced -> task -> resume -> wait_ready``; returns the first
     and last of them. ``resume`` runs whatever happened to ``task``."""
-    quiesce = StashQuiesceOperator(workload=workload)
-    ready = WorkloadReadySensor(workload=workload)
+    quiesce = StashQuiesceOperator(workload=workload, **limits(settings, "workload"))
+    ready = WorkloadReadySensor(workload=workload, **limits(settings, "workload", sensor=True))
     (
         quiesce
-        >> WorkloadStoppedSensor(workload=workload)
+        >> WorkloadStoppedSensor(workload=workload, **limits(settings, "workload", sensor=True))
         >> task
-        >> StashResumeOperator(workload=workload)
+        >> StashResumeOperator(workload=workload, **limits(settings, "workload"))
         >> ready
     )
     return quiesce, ready
@@ -99,14 +109,14 @@ def backup_dag(plan: BackupPlan, settings: Settings) -> DAG:
             )
         },
     ) as dag:
-        backup = StashStepOperator(step=plan.backup)
-        verify = SnapshotSensor(step=plan.verify)
-        status = StashBackupStatusOperator(plan=plan)
+        backup = StashStepOperator(step=plan.backup, **limits(settings, "backup"))
+        verify = SnapshotSensor(step=plan.verify, **limits(settings, "verify", sensor=True))
+        status = StashBackupStatusOperator(plan=plan, **limits(settings, "status"))
         first, after_backup = backup, backup
         if plan.offline is not None:
-            first, after_backup = around(backup, plan.offline)
+            first, after_backup = around(backup, plan.offline, settings)
         if plan.retention is not None:
-            retention = StashRetentionOperator(step=plan.retention)
+            retention = StashRetentionOperator(step=plan.retention, **limits(settings, "retention"))
             verify.trigger_rule = "none_failed"  # type: ignore[assignment]
             [backup, after_backup] >> retention >> verify
         else:
@@ -135,12 +145,12 @@ def recovery_dag(plan: RecoveryPlan, settings: Settings) -> DAG:
         # retrying gives the first scheduled backup time to land.
         default_args={**default_args(settings), "retry_delay": timedelta(seconds=60)},
     ) as dag:
-        restore = StashRestoreOperator(plan=plan)
-        status = StashRecoveryStatusOperator(plan=plan)
+        restore = StashRestoreOperator(plan=plan, **limits(settings, "restore"))
+        status = StashRecoveryStatusOperator(plan=plan, **limits(settings, "status"))
         if plan.offline is None:
             restore >> status
         else:
-            _, ready = around(restore, plan.offline)
+            _, ready = around(restore, plan.offline, settings)
             ready >> status
             restore >> status
     return dag

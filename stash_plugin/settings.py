@@ -8,13 +8,38 @@ them.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import cast
 
 from .plan.model import Runtime
 
 RUNTIMES = ("local", "kubernetes")
+DEFAULT_TIMEOUTS: Mapping[str, float] = {
+    "backup": 6 * 3600,  # a first backup of a large volume
+    "restore": 6 * 3600,
+    "retention": 2 * 3600,  # forget plus prune of a large repository
+    "verify": 1800,
+    "workload": 1800,  # stopping or starting a workload and waiting for it
+    "status": 600,
+}
+"""Task kind -> seconds; sized from what each kind of step does."""
+
+
+def _seconds(option: str, text: str) -> float:
+    """``90``, ``90s``, ``15m`` or ``1h30m`` as seconds."""
+    from .plan.schedules import parse_go_duration
+
+    text = text.strip()
+    try:
+        value = float(text) if text.replace(".", "", 1).isdigit() else parse_go_duration(text)
+    except ValueError as exc:
+        raise ValueError(f"[stash] {option} = {text!r}: {exc}") from None
+    if value <= 0:
+        raise ValueError(f"[stash] {option} = {text!r}: must be positive")
+    return value
 
 
 @dataclass(frozen=True)
@@ -36,6 +61,12 @@ class Settings:
     """Keep failed agent pods for inspection; delete the ones that succeeded."""
     poll_interval: float = 2.0
     """Seconds between pod status checks (startup and completion)."""
+    timeouts: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_TIMEOUTS))
+    """Seconds each kind of task may run (``[stash] <kind>_timeout``) before it is
+    stopped and the run fails: nothing waits forever."""
+
+    def timeout(self, kind: str) -> timedelta:
+        return timedelta(seconds=self.timeouts.get(kind, DEFAULT_TIMEOUTS[kind]))
 
 
 def _get(option: str, default: str) -> str:
@@ -62,4 +93,8 @@ def load_settings() -> Settings:
         deferrable=_get("deferrable", "false").strip().lower() in ("1", "true", "yes", "on"),
         on_finish_action=_get("on_finish_action", Settings.on_finish_action),
         poll_interval=float(_get("poll_interval", "2")),
+        timeouts={
+            kind: _seconds(f"{kind}_timeout", _get(f"{kind}_timeout", str(default)))
+            for kind, default in DEFAULT_TIMEOUTS.items()
+        },
     )

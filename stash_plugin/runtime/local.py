@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -50,6 +51,33 @@ def resolve_secret_env(step: Step, secrets: Mapping[tuple[str, str], Secret]) ->
     return env
 
 
+_RUNNING: set[subprocess.Popen[str]] = set()
+STOP_GRACE = 35.0
+"""Seconds a step gets to stop cleanly (the agent gives restic 30 s to drop its lock)."""
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    """Stop a step and everything it started: SIGINT first (restic removes its lock
+    on SIGINT, the agent cleans up), then SIGKILL for whatever is left after
+    ``STOP_GRACE`` seconds."""
+    try:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=STOP_GRACE)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def stop_all() -> None:
+    """Stop every step this process runs (the task's ``on_kill``)."""
+    for proc in list(_RUNNING):
+        stop(proc)
+
+
 def agent_argv(step: Step) -> list[str]:
     argv = list(step.argv)
     if argv and argv[0] == AGENT:
@@ -88,21 +116,32 @@ def run_process(
         env.update(dict(step.env))
         env.update(secret_env)
         env[ENV_RESULT_FILE] = str(result_file)
+        # No terminal and no standard input: nothing may ever wait for an answer. Its own
+        # session, so that stopping it reaches every process it started.
         proc = subprocess.Popen(  # noqa: S603 - argv list, no shell
             agent_argv(step),
             env=env,
+            stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             bufsize=1,
+            start_new_session=True,
         )
+        _RUNNING.add(proc)
         lines: list[str] = []
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            line = redact(raw.rstrip("\n"), hidden)
-            lines.append(line)
-            emit(line)
-        code = proc.wait()
+        try:
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                line = redact(raw.rstrip("\n"), hidden)
+                lines.append(line)
+                emit(line)
+            code = proc.wait()
+        except BaseException:  # a task timeout or a stopped task: stop the step first
+            stop(proc)
+            raise
+        finally:
+            _RUNNING.discard(proc)
         if code != 0:
             reason = parse_error("\n".join(lines)) or (lines[-1] if lines else None)
             raise StepFailed(step.task_id, code, reason, step.subject)

@@ -110,6 +110,7 @@ def run_pod(step: Step, context: Any, settings: Settings, event: Any = None) -> 
     from airflow.sdk.exceptions import AirflowException, TaskDeferred
 
     pod_op = build_pod_operator(step, context["ti"].task_id, settings)
+    _RUNNING.add(pod_op)
     try:
         if event is None:
             pod_op.execute(context)
@@ -121,4 +122,16 @@ def run_pod(step: Step, context: Any, settings: Settings, event: Any = None) -> 
         pod = pod_op.final_pod
         reason = failure_reason(pod) if pod is not None else str(exc)
         raise StepFailed(step.task_id, _exit_code(pod), reason, step.subject) from None
+    finally:
+        _RUNNING.discard(pod_op)
     return result_of(pod_op.final_pod)
+
+
+_RUNNING: set[Any] = set()
+
+
+def stop_all() -> None:
+    """Delete the pods this process waits for (the task's ``on_kill``): the agent gets
+    SIGTERM and interrupts restic so that it removes its lock."""
+    for pod_op in list(_RUNNING):
+        pod_op.on_kill()

@@ -54,3 +54,11 @@ def report_failure(context: Any, exc: StepFailed | str) -> NoReturn:
 
     context["ti"].xcom_push(key=ERROR_KEY, value=str(exc))
     raise AirflowException(str(exc)) from None
+
+
+def stop_running() -> None:
+    """Stop every step this task runs, in either runtime (the task's ``on_kill``)."""
+    from . import local, pod
+
+    local.stop_all()
+    pod.stop_all()

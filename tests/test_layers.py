@@ -1,4 +1,4 @@
-"""The layers of DESIGN.md: a module imports only from its own layer or the ones below.
+"""The layers of docs/architecture.md: a module imports only from its own layer or the ones below.
 
 Checked on the source with ``ast`` (import-linter cannot see ``operators/`` and
 ``sensors/``, which install under ``stash_plugin`` through a package-dir mapping).

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from stash_plugin.credentials import credential_files
 from stash_plugin.protocol import (
     ENV_PASSWORD,
     ENV_REPOSITORY,
@@ -58,6 +59,11 @@ WRONG_PASSWORD = "wrong password"
 
 class AgentError(RuntimeError):
     """A failure with a message fit for the task log (never holding a secret)."""
+
+
+RESTIC_OPTIONS: list[str] = []
+"""Global options put before every restic command: ``--cacert=FILE`` when the storage
+Secret has ``CA_CERT_DATA`` (set by ``main`` for the run, see ``credentials``)."""
 
 
 def _restic() -> str:
@@ -112,7 +118,8 @@ def restic(
     args: Sequence[str], *, lock_wait: float = 0.0, echo: bool = True
 ) -> subprocess.CompletedProcess[str]:
     """Run one restic command, waiting (with backoff) while another run holds the lock."""
-    argv = [_restic(), *args[1:]] if args and args[0] == "restic" else [_restic(), *args]
+    rest = args[1:] if args and args[0] == "restic" else args
+    argv = [_restic(), *RESTIC_OPTIONS, *rest]
     deadline = time.monotonic() + lock_wait
     delay = 2.0
     while True:
@@ -505,20 +512,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ENV_REPOSITORY not in os.environ or ENV_PASSWORD not in os.environ:
             raise AgentError(f"{ENV_REPOSITORY} and {ENV_PASSWORD} must be set")
         _rest_credentials()
-        if args.verb == "run":
-            commands = _split_commands(tail)
-            result: RunResult | RestoreRunResult = run_commands(
-                commands, args.lock_wait, args.init, args.unlock
-            )
-        else:
-            if len(args.mount_path) != len(args.target) or not args.target:
-                raise AgentError("give --mount-path and --target in pairs")
-            result = restore(
-                args.snapshot,
-                list(zip(args.mount_path, args.target, strict=True)),
-                args.path,
-                args.overwrite,
-            )
+        with credential_files(os.environ) as options:
+            RESTIC_OPTIONS[:] = options
+            if args.verb == "run":
+                commands = _split_commands(tail)
+                result: RunResult | RestoreRunResult = run_commands(
+                    commands, args.lock_wait, args.init, args.unlock
+                )
+            else:
+                if len(args.mount_path) != len(args.target) or not args.target:
+                    raise AgentError("give --mount-path and --target in pairs")
+                result = restore(
+                    args.snapshot,
+                    list(zip(args.mount_path, args.target, strict=True)),
+                    args.path,
+                    args.overwrite,
+                )
     except AgentError as exc:
         print(error_line(str(exc)), file=sys.stderr, flush=True)
         _write_error(str(exc))

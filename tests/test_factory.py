@@ -230,9 +230,16 @@ def spec_folder(root: Path) -> Path:
     recovery["metadata"]["name"] = "recovery-vol-1"
     recovery["spec"]["repository"]["namespace"] = "demo"
     recovery["spec"]["volumeRestorer"]["recoverTo"][0]["hostPath"]["path"] = str(root / "restored")
+    gcs_secret = secret_doc(
+        "gcs-secret",
+        "demo",
+        RESTIC_PASSWORD=PASSWORD,
+        GOOGLE_PROJECT_ID="stash-demo",
+        GOOGLE_SERVICE_ACCOUNT_JSON_KEY='{"type": "service_account"}',
+    )
     write_manifests(
         folder,
-        [deployment, secret_doc("gcs-secret", "demo", RESTIC_PASSWORD=PASSWORD), restic, recovery],
+        [deployment, gcs_secret, restic, recovery],
         "zz-extra.yaml",
     )
     return folder

@@ -16,7 +16,13 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS: list[tuple[str, ...]] = [
     ("stash_plugin.api", "stash_plugin.protocol", "stash_plugin.manifests"),
     ("stash_plugin.plan", "stash_plugin.source", "stash_plugin.demo"),
-    ("stash_plugin.runtime", "stash_plugin.agent", "stash_plugin.settings", "stash_plugin.sync"),
+    (
+        "stash_plugin.runtime",
+        "stash_plugin.agent",
+        "stash_plugin.credentials",
+        "stash_plugin.settings",
+        "stash_plugin.sync",
+    ),
     ("stash_plugin.operators", "stash_plugin.sensors"),
     ("stash_plugin.factory", "stash_plugin.cli", "stash_plugin.__main__"),
 ]
@@ -27,6 +33,7 @@ PURE = (
     "stash_plugin.plan",
     "stash_plugin.source",
     "stash_plugin.agent",
+    "stash_plugin.credentials",
 )
 # Airflow-facing classes are thin adapters: they never read the manifests themselves
 # (the runtime resolves what a step needs) and sensors run steps through the runtime's
@@ -101,16 +108,19 @@ def test_module_imports_only_lower_layers(module: str) -> None:
 
 
 def test_the_agent_needs_only_the_standard_library_and_the_protocol() -> None:
-    """The agent image holds no Airflow: the agent may import the protocol, nothing else
-    of ours."""
+    """The agent image holds no Airflow: the agent may import the protocol and its
+    credential files, nothing else of ours."""
     ours = [
         n
         for n in _imports("stash_plugin.agent", MODULES["stash_plugin.agent"])
         if n.startswith("stash_plugin")
     ]
     assert {n.rsplit(".", 1)[0] if n.count(".") > 1 else n for n in ours} <= {
-        "stash_plugin.protocol"
+        "stash_plugin.protocol",
+        "stash_plugin.credentials",
     }
+    credentials = _imports("stash_plugin.credentials", MODULES["stash_plugin.credentials"])
+    assert not [n for n in credentials if n.startswith("stash_plugin")]
 
 
 def test_every_module_has_a_layer() -> None:

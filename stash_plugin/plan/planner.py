@@ -9,6 +9,7 @@ from .commands import DEFAULT_AGENT, Agent
 from .model import PlanError, PlanSet, Runtime
 from .placement import placement_for
 from .recovery import plan_recovery
+from .secretkeys import secret_problems
 from .volume import WorkloadIndex, plan_volume_backups
 
 
@@ -25,6 +26,14 @@ def _repository(resources: ResourceSet, obj: Restic | Recovery, check_secrets: b
             f"Repository {ns}/{ref.name} names storageSecretName {secret!r}, but there is no "
             f"Secret {ns}/{secret}",
         )
+    if check_secrets and secret:
+        problems = secret_problems(resources.secrets[(ns, secret)], repo.spec.backend.kind)
+        if problems:
+            raise PlanError(
+                "spec.repository",
+                f"Repository {ns}/{ref.name} spec.backend.storageSecretName: Secret "
+                f"{ns}/{secret} " + "; ".join(problems),
+            )
     return repo
 
 

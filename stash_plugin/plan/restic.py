@@ -13,14 +13,23 @@ from ..api.common import RetentionPolicy
 from ..protocol import AGENT, SEPARATOR
 from .model import PlanError, SecretEnv
 
+PASSWORD_KEY = "RESTIC_PASSWORD"
+CA_CERT_DATA = "CA_CERT_DATA"
+"""Any backend: a PEM CA certificate the agent hands restic as ``--cacert FILE``."""
+
 # Keys of the storage Secret that become the agent's environment, per backend.
-# RESTIC_PASSWORD is always required; the rest are optional (cloud roles, public CAs).
+# RESTIC_PASSWORD is always required; which others are is ``secretkeys.SECRET_RULES``.
+# GOOGLE_SERVICE_ACCOUNT_JSON_KEY and CA_CERT_DATA become files in the agent
+# (``stash_plugin.credentials``): restic 0.14 reads them from files only.
 CREDENTIAL_KEYS: dict[str, tuple[str, ...]] = {
     "local": (),
     "s3": ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION"),
     "gcs": ("GOOGLE_PROJECT_ID", "GOOGLE_SERVICE_ACCOUNT_JSON_KEY"),
     "azure": ("AZURE_ACCOUNT_NAME", "AZURE_ACCOUNT_KEY"),
     "swift": (
+        "ST_AUTH",
+        "ST_USER",
+        "ST_KEY",
         "OS_AUTH_URL",
         "OS_PROJECT_ID",
         "OS_PROJECT_NAME",
@@ -79,9 +88,9 @@ def repository_env(backend: Backend) -> tuple[SecretEnv, ...]:
             "required: the Secret holding RESTIC_PASSWORD (and the backend's keys)",
         )
     secret = backend.storage_secret_name
-    env = [SecretEnv("RESTIC_PASSWORD", secret, "RESTIC_PASSWORD")]
+    env = [SecretEnv(PASSWORD_KEY, secret, PASSWORD_KEY)]
     env += [SecretEnv(k, secret, k, optional=True) for k in CREDENTIAL_KEYS[backend.kind]]
-    env.append(SecretEnv("CA_CERT_DATA", secret, "CA_CERT_DATA", optional=True))
+    env.append(SecretEnv(CA_CERT_DATA, secret, CA_CERT_DATA, optional=True))
     return tuple(env)
 
 

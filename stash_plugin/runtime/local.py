@@ -25,6 +25,8 @@ from .errors import StepFailed
 # What a child needs from the worker's environment: nothing else leaks into it
 # (in particular no Airflow connection or variable passed in the environment).
 _PASSTHROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "XDG_CACHE_HOME", ENV_RESTIC_BINARY)
+# A worker that reaches cloud storage only through a proxy: restic honours these.
+_PROXY = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy")
 
 
 def load_secrets(manifests_dir: Path) -> dict[tuple[str, str], Secret]:
@@ -39,7 +41,15 @@ def resolve_secret_env(step: Step, secrets: Mapping[tuple[str, str], Secret]) ->
     env: dict[str, str] = {}
     for ref in step.secret_env:
         secret = secrets.get((step.namespace, ref.secret))
-        value = secret.value(ref.key) if secret else None
+        try:
+            value = secret.value(ref.key) if secret else None
+        except UnicodeDecodeError:
+            raise StepFailed(
+                step.task_id,
+                1,
+                f"key {ref.key!r} of Secret {step.namespace}/{ref.secret} is not UTF-8 text",
+                step.subject,
+            ) from None
         if value is None:
             if ref.optional:
                 continue
@@ -108,7 +118,7 @@ def run_process(
     hidden = sorted((v for v in secret_env.values() if len(v) >= 3), key=len, reverse=True)
     with tempfile.TemporaryDirectory(prefix="stash-step-") as tmp:
         result_file = Path(tmp, "result.json")
-        env = {k: os.environ[k] for k in _PASSTHROUGH if k in os.environ}
+        env = {k: os.environ[k] for k in (*_PASSTHROUGH, *_PROXY) if k in os.environ}
         # A BackupAgent's shell command calls `stash-agent` by name: the one installed
         # next to this Python, whatever PATH the worker was started with.
         here = str(Path(sys.executable).parent)

@@ -189,6 +189,7 @@ def test_values_from_namespaced_objects_never_run(
             NS,
             RESTIC_PASSWORD="pw; touch pwned6 $(touch pwned7)",
             AWS_ACCESS_KEY_ID="$(touch pwned4)",
+            AWS_SECRET_ACCESS_KEY="$(touch pwned8)",
         ),
         deployment_doc("app", NS, data),
         repository_doc("repo", NS, s3),

@@ -364,7 +364,11 @@ def test_only_dag_id_plans_one_restic() -> None:
 def test_no_secret_value_ever_appears_in_a_plan() -> None:
     docs = base_docs()
     docs[0] = secret_doc(
-        "repo-secret", NS, RESTIC_PASSWORD=PASSWORD, AWS_SECRET_ACCESS_KEY=PASSWORD + "-aws"
+        "repo-secret",
+        NS,
+        RESTIC_PASSWORD=PASSWORD,
+        AWS_ACCESS_KEY_ID="AKIDEXAMPLE",
+        AWS_SECRET_ACCESS_KEY=PASSWORD + "-aws",
     )
     docs[2] = repository_doc(
         "repo", NS, {"s3": {"bucket": "bkt", "endpoint": "http://127.0.0.1:9000"}}

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from stash_plugin.credentials import credential_files
+from stash_plugin.credentials import credential_files, tls_problem
 from stash_plugin.protocol import (
     ENV_PASSWORD,
     ENV_REPOSITORY,
@@ -127,6 +127,8 @@ def restic(
         if proc.stderr and echo:
             sys.stderr.write(proc.stderr)
             sys.stderr.flush()
+        if proc.returncode != 0 and (problem := tls_problem(proc.stderr, bool(RESTIC_OPTIONS))):
+            raise AgentError(problem)
         if proc.returncode == 0 or LOCKED not in proc.stderr or time.monotonic() >= deadline:
             return proc
         log(f"repository is locked by another run; waiting {delay:.0f}s")

@@ -85,3 +85,19 @@ def credential_files(environ: MutableMapping[str, str]) -> Iterator[list[str]]:
             if gcs_key:
                 environ.pop(GOOGLE_APPLICATION_CREDENTIALS, None)
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def tls_problem(stderr: str, ca_given: bool) -> str | None:
+    """What to tell the user when restic could not verify the backend's certificate
+    (Go reports every such failure as ``x509: ...``); None for any other failure."""
+    if "x509: " not in stderr:
+        return None
+    if ca_given:
+        return (
+            f"the backend's TLS certificate does not verify against the {CA_CERT_DATA} of "
+            "the storage Secret (wrong CA, or a certificate not valid for this address)"
+        )
+    return (
+        "the backend's TLS certificate is not signed by a trusted CA; put the CA "
+        f"certificate (PEM) in the storage Secret's {CA_CERT_DATA}"
+    )

@@ -29,10 +29,12 @@ def _repository(resources: ResourceSet, obj: Restic | Recovery, check_secrets: b
     if check_secrets and secret:
         problems = secret_problems(resources.secrets[(ns, secret)], repo.spec.backend.kind)
         if problems:
+            origin = resources.origin_of("Secret", ns, secret)
+            where = f" ({origin})" if origin else ""
             raise PlanError(
                 "spec.repository",
                 f"Repository {ns}/{ref.name} spec.backend.storageSecretName: Secret "
-                f"{ns}/{secret} " + "; ".join(problems),
+                f"{ns}/{secret}{where} " + "; ".join(problems),
             )
     return repo
 

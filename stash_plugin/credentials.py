@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import tempfile
-import threading
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
 
 CA_CERT_DATA = "CA_CERT_DATA"
 GOOGLE_SERVICE_ACCOUNT_JSON_KEY = "GOOGLE_SERVICE_ACCOUNT_JSON_KEY"
@@ -40,51 +37,34 @@ def _write_private(folder: Path, name: str, value: str) -> Path:
     return path
 
 
-def _terminated(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM (a pod being deleted, a task being killed) unwinds like an error, so
-    the ``finally`` that removes the files runs and restic's child is killed."""
-    raise SystemExit(128 + signum)
-
-
-@contextmanager
-def _sigterm_unwinds() -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 @contextmanager
 def credential_files(environ: MutableMapping[str, str]) -> Iterator[list[str]]:
     """Turn file-only credentials of ``environ`` into files for the block's duration.
 
     Yields restic's global options (``--cacert=FILE``) to put before every command;
     sets ``GOOGLE_APPLICATION_CREDENTIALS`` in ``environ`` while the block runs.
-    An empty value counts as absent, as restic would treat it.
+    An empty value counts as absent, as restic would treat it. The agent turns SIGTERM,
+    SIGINT and SIGHUP into an exception, so a stopped run leaves through the same
+    ``finally`` as a failed one.
     """
     ca_cert = environ.pop(CA_CERT_DATA, "")
     gcs_key = environ.pop(GOOGLE_SERVICE_ACCOUNT_JSON_KEY, "")
     if not ca_cert and not gcs_key:
         yield []
         return
-    with _sigterm_unwinds():
-        folder = Path(tempfile.mkdtemp(prefix=FOLDER_PREFIX))  # mode 0700
-        try:
-            options: list[str] = []
-            if ca_cert:
-                options.append(f"--cacert={_write_private(folder, CA_CERT_FILE, ca_cert)}")
-            if gcs_key:
-                key_file = _write_private(folder, GCS_KEY_FILE, gcs_key)
-                environ[GOOGLE_APPLICATION_CREDENTIALS] = str(key_file)
-            yield options
-        finally:
-            if gcs_key:
-                environ.pop(GOOGLE_APPLICATION_CREDENTIALS, None)
-            shutil.rmtree(folder, ignore_errors=True)
+    folder = Path(tempfile.mkdtemp(prefix=FOLDER_PREFIX))  # mode 0700
+    try:
+        options: list[str] = []
+        if ca_cert:
+            options.append(f"--cacert={_write_private(folder, CA_CERT_FILE, ca_cert)}")
+        if gcs_key:
+            key_file = _write_private(folder, GCS_KEY_FILE, gcs_key)
+            environ[GOOGLE_APPLICATION_CREDENTIALS] = str(key_file)
+        yield options
+    finally:
+        if gcs_key:
+            environ.pop(GOOGLE_APPLICATION_CREDENTIALS, None)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def tls_problem(stderr: str, ca_given: bool) -> str | None:

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .. import GROUP
+from .. import API_VERSION, GROUP
 from .errors import FieldError, ResourceError, field_path
 from .kubeobjects import (
     WORKLOAD_KINDS,
@@ -63,7 +63,10 @@ def parse_document(doc: Any, origin: str | None = None) -> Parsed | list[Resourc
         return [ResourceError(kind, ns, name, field, message, origin)]
 
     api_version = doc.get("apiVersion")
-    if kind in STASH_KINDS and isinstance(api_version, str) and api_version.startswith(GROUP):
+    wrong_group = _stash_group_error(kind, api_version)
+    if wrong_group is not None:
+        return error(*wrong_group)
+    if kind in STASH_KINDS:
         if name is None:
             return error("metadata.name", "missing")
         spec = doc.get("spec")
@@ -115,6 +118,47 @@ def parse_document(doc: Any, origin: str | None = None) -> Parsed | list[Resourc
     if kind == "document":
         return error("kind", "missing: every document needs apiVersion and kind")
     return None
+
+
+def _stash_group_error(kind: str, api_version: Any) -> tuple[str, str] | None:
+    """Why a document that claims Stash's group, or a Stash kind, cannot be read.
+
+    Returns None for a Stash kind at ``stash.appscode.com/v1alpha1`` and for every
+    document that is not Stash's (a Repository of another group is someone else's).
+    A Stash kind without apiVersion, at the core group (``v1``) or at another version
+    of Stash's group would otherwise be skipped silently and its backups never run.
+    """
+    if kind == "document":
+        return None  # no kind at all: reported as such by the caller
+    group = _group(api_version)
+    if group == GROUP:
+        if kind not in STASH_KINDS:
+            known = ", ".join(sorted(STASH_KINDS))
+            return "kind", f"{kind!r} is not a kind of {GROUP} (known kinds: {known})"
+        if api_version != API_VERSION:
+            return "apiVersion", f"{api_version!r} is not served; {kind} is {API_VERSION}"
+        return None
+    if kind not in STASH_KINDS or (group and "." in group):
+        return None
+    if group is None:
+        return "apiVersion", f"missing: a {kind} needs apiVersion {API_VERSION}"
+    return "apiVersion", f"{api_version!r} is not {GROUP}; {kind} is {API_VERSION}"
+
+
+def _group(api_version: Any) -> str | None:
+    """The API group, lower-cased (``""`` for the core group ``v1``); None when absent.
+
+    Kubernetes spells groups in lower case, so ``Stash.AppsCode.com`` is Stash's group
+    written wrongly rather than somebody else's.
+    """
+    if api_version is None:
+        return None
+    if not isinstance(api_version, str):
+        return ""
+    if api_version.strip().lower() == GROUP:  # the group without a version
+        return GROUP
+    group, slash, _ = api_version.partition("/")
+    return group.strip().lower() if slash else ""
 
 
 def _message(err: Mapping[str, Any]) -> str:

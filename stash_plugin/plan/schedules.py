@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 
 from .model import Schedule
 
@@ -67,11 +68,26 @@ def parse_schedule(text: str) -> Schedule:
     fields = text.split()
     if len(fields) != 5 or not all(_CRON_FIELD.match(f) for f in fields):
         raise ValueError(f"{text!r} is not a cron expression of 5 fields, a preset or @every")
-    try:
-        from croniter import croniter  # a dependency of Airflow itself; pure Python
-
-        if not croniter.is_valid(text):
-            raise ValueError(f"{text!r} is not a valid cron expression")
-    except ImportError:  # pragma: no cover - croniter always ships with Airflow
-        pass
+    _check_cron(text)
     return Schedule("cron", text)
+
+
+def _check_cron(text: str) -> None:
+    """Reject a cron expression that Airflow's timetable would reject at run time.
+
+    Airflow computes the next run with croniter (default semantics: day of month OR
+    day of week, next match searched within 50 years), so the same question asked
+    here finds ``0 0 30 2 *`` (February 30th) before its DAG is scheduled and fails.
+    """
+    try:
+        from croniter import CroniterBadDateError, croniter  # an Airflow dependency; pure
+    except ImportError:  # pragma: no cover - croniter always ships with Airflow
+        return
+    if not croniter.is_valid(text):
+        raise ValueError(f"{text!r} is not a valid cron expression")
+    try:
+        croniter(text, datetime.now(UTC).replace(tzinfo=None)).get_next(datetime)
+    except CroniterBadDateError:
+        raise ValueError(
+            f"{text!r} never fires: no date matches its day of month, month and day of week"
+        ) from None

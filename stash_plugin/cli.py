@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .api.errors import ResourceError
 from .plan import PlanSet, make_plans
@@ -60,14 +61,25 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """Every readable status on stdout; each unreadable file named on stderr, exit 1."""
     from .runtime.status import LocalStatusStore
 
     state = Path(args.state_dir) if args.state_dir else _settings().state_dir
-    statuses = LocalStatusStore(state).all_statuses()
+    statuses, bad = LocalStatusStore(state).all_statuses()
     if args.json:
         print(json.dumps(statuses, indent=2))
-        return 0
-    if not statuses:
+    else:
+        _print_statuses(statuses, state, none_bad=not bad)
+    for obj, exc in bad.items():
+        print(
+            f"error: {obj}: status file {exc}; its next run keeps it aside and starts afresh",
+            file=sys.stderr,
+        )
+    return 1 if bad else 0
+
+
+def _print_statuses(statuses: dict[str, dict[str, Any]], state: Path, none_bad: bool) -> None:
+    if not statuses and none_bad:
         print(f"no status recorded yet under {state}")
     for obj, status in statuses.items():
         print(obj)
@@ -79,7 +91,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"took {entry.get('lastBackupDuration', '-')}, "
                 f"{entry.get('snapshotCount', '-')} snapshot(s)"
                 + (
-                    f", last failure {entry['lastFailureTime']}: {entry['lastFailure']}"
+                    f", last failure {entry.get('lastFailureTime', '-')}: {entry['lastFailure']}"
                     if entry.get("lastFailure")
                     else ""
                 )
@@ -88,7 +100,6 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"  phase {status['phase']}")
             for st in status.get("stats", []):
                 print(f"    {st['path']}: {st['phase']} {st.get('duration') or ''}")
-    return 0
 
 
 def cmd_sync(args: argparse.Namespace) -> int:

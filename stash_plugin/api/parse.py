@@ -66,7 +66,7 @@ def parse_document(doc: Any, origin: str | None = None) -> Parsed | list[Resourc
     wrong_group = _stash_group_error(kind, api_version)
     if wrong_group is not None:
         return error(*wrong_group)
-    if kind in STASH_KINDS:
+    if kind in STASH_KINDS and _group(api_version) == GROUP:  # else another group's kind
         if name is None:
             return error("metadata.name", "missing")
         spec = doc.get("spec")

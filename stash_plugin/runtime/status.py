@@ -113,7 +113,7 @@ class LocalStatusStore:
             raise BadStatusFile(path, "empty")
         try:
             data = json.loads(text)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: [[[[... nested deep
             raise BadStatusFile(path, f"not JSON ({exc})") from None
         if not isinstance(data, dict) or not isinstance(data.get("status"), dict):
             raise BadStatusFile(path, 'not an object with a "status" object')

@@ -279,7 +279,10 @@ def test_an_older_0600_file_becomes_group_readable_and_admin_folders_stay(
 
 @pytest.mark.slow
 def test_dag_run_over_a_corrupt_status_file_ends_with_a_good_status(
-    stash_env: dict[str, Path], airflow_db: None, capsys: pytest.CaptureFixture[str]
+    stash_env: dict[str, Path],
+    airflow_db: None,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     from stash_plugin.factory import build_dags
     from stash_plugin.settings import load_settings
@@ -310,7 +313,8 @@ def test_dag_run_over_a_corrupt_status_file_ends_with_a_good_status(
 
     dags, errors = build_dags(load_settings())
     assert errors == [] and set(dags) == {"stash-backup.demo.app-backup.deployment.app"}
-    run = run_dag(dags["stash-backup.demo.app-backup.deployment.app"])
+    with caplog.at_level(logging.WARNING, logger="stash_plugin.runtime.status"):
+        run = run_dag(dags["stash-backup.demo.app-backup.deployment.app"])
 
     assert set(task_states(run).values()) == {"success"}, task_states(run)
     [entry] = json.loads(corrupt.read_text())["status"]["backupRepos"]
@@ -318,6 +322,7 @@ def test_dag_run_over_a_corrupt_status_file_ends_with_a_good_status(
     assert entry["lastSnapshotId"]
     [kept] = aside(corrupt)
     assert kept.read_bytes() == b'{"status": {"backupRepos": {"not": "a list"}}'
+    assert f"kept aside as {kept}" in caplog.text
     assert store.repository_file(NS, "other").read_bytes() == other
     assert mode(corrupt) == 0o640
 

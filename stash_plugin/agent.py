@@ -325,16 +325,86 @@ def _workload_path(snap: dict[str, Any]) -> str:
     return tagged or snap["paths"][0]
 
 
-def _list_snapshots(ref: str) -> list[dict[str, Any]]:
-    args = ["restic", "snapshots", "--json"] + ([] if ref == "latest" else [ref])
-    proc = restic(args, lock_wait=300)
+def _restic_snapshots(args: list[str], ref: str) -> list[dict[str, Any]]:
+    proc = restic(["restic", "snapshots", "--json", *args], lock_wait=300)
     if proc.returncode != 0:
         if WRONG_PASSWORD in proc.stderr:
             raise AgentError("wrong repository password (RESTIC_PASSWORD of the storage Secret)")
         raise AgentError(f"cannot list snapshots {ref} (restic exit {proc.returncode})")
-    snaps: list[dict[str, Any]] = next(iter(_json_lines(proc.stdout)), []) or []
-    if not snaps:
-        raise AgentError(f"no snapshot {ref} in the repository")
+    return next(iter(_json_lines(proc.stdout)), []) or []
+
+
+def _tagged(snap: dict[str, Any]) -> bool:
+    """Whether Stash tagged the snapshot; Stash 0.8's snapshots carry no ``namespace=``."""
+    return any(t.startswith("namespace=") for t in snap.get("tags") or [])
+
+
+def _target_of(snap: dict[str, Any]) -> str:
+    tags = snap.get("tags") or []
+    return ", ".join(t for t in tags if t.startswith(("namespace=", "restic=", "target=")))
+
+
+def _latest_candidates(tags: list[str]) -> list[dict[str, Any]]:
+    """Every snapshot carrying all ``tags``; none found is explained (nothing yet, only
+    Stash 0.8 snapshots, or only other targets'), never answered with someone else's."""
+    snaps = _restic_snapshots([f"--tag={','.join(tags)}"] if tags else [], "latest")
+    if snaps:
+        return snaps
+    everything = _restic_snapshots([], "latest") if tags else []
+    if not everything:
+        raise AgentError("no snapshot latest in the repository")
+    wanted = ",".join(tags)
+    if not any(_tagged(s) for s in everything):
+        raise AgentError(
+            f"no snapshot tagged {wanted}: the repository holds only snapshots without "
+            f"Stash's tags ({len(everything)}, from Stash 0.8); restore one by its id "
+            "(volumeRestorer.snapshot)"
+        )
+    raise AgentError(
+        f"no snapshot tagged {wanted}; the repository's {len(everything)} snapshot(s) "
+        "belong to other targets"
+    )
+
+
+def _one_target(snaps: list[dict[str, Any]], tags: list[str]) -> None:
+    """``latest`` of a repoDir that several targets share is refused until the Recovery
+    says which one it means."""
+    targets = sorted({_target_of(s) for s in snaps})
+    if len(targets) > 1:
+        raise AgentError(
+            f"snapshots of {len(targets)} targets carry {','.join(tags) or 'no tag'}: "
+            + "; ".join(targets)
+            + "; name one with volumeRestorer.restic and volumeRestorer.target"
+        )
+
+
+def _check_explicit(snaps: list[dict[str, Any]], tags: list[str], ref: str) -> None:
+    """An explicit id must be one of the permitted target's snapshots, or a Stash 0.8
+    snapshot (no Stash tags) of a repository the Recovery may use."""
+    for snap in snaps:
+        if not _tagged(snap):
+            log(f"snapshot {ref} has no Stash tags (a Stash 0.8 snapshot); restoring it by id")
+            continue
+        missing = [t for t in tags if t not in (snap.get("tags") or [])]
+        if missing:
+            raise AgentError(
+                f"snapshot {ref} is not tagged {','.join(missing)}: it is another "
+                "namespace's or target's (volumeRestorer.sourceNamespace, restic and target "
+                "say whose snapshots a Recovery may restore)"
+            )
+
+
+def _select_snapshots(ref: str, tags: list[str]) -> list[dict[str, Any]]:
+    """The snapshots a restore may use: ``latest`` looks only at those carrying ``tags``
+    (``namespace=`` at least, when planned), an explicit id must carry them."""
+    if ref == "latest":
+        snaps = _latest_candidates(tags)
+        _one_target(snaps, tags)
+    else:
+        snaps = _restic_snapshots([ref], ref)
+        if not snaps:
+            raise AgentError(f"no snapshot {ref} in the repository")
+        _check_explicit(snaps, tags, ref)
     return [s for s in snaps if s.get("paths")]
 
 
@@ -401,9 +471,15 @@ def _restore_one(snap: dict[str, Any], include: str, final: Path, wanted: str) -
 
 
 def restore(
-    snapshot: str, mounts: list[tuple[str, str]], paths: list[str], overwrite: bool
+    snapshot: str,
+    mounts: list[tuple[str, str]],
+    paths: list[str],
+    overwrite: bool,
+    tags: Sequence[str] = (),
 ) -> RestoreRunResult:
-    snaps = _list_snapshots(snapshot)
+    if any("," in t or not t for t in tags):
+        raise AgentError("each --tag is one non-empty tag without commas")
+    snaps = _select_snapshots(snapshot, list(tags))
     wanted_all = paths or [m for m, _ in mounts]
     # Refuse before writing anything: one non-empty target stops the whole recovery.
     plan: list[tuple[str, Path]] = []
@@ -505,6 +581,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     res_p.add_argument("--target", action="append", default=[])
     res_p.add_argument("--path", action="append", default=[])
     res_p.add_argument("--overwrite", action="store_true")
+    res_p.add_argument("--tag", action="append", default=[], help="a tag snapshots must carry")
     head = argv[: argv.index(SEPARATOR)] if SEPARATOR in argv else argv
     tail = argv[len(head) :]
     args = parser.parse_args(head)
@@ -529,6 +606,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     list(zip(args.mount_path, args.target, strict=True)),
                     args.path,
                     args.overwrite,
+                    args.tag,
                 )
     except AgentError as exc:
         print(error_line(str(exc)), file=sys.stderr, flush=True)

@@ -214,6 +214,11 @@ def spec_folder(root: Path) -> Path:
     folder.mkdir()
     for path in EXAMPLES.glob("*.yaml"):
         shutil.copy(path, folder / path.name)
+    # The samples' Restics and Recoveries in namespace default use Repository
+    # demo/stash-backup: a Repository allows other namespaces only by name.
+    repository = yaml.safe_load((EXAMPLES / "repository.yaml").read_text())
+    repository["spec"]["allowedNamespaces"] = ["default"]
+    (folder / "repository.yaml").write_text(yaml.safe_dump(repository))
     deployment = deployment_doc(
         "stash-demo", "default", root / "vol-1", labels={"app": "stash-demo"}
     )

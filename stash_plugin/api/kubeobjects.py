@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .common import _dns_label, _dns_subdomain
 from .errors import FieldError
 
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "ReplicationController")
@@ -99,8 +100,24 @@ def parse_secret(doc: Mapping[str, Any], namespace: str, name: str) -> Secret:
     return Secret(namespace=namespace, name=name, data=data)
 
 
+def _kube_names(name: str, namespace: str | None = None) -> None:
+    """A workload's or node's name becomes a restic host and part of a snapshot tag and
+    a repository folder: only a real Kubernetes name may, so that no name can spell
+    another target's tag (``x,namespace=other``) or folder (``../x``)."""
+    try:
+        _dns_subdomain(name)
+    except ValueError as exc:
+        raise FieldError("metadata.name", str(exc)) from None
+    if namespace is not None:
+        try:
+            _dns_label(namespace)
+        except ValueError as exc:
+            raise FieldError("metadata.namespace", str(exc)) from None
+
+
 def parse_workload(doc: Mapping[str, Any], namespace: str, name: str) -> Workload:
     """Pick a workload's labels, replicas and pod-template volumes."""
+    _kube_names(name, namespace)
     meta = _mapping(doc.get("metadata"), "metadata")
     spec = _mapping(doc.get("spec"), "spec")
     pod_template = _mapping(spec.get("template"), "spec.template")
@@ -141,6 +158,7 @@ def parse_workload(doc: Mapping[str, Any], namespace: str, name: str) -> Workloa
 
 
 def parse_node(doc: Mapping[str, Any], name: str) -> Node:
+    _kube_names(name)
     meta = _mapping(doc.get("metadata"), "metadata")
     labels = _mapping(meta.get("labels"), "metadata.labels")
     return Node(name=name, labels={str(k): str(v) for k, v in labels.items()})

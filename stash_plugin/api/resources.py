@@ -16,6 +16,7 @@ from .common import (
     LocalObjectReference,
     Model,
     Name,
+    Namespace,
     ObjectMeta,
     ObjectRef,
     RetentionPolicy,
@@ -60,6 +61,11 @@ class RepositoryStatus(Model):
 class RepositorySpec(Model):
     backend: Backend
     wipe_out: bool = False
+    allowed_namespaces: list[Namespace] = Field(default_factory=list)
+    """Namespaces besides the Repository's own whose Restics and Recoveries may use it
+    (ours; Stash 0.8 had no cross-namespace references). Everyone who may use a
+    Repository holds its password, so they can read every snapshot in it: list only
+    namespaces that may see each other's data."""
 
 
 class Repository(Model):
@@ -68,6 +74,11 @@ class Repository(Model):
     metadata: ObjectMeta
     spec: RepositorySpec
     status: RepositoryStatus | None = None
+
+    def allows(self, namespace: str) -> bool:
+        """Whether a Restic or Recovery of ``namespace`` may use this Repository."""
+        own = self.metadata.namespace or "default"
+        return namespace == own or namespace in self.spec.allowed_namespaces
 
 
 # --------------------------------------------------------------------------- pod settings
@@ -262,6 +273,14 @@ class VolumeRestorer(Model):
     workload: WorkloadRef | None = None
     """The workload that uses the target volume (recovery into the same volume, Stash
     issue 600): scaled to zero during the restore and back afterwards."""
+    source_namespace: Namespace | None = None
+    """Restore the snapshots another namespace made (default: the Recovery's own); that
+    namespace, like the Recovery's, must be allowed to use the Repository."""
+    restic: Name | None = None
+    """The Restic whose snapshots to restore, where a repoDir holds several."""
+    target: Name | None = None
+    """The target whose snapshots to restore (``deployment.NAME``, ``replicaset.NAME``,
+    ``statefulset.POD``), where a repoDir holds several."""
 
 
 class DatabaseRecoverTo(Model):

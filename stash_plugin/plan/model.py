@@ -34,6 +34,8 @@ class SecretEnv:
     secret: str
     key: str
     optional: bool = False
+    namespace: str | None = None
+    """The Secret's namespace: the Repository's, which may differ from the step's."""
 
 
 @dataclass(frozen=True)

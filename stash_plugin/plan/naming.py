@@ -44,6 +44,24 @@ def daemonset_node_target(workload: Workload, node: str, prefix: str | None) -> 
     )
 
 
+RESERVED_TAG_KEYS = ("namespace", "restic", "target", "path")
+"""Tag keys (``KEY=value``) that Stash sets itself and selects snapshots by: a user's tag
+that spells one could make another tenant's retention or restore pick its snapshots."""
+
+
+def reserved_tag_key(tag: str) -> str | None:
+    """The reserved key ``tag`` spells (``namespace`` for ``namespace=x``), if any."""
+    key, sep, _ = tag.partition("=")
+    return key if sep and key in RESERVED_TAG_KEYS else None
+
+
 def snapshot_tags(namespace: str, restic: str, target: str, path: str) -> list[str]:
-    """Tags that select exactly one directory of one target of one Restic."""
-    return [f"namespace={namespace}", f"restic={restic}", f"target={target}", f"path={path}"]
+    """Tags that select exactly one directory of one target of one Restic.
+
+    Every value is one tag: a comma would split it into two (restic's tag lists are
+    comma-separated) and let a name spell another tenant's tag."""
+    values = {"namespace": namespace, "restic": restic, "target": target, "path": path}
+    for key, value in values.items():
+        if not value or "," in value:
+            raise ValueError(f"{key} {value!r} cannot be a snapshot tag (empty or has a comma)")
+    return [f"{key}={value}" for key, value in values.items()]

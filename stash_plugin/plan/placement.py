@@ -55,6 +55,9 @@ class Placement(Protocol):
     secrets_in_source: bool
     """Whether Secrets come with the resources (checked when planning) or live only
     in the cluster (referenced, never read)."""
+    secrets_across_namespaces: bool
+    """Whether a step can read a Secret of another namespace than its own (the
+    Repository's Secret, for a Restic or Recovery using a Repository elsewhere)."""
 
     def repository(self, repository: Repository, repo_dir: str) -> RepositoryAccess: ...
 
@@ -82,7 +85,7 @@ def _access(
     backend = repository.spec.backend
     try:
         url = repository_url(backend, repo_dir, local_root)
-        env = repository_env(backend)
+        env = repository_env(backend, repository.metadata.namespace or "default")
     except PlanError as exc:
         raise _repository_error(repository, exc) from None
     return RepositoryAccess(url, env, mounts)
@@ -99,6 +102,7 @@ class LocalPlacement:
 
     runtime: Runtime = "local"
     secrets_in_source = True
+    secrets_across_namespaces = True
     WORKLOAD_KINDS = ("Deployment", "ReplicaSet", "ReplicationController")
     """StatefulSet pods each have their own claims and DaemonSet pods live on one node
     each: both need the cluster to say which pod or node holds the data."""
@@ -170,6 +174,8 @@ class PodPlacement:
 
     runtime: Runtime = "kubernetes"
     secrets_in_source = False
+    secrets_across_namespaces = False
+    """A pod's ``secretKeyRef`` names a Secret of the pod's own namespace only."""
 
     def repository(self, repository: Repository, repo_dir: str) -> RepositoryAccess:
         local = repository.spec.backend.local

@@ -7,36 +7,66 @@ from ..api.resources import Recovery, Repository, Restic
 from ..api.resourceset import ResourceSet
 from .commands import DEFAULT_AGENT, Agent
 from .model import PlanError, PlanSet, Runtime
-from .placement import placement_for
+from .placement import Placement, placement_for
 from .recovery import plan_recovery
 from .secretkeys import secret_problems
 from .volume import WorkloadIndex, plan_volume_backups
 
 
-def _repository(resources: ResourceSet, obj: Restic | Recovery, check_secrets: bool) -> Repository:
+def resolve_repository(
+    resources: ResourceSet, obj: Restic | Recovery, placement: Placement
+) -> Repository:
+    """The Repository ``obj`` may use, with its storage Secret checked where it can be.
+
+    The one resolution of ``spec.repository`` (``stash validate`` and the DAG factory
+    both plan through here, and the steps carry the Secret's namespace it decides):
+    ``namespace`` defaults to the object's own; a Repository elsewhere must list the
+    object's namespace in ``spec.allowedNamespaces``; the Secret is always the one in
+    the Repository's namespace.
+    """
     ref = obj.spec.repository
-    ns = ref.namespace or obj.metadata.namespace or "default"
+    own = obj.metadata.namespace or "default"
+    ns = ref.namespace or own
     repo = resources.repositories.get((ns, ref.name))
     if repo is None:
         raise PlanError("spec.repository", f"Repository {ns}/{ref.name} not found")
+    if not repo.allows(own):
+        allowed = ", ".join([ns, *repo.spec.allowed_namespaces])
+        raise PlanError(
+            "spec.repository.namespace",
+            f"Repository {ns}/{ref.name} does not allow namespace {own} (allowed: {allowed}); "
+            f"its spec.allowedNamespaces must list {own}",
+        )
     secret = repo.spec.backend.storage_secret_name
-    if check_secrets and secret and (ns, secret) not in resources.secrets:
+    if ns != own and secret and not placement.secrets_across_namespaces:
+        raise PlanError(
+            "spec.repository.namespace",
+            f"Repository {ns}/{ref.name} is in another namespace: in the {placement.runtime} "
+            f"runtime the agent pod runs in namespace {own} and cannot read its storage "
+            f"Secret {ns}/{secret}; use a Repository in namespace {own}",
+        )
+    if placement.secrets_in_source and secret:
+        _check_secret(resources, repo, ns, secret)
+    return repo
+
+
+def _check_secret(resources: ResourceSet, repo: Repository, ns: str, secret: str) -> None:
+    name = repo.metadata.name
+    if (ns, secret) not in resources.secrets:
         raise PlanError(
             "spec.repository",
-            f"Repository {ns}/{ref.name} names storageSecretName {secret!r}, but there is no "
+            f"Repository {ns}/{name} names storageSecretName {secret!r}, but there is no "
             f"Secret {ns}/{secret}",
         )
-    if check_secrets and secret:
-        problems = secret_problems(resources.secrets[(ns, secret)], repo.spec.backend.kind)
-        if problems:
-            origin = resources.origin_of("Secret", ns, secret)
-            where = f" ({origin})" if origin else ""
-            raise PlanError(
-                "spec.repository",
-                f"Repository {ns}/{ref.name} spec.backend.storageSecretName: Secret "
-                f"{ns}/{secret}{where} " + "; ".join(problems),
-            )
-    return repo
+    problems = secret_problems(resources.secrets[(ns, secret)], repo.spec.backend.kind)
+    if problems:
+        origin = resources.origin_of("Secret", ns, secret)
+        where = f" ({origin})" if origin else ""
+        raise PlanError(
+            "spec.repository",
+            f"Repository {ns}/{name} spec.backend.storageSecretName: Secret "
+            f"{ns}/{secret}{where} " + "; ".join(problems),
+        )
 
 
 # Airflow refuses longer DAG ids, and a DAG that cannot be made hides every other DAG of
@@ -84,7 +114,6 @@ def make_plans(
     """
     plans = PlanSet(errors=list(resources.errors))
     placement = placement_for(runtime)
-    check_secrets = placement.secrets_in_source
     index: WorkloadIndex | None = None  # built once, on the first Restic that needs it
 
     def fail(obj: Restic | Recovery, exc: PlanError) -> None:
@@ -101,7 +130,7 @@ def make_plans(
                     "spec.targetType",
                     f"{restic.spec.target_type} backup is not available yet (Volume backup is)",
                 )
-            repo = _repository(resources, restic, check_secrets)
+            repo = resolve_repository(resources, restic, placement)
             agent = _agent(resources, restic.spec.backup_agent, "spec.backupAgent")
             index = index or WorkloadIndex(resources)
             made = plan_volume_backups(restic, repo, resources, placement, agent, index=index)
@@ -125,7 +154,7 @@ def make_plans(
         if only_dag_id and only_dag_id != f"stash-recovery.{ns}.{name}":
             continue
         try:
-            repo = _repository(resources, recovery, check_secrets)
+            repo = resolve_repository(resources, recovery, placement)
             agent = _agent(resources, recovery.spec.recovery_agent, "spec.recoveryAgent")
             rplan = plan_recovery(recovery, repo, placement, agent, resources)
             _check_dag_id(rplan.dag_id)

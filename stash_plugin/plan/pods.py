@@ -28,6 +28,12 @@ def label_value(value: str) -> str:
 
 
 def _env(step: Step) -> list[dict[str, Any]]:
+    for ref in step.secret_env:
+        if ref.namespace not in (None, step.namespace):  # planning refuses this already
+            raise ValueError(
+                f"{step.subject}: a pod in namespace {step.namespace} cannot read Secret "
+                f"{ref.namespace}/{ref.secret}"
+            )
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in step.env]
     env += [
         {

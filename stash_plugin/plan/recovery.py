@@ -52,6 +52,35 @@ def _workload(
     return placement.quiesced(found, field, "restoring into a running workload")
 
 
+def snapshot_selection(recovery: Recovery, repository: Repository) -> list[str]:
+    """The tags a snapshot must carry for this Recovery to restore it.
+
+    ``latest`` is the newest snapshot with these tags and an explicit id must carry them
+    too (or none of Stash's tags: a Stash 0.8 snapshot), so a repoDir shared by two
+    namespaces, two Restics or a Deployment and a ReplicaSet of the same name never
+    hands one of them the other's data. By default the snapshots are the Recovery's
+    own namespace's; another namespace's only when ``sourceNamespace`` names it and
+    the Repository allows that namespace.
+    """
+    vr = recovery.spec.volume_restorer
+    assert vr is not None
+    source = vr.source_namespace or recovery.metadata.namespace or "default"
+    if not repository.allows(source):
+        meta = repository.metadata
+        allowed = ", ".join([meta.namespace or "default", *repository.spec.allowed_namespaces])
+        raise PlanError(
+            "spec.volumeRestorer.sourceNamespace",
+            f"Repository {meta.namespace}/{meta.name} does not allow namespace {source} "
+            f"(allowed: {allowed}), so its snapshots cannot be restored through it",
+        )
+    tags = [f"namespace={source}"]
+    if vr.restic:
+        tags.append(f"restic={vr.restic}")
+    if vr.target:
+        tags.append(f"target={vr.target}")
+    return tags
+
+
 def plan_recovery(
     recovery: Recovery,
     repository: Repository,
@@ -70,7 +99,8 @@ def plan_recovery(
     access = placement.repository(repository, vr.repo_dir)
     url = access.url
     snapshot = snapshot_ref(vr.snapshot, "spec.volumeRestorer.snapshot")
-    argv = [AGENT, "restore", f"--snapshot={snapshot}"]
+    selection = snapshot_selection(recovery, repository)
+    argv = [AGENT, "restore", f"--snapshot={snapshot}", *(f"--tag={t}" for t in selection)]
     mounts: list[Mount] = list(access.mounts)
     for i, rt in enumerate(vr.recover_to):
         dest, mount = placement.restore_destination(rt, i)
@@ -126,7 +156,8 @@ def plan_recovery(
             f"repository:{repository.metadata.name}",
         ),
         description=(
-            f"Restores snapshot {snapshot} of {vr.repo_dir} in Repository {repo_ns}/"
+            f"Restores snapshot {snapshot} (tagged {', '.join(selection)}) of {vr.repo_dir} "
+            f"in Repository {repo_ns}/"
             f"{repository.metadata.name} ({url}) into "
             + ", ".join(f"{rt.mount_path}" for rt in vr.recover_to)
             + f" for Recovery {ns}/{name}."

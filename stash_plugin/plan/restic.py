@@ -80,17 +80,22 @@ def repository_url(backend: Backend, repo_dir: str, local_root: str | None = Non
     return f"rest:{backend.rest.url.rstrip('/')}/" + _join(repo_dir)
 
 
-def repository_env(backend: Backend) -> tuple[SecretEnv, ...]:
-    """Credential environment from the storage Secret (never values, only references)."""
+def repository_env(backend: Backend, namespace: str) -> tuple[SecretEnv, ...]:
+    """Credential environment from the storage Secret (never values, only references).
+
+    The Secret is always the one in the Repository's ``namespace``, whoever uses it."""
     if not backend.storage_secret_name:
         raise PlanError(
             "spec.backend.storageSecretName",
             "required: the Secret holding RESTIC_PASSWORD (and the backend's keys)",
         )
     secret = backend.storage_secret_name
-    env = [SecretEnv(PASSWORD_KEY, secret, PASSWORD_KEY)]
-    env += [SecretEnv(k, secret, k, optional=True) for k in CREDENTIAL_KEYS[backend.kind]]
-    env.append(SecretEnv(CA_CERT_DATA, secret, CA_CERT_DATA, optional=True))
+    env = [SecretEnv(PASSWORD_KEY, secret, PASSWORD_KEY, namespace=namespace)]
+    env += [
+        SecretEnv(k, secret, k, optional=True, namespace=namespace)
+        for k in CREDENTIAL_KEYS[backend.kind]
+    ]
+    env.append(SecretEnv(CA_CERT_DATA, secret, CA_CERT_DATA, optional=True, namespace=namespace))
     return tuple(env)
 
 

@@ -121,11 +121,18 @@ def _checked_policies(restic: Restic) -> dict[str, RetentionPolicy]:
                 raise PlanError(
                     f"{field}.path", "paths with commas cannot be selected by restic tags"
                 )
-            for t in d.tags:
+            for k, t in enumerate(d.tags):
                 try:
                     check_tag(t)
                 except ValueError as exc:
-                    raise PlanError(f"{field}.tags", str(exc)) from None
+                    raise PlanError(f"{field}.tags[{k}]", str(exc)) from None
+                if naming.reserved_tag_key(t):
+                    raise PlanError(
+                        f"{field}.tags[{k}]",
+                        f"tag {t!r} spells a tag Stash sets itself ("
+                        + ", ".join(f"{key}=" for key in naming.RESERVED_TAG_KEYS)
+                        + "), which selects whose snapshots retention and restore see",
+                    )
     return policies
 
 
@@ -230,7 +237,11 @@ def _plan_instance(
         )
 
     def tags(d: _Dir) -> list[str]:
-        return naming.snapshot_tags(ns, name, instance.target, d.workload_path) + list(d.tags)
+        try:
+            own = naming.snapshot_tags(ns, name, instance.target, d.workload_path)
+        except ValueError as exc:
+            raise PlanError("spec.volumeSelector", str(exc)) from None
+        return own + list(d.tags)
 
     host = instance.host
     values = {

@@ -40,14 +40,15 @@ def resolve_secret_env(step: Step, secrets: Mapping[tuple[str, str], Secret]) ->
     """Values for ``step.secret_env``; errors name the Secret and key, never a value."""
     env: dict[str, str] = {}
     for ref in step.secret_env:
-        secret = secrets.get((step.namespace, ref.secret))
+        ns = ref.namespace or step.namespace  # the Repository's, not the step's
+        secret = secrets.get((ns, ref.secret))
         try:
             value = secret.value(ref.key) if secret else None
         except UnicodeDecodeError:
             raise StepFailed(
                 step.task_id,
                 1,
-                f"key {ref.key!r} of Secret {step.namespace}/{ref.secret} is not UTF-8 text",
+                f"key {ref.key!r} of Secret {ns}/{ref.secret} is not UTF-8 text",
                 step.subject,
             ) from None
         if value is None:
@@ -55,7 +56,7 @@ def resolve_secret_env(step: Step, secrets: Mapping[tuple[str, str], Secret]) ->
                 continue
             what = f"key {ref.key!r} of " if secret else ""
             raise StepFailed(
-                step.task_id, 1, f"missing {what}Secret {step.namespace}/{ref.secret}", step.subject
+                step.task_id, 1, f"missing {what}Secret {ns}/{ref.secret}", step.subject
             )
         env[ref.name] = value
     return env

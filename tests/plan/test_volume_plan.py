@@ -104,7 +104,7 @@ def test_deployment_selected_by_labels_makes_one_plan() -> None:
     # The local runtime backs up the hostPath itself; tags name the workload's path.
     assert backup == ["restic", "backup", "--json", "--quiet", "--host=app", TAG, str(DATA)]
     assert dict(plan.backup.env)["RESTIC_REPOSITORY"] == f"{REPO_PATH}/volumes/deployment/app"
-    assert SecretEnv("RESTIC_PASSWORD", "repo-secret", "RESTIC_PASSWORD") in plan.backup.secret_env
+    assert SecretEnv("RESTIC_PASSWORD", "repo-secret", "RESTIC_PASSWORD", namespace=NS) in plan.backup.secret_env
     assert any(m.path == str(DATA) and m.read_only for m in plan.backup.mounts)
 
     assert plan.retention is not None
@@ -246,10 +246,13 @@ def test_repository_in_another_namespace() -> None:
     docs = base_docs()
     docs[0] = secret_doc("repo-secret", "backups", RESTIC_PASSWORD=PASSWORD)
     docs[2] = repository_doc("repo", "backups", LOCAL_BACKEND)
+    docs[2]["spec"]["allowedNamespaces"] = [NS]
     docs[3]["spec"]["repository"] = {"name": "repo", "namespace": "backups"}
     plan = one_plan(*docs)
     assert (plan.target.repository_namespace, plan.target.repository_name) == ("backups", "repo")
     assert "repository:repo" in plan.tags
+    # The storage Secret is the Repository's, in the Repository's namespace.
+    assert {(s.namespace, s.secret) for s in plan.backup.secret_env} == {("backups", "repo-secret")}
 
 
 def test_missing_storage_secret() -> None:
@@ -264,7 +267,7 @@ def test_kubernetes_runtime_does_not_need_the_secret_in_the_folder() -> None:
     docs[1] = repository_doc("repo", NS, {"gcs": {"bucket": "b"}})
     plan = one_plan(*docs, runtime="kubernetes")
     assert plan.backup.secret_env[0] == SecretEnv(
-        "RESTIC_PASSWORD", "repo-secret", "RESTIC_PASSWORD"
+        "RESTIC_PASSWORD", "repo-secret", "RESTIC_PASSWORD", namespace=NS
     )
 
 

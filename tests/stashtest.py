@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import stat
+import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -88,3 +90,43 @@ def run_dag(dag: Any, conf: dict[str, Any] | None = None) -> Any:
 
 def task_states(dagrun: Any) -> dict[str, str]:
     return {ti.task_id: str(ti.state) for ti in dagrun.get_task_instances()}
+
+
+def build_dag(dag_id: str) -> Any:
+    """The DAG ``dag_id`` as the factory builds it from ``[stash]`` settings now."""
+    from stash_plugin.factory import build_dags
+    from stash_plugin.settings import load_settings
+
+    dags, errors = build_dags(load_settings())
+    assert dag_id in dags, [str(e) for e in errors]
+    return dags[dag_id]
+
+
+def xcom(dagrun: Any, task_id: str, key: str = "return_value") -> Any:
+    """What ``task_id`` of ``dagrun`` pushed under ``key`` (None when nothing)."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        row = session.scalars(
+            select(XComModel).where(
+                XComModel.dag_id == dagrun.dag_id,
+                XComModel.run_id == dagrun.run_id,
+                XComModel.task_id == task_id,
+                XComModel.key == key,
+            )
+        ).first()
+        if row is None:
+            return None
+        value = row.value
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def restic_snapshots(repo: Path, password: str = PASSWORD) -> list[dict[str, Any]]:
+    """Every snapshot of the repository at ``repo``, as restic lists them."""
+    env = {**os.environ, "RESTIC_REPOSITORY": str(repo), "RESTIC_PASSWORD": password}
+    out = subprocess.run(
+        ["restic", "snapshots", "--json"], env=env, capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout)

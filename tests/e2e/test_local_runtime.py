@@ -11,66 +11,32 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 from stashtest import (
     PASSWORD,
+    build_dag,
     deployment_doc,
     make_tree,
     recovery_doc,
     repository_doc,
     restic_doc,
+    restic_snapshots,
     run_dag,
     secret_doc,
     task_states,
     tree_state,
     write_manifests,
+    xcom,
 )
 
 pytestmark = pytest.mark.slow
 NS = "demo"
 BACKUP_DAG = "stash-backup.demo.app-backup.deployment.app"
 REPO_DIR = "volumes/deployment/app"
-
-
-def build(dag_id: str) -> Any:
-    from stash_plugin.factory import build_dags
-    from stash_plugin.settings import load_settings
-
-    dags, errors = build_dags(load_settings())
-    assert dag_id in dags, [str(e) for e in errors]
-    return dags[dag_id]
-
-
-def xcom(dagrun: Any, task_id: str, key: str = "return_value") -> Any:
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    with create_session() as session:
-        row = session.scalars(
-            select(XComModel).where(
-                XComModel.dag_id == dagrun.dag_id,
-                XComModel.run_id == dagrun.run_id,
-                XComModel.task_id == task_id,
-                XComModel.key == key,
-            )
-        ).first()
-        if row is None:
-            return None
-        value = row.value
-    return json.loads(value) if isinstance(value, str) else value
-
-
-def restic_snapshots(repo: Path, password: str = PASSWORD) -> list[dict[str, Any]]:
-    env = {**os.environ, "RESTIC_REPOSITORY": str(repo), "RESTIC_PASSWORD": password}
-    out = subprocess.run(
-        ["restic", "snapshots", "--json"], env=env, capture_output=True, text=True, check=True
-    )
-    return json.loads(out.stdout)
+build = build_dag
 
 
 def repo_status(state: Path) -> dict[str, Any]:

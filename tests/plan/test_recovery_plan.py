@@ -95,7 +95,10 @@ def test_recovery_plan() -> None:
     assert "--mount-path=/source/data" in argv and f"--target={TARGET}" in argv
     assert "--overwrite" not in argv  # never clobber unless asked
     assert dict(plan.restore.env)["RESTIC_REPOSITORY"] == f"{REPO_PATH}/volumes/deployment/app"
-    assert SecretEnv("RESTIC_PASSWORD", "repo-secret", "RESTIC_PASSWORD", namespace=NS) in plan.restore.secret_env
+    assert (
+        SecretEnv("RESTIC_PASSWORD", "repo-secret", "RESTIC_PASSWORD", namespace=NS)
+        in plan.restore.secret_env
+    )
     assert any(m.path == str(TARGET) and not m.read_only for m in plan.restore.mounts)
     assert plan.paths == ("/source/data",)
 

@@ -104,7 +104,10 @@ def test_deployment_selected_by_labels_makes_one_plan() -> None:
     # The local runtime backs up the hostPath itself; tags name the workload's path.
     assert backup == ["restic", "backup", "--json", "--quiet", "--host=app", TAG, str(DATA)]
     assert dict(plan.backup.env)["RESTIC_REPOSITORY"] == f"{REPO_PATH}/volumes/deployment/app"
-    assert SecretEnv("RESTIC_PASSWORD", "repo-secret", "RESTIC_PASSWORD", namespace=NS) in plan.backup.secret_env
+    assert (
+        SecretEnv("RESTIC_PASSWORD", "repo-secret", "RESTIC_PASSWORD", namespace=NS)
+        in plan.backup.secret_env
+    )
     assert any(m.path == str(DATA) and m.read_only for m in plan.backup.mounts)
 
     assert plan.retention is not None

@@ -120,7 +120,12 @@ def xcom(dagrun: Any, task_id: str, key: str = "return_value") -> Any:
         if row is None:
             return None
         value = row.value
-    return json.loads(value) if isinstance(value, str) else value
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:  # a plain text value (a failed task's reason)
+            return value
+    return value
 
 
 def restic_snapshots(repo: Path, password: str = PASSWORD) -> list[dict[str, Any]]:

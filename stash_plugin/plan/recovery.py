@@ -137,6 +137,9 @@ def plan_recovery(
         "STASH_NAME": name,
         "STASH_REPO_DIR": vr.repo_dir,
         "STASH_SNAPSHOT": snapshot,
+        # For a BackupAgent's own restore command: `--tag "$STASH_SNAPSHOT_TAGS"` keeps
+        # its `latest` to this Recovery's snapshots, as stash-agent's own restore does.
+        "STASH_SNAPSHOT_TAGS": ",".join(selection),
     }
     try:
         step = agent_step(step, agent, "recovery", values)

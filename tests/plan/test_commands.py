@@ -166,6 +166,22 @@ def test_recovery_commands_are_rendered_for_the_restore_step(tmp_path: Path) -> 
     assert dict(plan.restore.env)["STASH_SNAPSHOT"] == "latest"
 
 
+def test_a_recovery_command_can_keep_latest_to_the_recoverys_snapshots(tmp_path: Path) -> None:
+    docs = [
+        agent_doc("r", "tools:1", recovery=['restic restore latest --tag "$STASH_SNAPSHOT_TAGS"']),
+        secret_doc("repo-secret", NS, RESTIC_PASSWORD=PASSWORD),
+        repository_doc(
+            "repo", NS, {"local": {"mountPath": "/r", "hostPath": {"path": str(tmp_path)}}}
+        ),
+        recovery_doc("rec", NS, "repo", tmp_path / "out"),
+    ]
+    docs[-1]["spec"]["recoveryAgent"] = "r"
+    docs[-1]["spec"]["volumeRestorer"]["target"] = "deployment.app"
+    (plan,) = make_plans(resources(docs)).recoveries.values()
+    tags = dict(plan.restore.env)["STASH_SNAPSHOT_TAGS"]
+    assert tags == f"namespace={NS},target=deployment.app"
+
+
 HOSTILE = "x; touch pwned-$(id -u) `touch pwned2` $(touch pwned3)"
 
 

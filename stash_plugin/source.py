@@ -1,8 +1,16 @@
 """The directory source: every YAML/JSON manifest under a folder.
 
-This is how Stash runs with no cluster (the embedded default). Files are read in a
-stable order; a file that cannot be parsed is named and skipped, and never hides the
+This is how Stash runs with no cluster (the embedded default), and how tasks read
+Secrets at run time: ``load_directory`` is the one way in. Files are read in a stable
+order; a file that cannot be read or parsed is named and skipped, and never hides the
 objects of other files.
+
+Every file is hostile (a tenant may write into the folder), so reading is bounded:
+only regular files inside the folder are opened (a FIFO is never opened, a link out
+of the folder is never followed), a file's size and its number of objects are capped,
+and the YAML loader refuses what can make a small file expensive or ambiguous
+(aliases beyond a small expansion, merge keys, duplicate keys, non-JSON tags,
+huge integers).
 """
 
 from __future__ import annotations
@@ -11,19 +19,180 @@ import hashlib
 import io
 import json
 import os
+import stat
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
+from yaml.constructor import ConstructorError, SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode
 
 from .api.errors import ResourceError
 from .api.parse import Parsed, parse_document
 from .api.resourceset import ResourceSet
 
 SUFFIXES = (".yaml", ".yml", ".json")
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+# Bounds per file (README, "Settings"). A YAML node costs about 250 bytes and 6 us to
+# compose and construct, up to one node per 2 bytes of input: 1 MiB of YAML is at most
+# about 250 MiB and 3 s. JSON decodes 100 times faster into less memory, and the file
+# ``stash sync`` writes is JSON, so it may be larger.
+MAX_YAML_BYTES = 1 << 20
+MAX_JSON_BYTES = 16 << 20
+MAX_OBJECTS = 20_000  # documents plus ``kind: List`` items, per file
+MAX_ALIAS_NODES = 10_000  # values aliases add to a document (PyYAML's dumps use them)
+MAX_INT_CHARS = 64  # far above int64; Python's int() of a long YAML 1.1 1:2:3... is quadratic
+
+_MERGE = "tag:yaml.org,2002:merge"
+_VALUE = "tag:yaml.org,2002:value"
+_STR = "tag:yaml.org,2002:str"
+# JSON's types plus timestamps, which plain YAML 1.1 dates resolve to (as before).
+_REFUSED_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("binary", "omap", "pairs", "set")}
+
+
+class ManifestLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """SafeLoader (libyaml's parser where available) that refuses what makes a few
+    kilobytes expensive or ambiguous: aliases (``*a``) that expand to more than
+    MAX_ALIAS_NODES values (a billion laughs is nine lines) or into themselves, a
+    merge key (its expansion happens before any count could stop it), a duplicate key
+    (which one would win is a guess), a tag outside JSON's types, an integer longer
+    than MAX_INT_CHARS. A value Python cannot build (an impossible date) becomes a
+    ConstructorError with its line, never a bare exception. Nesting is bounded by
+    libyaml (1,000 levels) and by RecursionError, which the caller catches.
+    """
+
+    yaml_constructors = {
+        tag: constructor
+        for tag, constructor in SafeConstructor.yaml_constructors.items()
+        if tag not in _REFUSED_TAGS
+    }
+
+    def construct_document(self, node: Node) -> Any:
+        self._sizes: dict[int, int] = {}
+        self._aliased = 0
+        return super().construct_document(node)
+
+    def construct_object(self, node: Node, deep: bool = False) -> Any:
+        if node in self.constructed_objects:  # only an alias reaches a node twice
+            self._count_alias(node)
+            return self.constructed_objects[node]
+        try:
+            return super().construct_object(node, deep)
+        except (yaml.YAMLError, RecursionError):
+            raise
+        except Exception as exc:  # an impossible date, !!int nope, !!bool maybe...
+            raise ConstructorError(None, None, _value_error(node, exc), node.start_mark) from None
+
+    def _count_alias(self, node: Node) -> None:
+        """An alias is a copy for whoever walks the result (validation, a DAG's
+        params...): what all of them add up to is capped."""
+        self._aliased += _expanded_size(node, self._sizes)
+        if self._aliased > MAX_ALIAS_NODES:
+            raise ConstructorError(
+                None,
+                None,
+                f"aliases (*name) expand to more than {MAX_ALIAS_NODES} values",
+                node.start_mark,
+            )
+
+    def construct_yaml_int(self, node: ScalarNode) -> int:
+        if len(node.value) > MAX_INT_CHARS:
+            raise ConstructorError(
+                None,
+                None,
+                f"an integer of {len(node.value)} characters (at most {MAX_INT_CHARS})",
+                node.start_mark,
+            )
+        return int(super().construct_yaml_int(node))
+
+    def construct_mapping(self, node: Node, deep: bool = False) -> dict[Any, Any]:
+        if not isinstance(node, MappingNode):
+            raise ConstructorError(
+                None, None, f"expected a mapping, found a {type(node).__name__}", node.start_mark
+            )
+        mapping: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE:
+                raise ConstructorError(
+                    None, None, "merge keys (<<) are not accepted", key_node.start_mark
+                )
+            if key_node.tag == _VALUE:  # what SafeConstructor.flatten_mapping does
+                key_node.tag = _STR
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in mapping
+            except TypeError:
+                raise ConstructorError(
+                    None, None, "a key that is a list or a mapping", key_node.start_mark
+                ) from None
+            if duplicate:
+                raise ConstructorError(None, None, _duplicate(node, key), key_node.start_mark)
+            mapping[key] = self.construct_object(value_node, deep=deep)
+        return mapping
+
+
+ManifestLoader.add_constructor("tag:yaml.org,2002:int", ManifestLoader.construct_yaml_int)
+
+
+def _expanded_size(root: Node, sizes: dict[int, int]) -> int:
+    """Values under ``root`` with every alias written out (memoised per document in
+    ``sizes``); an alias inside its own anchor has no size and is refused."""
+    stack: list[tuple[Node, bool]] = [(root, False)]
+    open_nodes: set[int] = set()
+    while stack:
+        node, done = stack.pop()
+        if id(node) in sizes:
+            continue
+        children = _children(node)
+        if done:
+            open_nodes.discard(id(node))
+            sizes[id(node)] = 1 + sum(sizes[id(c)] for c in children)
+            continue
+        if id(node) in open_nodes:
+            raise ConstructorError(None, None, "an alias inside its own anchor", node.start_mark)
+        open_nodes.add(id(node))
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in sizes)
+    return sizes[id(root)]
+
+
+def _children(node: Node) -> list[Node]:
+    if isinstance(node, MappingNode):
+        return [n for pair in node.value for n in pair]
+    return [] if isinstance(node, ScalarNode) else list(node.value)
+
+
+def _short(key: Any) -> str:
+    text = repr(key)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _duplicate(node: MappingNode, key: Any) -> str:
+    first = next((k for k, _ in node.value if k.value == str(key)), None)
+    where = f" (first at line {first.start_mark.line + 1})" if first is not None else ""
+    return f"duplicate key {_short(key)}{where}"
+
+
+def _value_error(node: Node, exc: Exception) -> str:
+    """The reason, without the value itself: it may be a Secret's."""
+    reason = str(exc)
+    if isinstance(node.value, str) and node.value:
+        reason = reason.replace(node.value, "...")
+    tag = node.tag.removeprefix("tag:yaml.org,2002:")
+    return f"invalid {tag} value ({type(exc).__name__}: {reason[:200]})"
+
+
+def _yaml_error(exc: yaml.YAMLError) -> str:
+    """The problem and its line, never a snippet of the file (it may hold a Secret)."""
+    if not isinstance(exc, yaml.MarkedYAMLError):  # a ReaderError: a character
+        return " ".join(str(exc).replace('in "<unicode string>",', "at").split())
+    parts = [p for p in (exc.context, exc.problem) if p]
+    mark = exc.problem_mark or exc.context_mark
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    return "; ".join(parts) + where
+
 
 # What each file parsed to, keyed by its content: a DagBag parse runs the factory once
 # per DAG file (stash_dags.py, stash_errors.py) and a process may parse many times, and
@@ -35,21 +204,37 @@ _CACHE: OrderedDict[str, dict[str, tuple[bytes, _Parsed]]] = OrderedDict()
 _CACHE_ROOTS = 16
 
 
-def manifest_files(root: Path) -> list[Path]:
-    if root.is_file():
-        return [root]
-    files = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        files += [Path(dirpath, f) for f in sorted(filenames) if f.endswith(SUFFIXES)]
-    return files
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        key = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise _DuplicateKey(f"duplicate key {_short(key)}")
+    return obj
+
+
+def _json_int(text: str) -> int:
+    if len(text) > MAX_INT_CHARS:
+        raise ValueError(f"an integer of {len(text)} characters (at most {MAX_INT_CHARS})")
+    return int(text)
+
+
+class _TooMany(ValueError):
+    pass
 
 
 def _documents(path: Path, text: str) -> Iterator[Any]:
     if path.suffix == ".json":
-        yield json.loads(text)
+        yield json.loads(text, object_pairs_hook=_json_object, parse_int=_json_int)
         return
-    yield from yaml.load_all(text, Loader=_Loader)  # noqa: S506 - a safe loader
+    for count, doc in enumerate(yaml.load_all(text, Loader=ManifestLoader), 1):  # noqa: S506
+        if count > MAX_OBJECTS:
+            raise _TooMany(f"more than {MAX_OBJECTS} documents; split the file")
+        yield doc
 
 
 def _expand(doc: Any) -> Iterator[Any]:
@@ -60,23 +245,144 @@ def _expand(doc: Any) -> Iterator[Any]:
         yield doc
 
 
+def _decode(path: Path, text: str) -> list[Any]:
+    """The file's objects (``kind: List`` expanded), at most MAX_OBJECTS of them."""
+    objects: list[Any] = []
+    for doc in _documents(path, text):
+        if doc is not None:
+            objects.extend(_expand(doc))
+        if len(objects) > MAX_OBJECTS:
+            raise _TooMany(f"more than {MAX_OBJECTS} objects; split the file")
+    return objects
+
+
 def _parse_file(path: Path, rel: str, data: bytes) -> _Parsed:
     """Every object of one file with its origin (``file.yaml#2``), or the file's error."""
+    fmt = path.suffix[1:].upper()
+
+    def file_error(message: str) -> ResourceError:
+        return ResourceError("file", None, rel, None, message)
+
     try:
-        text = io.TextIOWrapper(io.BytesIO(data)).read()  # exactly what Path.read_text does
-        docs = [d for d in _documents(path, text) if d is not None]
-    except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return ResourceError("file", None, rel, None, f"malformed {path.suffix[1:].upper()}: {exc}")
+        text = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8").read()
+        objects = _decode(path, text)
+    except yaml.YAMLError as exc:
+        return file_error(f"malformed YAML: {_yaml_error(exc)}")
+    except RecursionError:
+        return file_error(f"malformed {fmt}: nested too deep")
+    except _TooMany as exc:
+        return file_error(str(exc))
+    except (ValueError, UnicodeDecodeError) as exc:  # JSON's errors, a bad UTF-8 byte
+        return file_error(f"malformed {fmt}: {exc}")
     parsed: list[tuple[str, Parsed | list[ResourceError]]] = []
-    index = 0
-    for doc in docs:
-        for obj in _expand(doc):
-            index += 1
-            origin = f"{rel}#{index}" if len(docs) > 1 or index > 1 else rel
+    for index, obj in enumerate(objects, 1):
+        origin = f"{rel}#{index}" if len(objects) > 1 else rel
+        try:
             result = parse_document(obj, origin)
-            if result is not None:
-                parsed.append((origin, result))
+        except RecursionError:
+            result = [ResourceError("document", None, None, None, "nested too deep", origin)]
+        if result is not None:
+            parsed.append((origin, result))
     return tuple(parsed)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def manifest_files(root: Path) -> tuple[list[Path], list[ResourceError]]:
+    """The candidate files under ``root`` (links included, not followed), and the
+    folders that could not be listed."""
+    if not root.is_dir():
+        return [root], []
+    files: list[Path] = []
+    errors: list[ResourceError] = []
+
+    def unlisted(exc: OSError) -> None:
+        where = os.path.relpath(exc.filename, root) if exc.filename else str(root)
+        errors.append(
+            ResourceError("folder", None, where, None, f"cannot be listed: {exc.strerror}")
+        )
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unlisted):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        files += [Path(dirpath, f) for f in sorted(filenames) if f.endswith(SUFFIXES)]
+    return files, errors
+
+
+class _Unreadable(Exception):
+    """Why a file is not read; the message completes ``file <path>: ...``."""
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _kind_of(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISDIR, "a folder"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _check_target(path: Path, folder: str | None) -> os.stat_result:
+    """stat() of what ``path`` names, refusing a link that leaves ``folder`` before
+    anything out there is even looked at."""
+    try:
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            if folder is not None and not _inside(os.path.realpath(path), folder):
+                raise _Unreadable("is a symbolic link to outside the manifests folder; not read")
+            st = os.stat(path)
+    except FileNotFoundError:
+        raise _Unreadable("is a broken symbolic link") from None
+    except OSError as exc:
+        raise _Unreadable(f"cannot be read: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise _Unreadable(f"is {_kind_of(st.st_mode)}, not a regular file; not read")
+    return st
+
+
+def _opened_path(fd: int, path: Path) -> str:
+    """Where the open file really is (a link swapped after the check shows here)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return os.path.realpath(path)
+
+
+def read_manifest(path: Path, folder: str | None) -> bytes:
+    """The bytes of one regular file inside ``folder`` (its real path; None when the
+    source is that one file), at most the size limit of its format."""
+    limit = MAX_JSON_BYTES if path.suffix == ".json" else MAX_YAML_BYTES
+    too_big = f"is larger than {limit >> 20} MiB (the limit for {path.suffix} files); split it"
+    if _check_target(path, folder).st_size > limit:
+        raise _Unreadable(too_big)
+    try:
+        # O_NONBLOCK: a FIFO swapped in after the check opens at once and fails below.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _Unreadable(f"cannot be read: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _Unreadable(f"is {_kind_of(st.st_mode)}, not a regular file; not read")
+        if folder is not None and not _inside(_opened_path(fd, path), folder):
+            raise _Unreadable("is a symbolic link to outside the manifests folder; not read")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise _Unreadable(f"cannot be read: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise _Unreadable(too_big)
+    return data
 
 
 def _refuse_invalid_twins(resources: ResourceSet) -> None:
@@ -122,7 +428,11 @@ def _refuse_invalid_twins(resources: ResourceSet) -> None:
 
 
 def load_directory(root: str | Path) -> ResourceSet:
-    """Read every manifest under ``root`` into a ResourceSet (objects plus named errors)."""
+    """Read every manifest under ``root`` into a ResourceSet (objects plus named errors).
+
+    The one loader of manifests: DAG parsing, ``stash validate`` and tasks reading
+    Secrets at run time all come through here.
+    """
     root = Path(root)
     resources = ResourceSet()
     if not root.exists():
@@ -130,11 +440,20 @@ def load_directory(root: str | Path) -> ResourceSet:
             ResourceError("manifests", None, str(root), None, "folder does not exist")
         )
         return resources
+    # The folder as configured may be a link (trusted: the operator set it); what is
+    # inside must stay inside its real path. A single-file source is that file.
+    folder = os.path.realpath(root) if root.is_dir() else None
+    files, listing_errors = manifest_files(root)
+    resources.errors.extend(listing_errors)
     cached = _CACHE.pop(str(root), {})
     seen: dict[str, tuple[bytes, _Parsed]] = {}
-    for path in manifest_files(root):
+    for path in files:
         rel = str(path.relative_to(root)) if path != root else path.name
-        data = path.read_bytes()
+        try:
+            data = read_manifest(path, folder)
+        except _Unreadable as exc:
+            resources.errors.append(ResourceError("file", None, rel, None, str(exc)))
+            continue
         digest = hashlib.blake2b(data, digest_size=20).digest()
         entry = cached.get(rel)
         if entry is None or entry[0] != digest:

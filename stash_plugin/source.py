@@ -356,6 +356,14 @@ def _opened_path(fd: int, path: Path) -> str:
         return os.path.realpath(path)
 
 
+def _read_fd(fd: int, most: int) -> bytes:
+    chunks = []
+    while most > 0 and (chunk := os.read(fd, min(most, 1 << 20))):
+        chunks.append(chunk)
+        most -= len(chunk)
+    return b"".join(chunks)
+
+
 def read_manifest(path: Path, folder: str | None) -> bytes:
     """The bytes of one regular file inside ``folder`` (its real path; None when the
     source is that one file), at most the size limit of its format."""
@@ -374,8 +382,7 @@ def read_manifest(path: Path, folder: str | None) -> bytes:
             raise _Unreadable(f"is {_kind_of(st.st_mode)}, not a regular file; not read")
         if folder is not None and not _inside(_opened_path(fd, path), folder):
             raise _Unreadable("is a symbolic link to outside the manifests folder; not read")
-        with os.fdopen(os.dup(fd), "rb") as f:
-            data = f.read(limit + 1)
+        data = _read_fd(fd, limit + 1)
     except OSError as exc:
         raise _Unreadable(f"cannot be read: {exc.strerror}") from None
     finally:

@@ -132,8 +132,13 @@ class ManifestLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ig
             mapping[key] = self.construct_object(value_node, deep=deep)
         return mapping
 
+    def construct_undefined(self, node: Node) -> Any:
+        tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+        raise ConstructorError(None, None, f"tag {tag} is not accepted", node.start_mark)
+
 
 ManifestLoader.add_constructor("tag:yaml.org,2002:int", ManifestLoader.construct_yaml_int)
+ManifestLoader.add_constructor(None, ManifestLoader.construct_undefined)
 
 
 def _expanded_size(root: Node, sizes: dict[int, int]) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from pathlib import Path
 
 import yaml
@@ -156,3 +157,75 @@ def test_single_file_source(tmp_path: Path) -> None:
     folder = write_manifests(tmp_path, [repository_doc("repo", "demo", GCS)], "only.yml")
     rs = load_directory(folder / "only.yml")
     assert rs.errors == [] and set(rs.repositories) == {("demo", "repo")}
+
+
+# --------------------------------------------------------------------------- hostile input
+# Whole hostile folders (every class, through validate, DagBag and a run) are in
+# tests/hostile/test_files.py; these pin the loader's finer points.
+
+
+def test_aliases_of_pyyaml_dumps_load_but_an_alias_bomb_is_named(tmp_path: Path) -> None:
+    write_manifests(tmp_path, [deployment_doc("app", "demo", tmp_path / "data")], "good.yaml")
+    assert "*id001" in (tmp_path / "good.yaml").read_text()  # the labels, shared
+
+    def aliases(levels: str) -> str:  # each level: ten aliases of the one above
+        pairs = zip(levels, levels[1:], strict=False)
+        lines = "".join(f"{b}: &{b} [{', '.join([f'*{a}'] * 10)}]\n" for a, b in pairs)
+        return "a: &a [" + ", ".join(["x"] * 10) + "]\n" + lines
+
+    (tmp_path / "fine.yaml").write_text(aliases("abc"))  # 110 + 1,110 values
+    (tmp_path / "bomb.yaml").write_text(aliases("abcd"))  # ... + 11,110 values
+    rs = load_directory(tmp_path)
+    assert set(rs.workloads) == {("Deployment", "demo", "app")}
+    messages = [str(e) for e in rs.errors if "bomb.yaml" in str(e) or "fine.yaml" in str(e)]
+    assert any(m.startswith("file bomb.yaml: malformed YAML: aliases") for m in messages)
+    assert not any(m.startswith("file fine.yaml") for m in messages)
+
+
+def test_duplicate_key_names_the_key_and_both_lines(tmp_path: Path) -> None:
+    (tmp_path / "dup.yaml").write_text(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: s\n  name: t\n"
+    )
+    (err,) = load_directory(tmp_path).errors
+    assert str(err) == (
+        "file dup.yaml: malformed YAML: duplicate key 'name' (first at line 4) at line 5, column 3"
+    )
+
+
+def test_a_value_that_cannot_be_built_is_named_without_the_value(tmp_path: Path) -> None:
+    (tmp_path / "s.yaml").write_text(
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\n"
+        f"stringData: {{RESTIC_PASSWORD: !!float {PASSWORD}}}\n"
+    )
+    (err,) = load_directory(tmp_path).errors
+    assert str(err).startswith("file s.yaml: malformed YAML: invalid float value")
+    assert "line 4" in str(err) and PASSWORD not in str(err)
+
+
+def test_links_inside_the_folder_are_followed(tmp_path: Path) -> None:
+    """A ConfigMap mounted as the folder: each file links into a hidden ``..data``."""
+    folder = tmp_path / "mounted"
+    write_manifests(folder / "..data", [repository_doc("repo", "demo", GCS)], "repo.yaml")
+    os.symlink("..data/repo.yaml", folder / "repo.yaml")
+    os.symlink(folder, tmp_path / "link-to-folder")
+    for root in (folder, tmp_path / "link-to-folder"):
+        rs = load_directory(root)
+        assert rs.errors == [] and set(rs.repositories) == {("demo", "repo")}
+
+
+def test_a_fifo_as_the_source_is_named_not_opened(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "snapshot.json")
+    (err,) = load_directory(tmp_path / "snapshot.json").errors
+    assert str(err) == "file snapshot.json: is a FIFO, not a regular file; not read"
+
+
+def test_a_file_at_the_size_limit_is_read(tmp_path: Path) -> None:
+    from stash_plugin.source import MAX_YAML_BYTES
+
+    text = yaml.safe_dump(repository_doc("repo", "demo", GCS))
+    padded = text + "#" * (MAX_YAML_BYTES - len(text) - 1) + "\n"
+    (tmp_path / "repo.yaml").write_text(padded)
+    assert set(load_directory(tmp_path).repositories) == {("demo", "repo")}
+    (tmp_path / "repo.yaml").write_text(padded + "\n")
+    (err,) = load_directory(tmp_path).errors
+    assert "is larger than 1 MiB" in str(err)

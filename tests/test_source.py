@@ -165,8 +165,11 @@ def test_single_file_source(tmp_path: Path) -> None:
 
 
 def test_aliases_of_pyyaml_dumps_load_but_an_alias_bomb_is_named(tmp_path: Path) -> None:
-    write_manifests(tmp_path, [deployment_doc("app", "demo", tmp_path / "data")], "good.yaml")
-    assert "*id001" in (tmp_path / "good.yaml").read_text()  # the labels, shared
+    doc = deployment_doc("app", "demo", tmp_path / "data")
+    shared = doc["metadata"]["labels"]  # PyYAML writes a value shared in memory as an alias
+    doc["spec"]["selector"]["matchLabels"] = doc["spec"]["template"]["metadata"]["labels"] = shared
+    write_manifests(tmp_path, [doc], "good.yaml")
+    assert "*id001" in (tmp_path / "good.yaml").read_text()
 
     def aliases(levels: str) -> str:  # each level: ten aliases of the one above
         pairs = zip(levels, levels[1:], strict=False)

@@ -51,7 +51,7 @@ Expected = dict[str, str]  # hostile file -> what its error must say
 
 
 def good_docs(root: Path) -> list[dict[str, Any]]:
-    """Written by PyYAML, whose dumps share the labels through an alias: one that must load."""
+    """The good objects every hostile folder sits next to: two DAGs that must stay."""
     repo = {"local": {"mountPath": "/repo", "hostPath": {"path": str(root / "backend")}}}
     return [
         secret_doc("repo-secret", NS, RESTIC_PASSWORD=PASSWORD),

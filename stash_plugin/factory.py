@@ -7,12 +7,18 @@ that parses for one task (``get_parsing_context().dag_id``) builds only that DAG
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import gc
+import hashlib
+import importlib.metadata
+import json
 import logging
-from dataclasses import dataclass
+import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from airflow import __version__ as airflow_version
 from airflow.sdk import DAG, DeltaTriggerTimetable, Param, get_parsing_context
 
 from stash_plugin.api.errors import ResourceError
@@ -219,24 +225,49 @@ def _build(plans: PlanSet, settings: Settings, wanted: str | None) -> dict[str, 
     return dags
 
 
-@dataclass(frozen=True)
-class _Refusals:
-    """What Airflow refused in the last full build of this process, and from what."""
-
-    settings: Settings
-    backups: dict[str, BackupPlan]
-    recoveries: dict[str, RecoveryPlan]
-    errors: tuple[ResourceError, ...]
-
-    def answers(self, settings: Settings, plans: PlanSet) -> bool:
-        return (
-            self.settings == settings
-            and self.backups == plans.backups
-            and self.recoveries == plans.recoveries
-        )
+REFUSALS_FILE = "dag-refusals.json"
 
 
-_last_refusals: list[_Refusals] = []
+def _refusals_key(settings: Settings, plans: PlanSet) -> str:
+    """Everything a DAG build depends on: plans, settings, Airflow and Stash versions
+    (about 30 ms for 1,000 targets)."""
+    text = repr((_versions(), settings, plans.backups, plans.recoveries))
+    return hashlib.blake2b(text.encode(), digest_size=20).hexdigest()
+
+
+@functools.cache
+def _versions() -> tuple[str, str]:
+    try:
+        stash = importlib.metadata.version("stash-airflow")
+    except importlib.metadata.PackageNotFoundError:
+        stash = "unknown"
+    return airflow_version, stash
+
+
+def _read_refusals(settings: Settings, key: str) -> list[ResourceError] | None:
+    """The refusals recorded by the last build of exactly these plans, if any."""
+    try:
+        record = json.loads((settings.state_dir / REFUSALS_FILE).read_text())
+        if record["key"] != key:
+            return None
+        return [ResourceError(**e) for e in record["errors"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_refusals(settings: Settings, key: str, errors: list[ResourceError]) -> None:
+    """Best effort: without the record, stash_errors.py builds the DAGs itself."""
+    path = settings.state_dir / REFUSALS_FILE
+    text = json.dumps({"key": key, "errors": [dataclasses.asdict(e) for e in errors]})
+    try:
+        if path.exists() and path.read_text() == text:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.debug("Stash: cannot record DAG refusals in %s: %s", path, exc)
 
 
 def build_dags(settings: Settings | None = None) -> tuple[dict[str, DAG], list[ResourceError]]:
@@ -255,8 +286,7 @@ def build_dags(settings: Settings | None = None) -> tuple[dict[str, DAG], list[R
         if gc_was_enabled:
             gc.enable()
     if not wanted:
-        refused = tuple(plans.errors[planned:])
-        _last_refusals[:] = [_Refusals(settings, plans.backups, plans.recoveries, refused)]
+        _write_refusals(settings, _refusals_key(settings, plans), plans.errors[planned:])
     for error in plans.errors:
         log.warning("Stash: %s", error)
     return dags, plans.errors
@@ -275,11 +305,11 @@ def raise_resource_errors(settings: Settings | None = None) -> None:
     """Surface every resource error in the Airflow UI (the DAG import errors list)
     without touching the good DAGs, which another file builds.
 
-    That includes the DAGs Airflow refuses, which only building them shows. When this
-    process has just built the same plans (a DagBag parsing the whole folder) their
-    refusals are reused; otherwise (the DAG processor parses each file in its own
-    process) the DAGs are built here too and dropped: about 0.6 s more per 1,000
-    targets, for a refusal that must never go unreported.
+    That includes the DAGs Airflow refuses, which only building them shows. The DAG
+    processor parses each file in its own process: ``stash_dags.py`` records what it
+    refused (in ``state_dir``, keyed by everything the build depends on) and this file
+    reuses that record; without a matching one it builds the DAGs itself and drops
+    them (about 0.6 s more per 1,000 targets), so a refusal is never unreported.
     """
     if get_parsing_context().dag_id:
         return
@@ -288,11 +318,14 @@ def raise_resource_errors(settings: Settings | None = None) -> None:
     gc.disable()  # as in build_dags: many long-lived objects, almost no garbage
     try:
         plans = load_plans(settings)
-        last = _last_refusals[0] if _last_refusals else None
-        if last is not None and last.answers(settings, plans):
-            plans.errors.extend(last.errors)
-        else:
+        key = _refusals_key(settings, plans)
+        refused = _read_refusals(settings, key)
+        if refused is None:
+            planned = len(plans.errors)
             _build(plans, settings, None)
+            _write_refusals(settings, key, plans.errors[planned:])
+        else:
+            plans.errors.extend(refused)
     finally:
         if gc_was_enabled:
             gc.enable()

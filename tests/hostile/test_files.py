@@ -422,19 +422,19 @@ def test_refusal_is_an_import_error_naming_the_restic(refused: Path) -> None:
 
 def test_refusal_is_found_by_stash_errors_parsed_alone(refused: Path) -> None:
     """The DAG processor parses each file in its own process: nothing to reuse there."""
-    from stash_plugin import factory
+    from stash_plugin.factory import REFUSALS_FILE
 
-    factory._last_refusals.clear()
+    record = refused.parent / "state" / REFUSALS_FILE
+    assert not record.exists()  # no stash_dags.py parse recorded its refusals yet
     bag = dagbag(DAGS_FOLDER / "stash_errors.py")
     assert bag.dags == {}  # the DAGs it built to find refusals are not exported
     assert f"Restic {NS}/{LONG}: Airflow refused DAG" in import_errors(bag)["stash_errors.py"]
+    assert LONG in record.read_text()  # the next parse reuses it instead of building
 
 
 def test_stash_errors_alone_exports_nothing_when_all_is_well(
     stash_env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from stash_plugin import factory
-
     monkeypatch.delenv(PARSING_DAG_ID, raising=False)
     root = stash_env["root"]
     repo = {"local": {"mountPath": "/repo", "hostPath": {"path": str(root / "repo")}}}
@@ -447,7 +447,6 @@ def test_stash_errors_alone_exports_nothing_when_all_is_well(
             restic_doc("good", NS, "repo", "app"),
         ],
     )
-    factory._last_refusals.clear()
     bag = dagbag(DAGS_FOLDER / "stash_errors.py")
     assert bag.import_errors == {} and bag.dags == {}
     bag = dagbag(DAGS_FOLDER)

@@ -231,8 +231,11 @@ REFUSALS_FILE = "dag-refusals.json"
 def _refusals_key(settings: Settings, plans: PlanSet) -> str:
     """Everything a DAG build depends on: plans, settings, Airflow and Stash versions
     (about 30 ms for 1,000 targets)."""
-    text = repr((_versions(), settings, plans.backups, plans.recoveries))
-    return hashlib.blake2b(text.encode(), digest_size=20).hexdigest()
+    digest = hashlib.blake2b(repr((_versions(), settings)).encode(), digest_size=20)
+    for table in (plans.backups, plans.recoveries):
+        for item in table.items():  # one at a time: a single repr is megabytes
+            digest.update(repr(item).encode())
+    return digest.hexdigest()
 
 
 @functools.cache

@@ -37,6 +37,7 @@ from stash_plugin.protocol import (
     ENV_AGENT_POD_PREFIX,
     ENV_DEAD_LOCK_BEFORE,
     ENV_LIVE_AGENT_PODS,
+    ENV_LOCK_WAIT,
     ENV_PASSWORD,
     ENV_REPOSITORY,
     ENV_RESTIC_BINARY,
@@ -662,7 +663,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_p = sub.add_parser("run", help="run restic commands, each after a '--'")
     run_p.add_argument("--init", action="store_true", help="create the repository if missing")
     run_p.add_argument("--unlock", action="store_true", help="clear stale locks first")
-    run_p.add_argument("--lock-wait", type=float, default=600.0)
+    run_p.add_argument(
+        "--lock-wait",
+        type=float,
+        default=os.environ.get(ENV_LOCK_WAIT) or "600",  # argparse applies ``type``
+        help="seconds to wait for a live lock (default: $STASH_LOCK_WAIT, else 600)",
+    )
     res_p = sub.add_parser("restore", help="restore a snapshot into target folders")
     res_p.add_argument("--snapshot", default="latest")
     res_p.add_argument("--mount-path", action="append", default=[])

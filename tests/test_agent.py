@@ -128,8 +128,7 @@ def test_clears_a_stale_lock_and_waits_for_a_live_one(repo: dict[str, str], tmp_
 def _hold_lock_as(env: dict[str, str], host: str) -> subprocess.Popen[bytes]:
     """A restic run holding a lock under ``host``, as a process in a pod of that name
     (its own UTS namespace: restic writes ``os.Hostname()`` into the lock)."""
-    locks = Path(env["RESTIC_REPOSITORY"], "locks")
-    before = set(locks.iterdir())
+    before = _lock_hosts(env)
     script = 'printf %s "$0" > /proc/sys/kernel/hostname && exec restic "$@"'
     proc = subprocess.Popen(
         ["unshare", "--uts", "sh", "-c", script, host, "backup", "--stdin", "--host=holder"],
@@ -139,11 +138,15 @@ def _hold_lock_as(env: dict[str, str], host: str) -> subprocess.Popen[bytes]:
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 30
-    while not set(locks.iterdir()) - before:
+    while True:  # a lock restic can read (its file is written to a temp name first)
+        try:
+            if _lock_hosts(env) == sorted([*before, host]):
+                return proc
+        except subprocess.CalledProcessError:
+            pass
         assert proc.poll() is None, "restic in a UTS namespace failed (needs root)"
         assert time.monotonic() < deadline, "restic never took its lock"
         time.sleep(0.1)
-    return proc
 
 
 def _killed(proc: subprocess.Popen[bytes]) -> None:
@@ -154,6 +157,8 @@ def _killed(proc: subprocess.Popen[bytes]) -> None:
 def _lock_hosts(env: dict[str, str]) -> list[str]:
     hosts = []
     for lock in Path(env["RESTIC_REPOSITORY"], "locks").iterdir():
+        if "-tmp-" in lock.name:  # being written
+            continue
         shown = subprocess.run(
             ["restic", "cat", "lock", lock.name, "--no-lock"],
             env={**os.environ, **env},
@@ -174,7 +179,7 @@ def test_removes_locks_of_deleted_agent_pods_never_of_live_ones(
     data.mkdir()
     (data / "f").write_text("x")
     assert agent(repo, "run", "--init", *backup_args(data)).returncode == 0
-    forget = ["--", "restic", "forget", "--json", "--keep-last=1", "--prune"]
+    forget = ["--", "/data", "restic", "forget", "--json", "--keep-last=1", "--prune"]
 
     def pods(live: str, before: float | None = None) -> dict[str, str]:
         return {

@@ -27,12 +27,17 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from stash_plugin.credentials import credential_files, tls_problem
 from stash_plugin.protocol import (
+    ENV_AGENT_POD_PREFIX,
+    ENV_DEAD_LOCK_BEFORE,
+    ENV_LIVE_AGENT_PODS,
+    ENV_LOCK_WAIT,
     ENV_PASSWORD,
     ENV_REPOSITORY,
     ENV_RESTIC_BINARY,
@@ -115,13 +120,14 @@ def _run_restic(argv: list[str]) -> subprocess.CompletedProcess[str]:
 
 
 def restic(
-    args: Sequence[str], *, lock_wait: float = 0.0, echo: bool = True
+    args: Sequence[str], *, lock_wait: float = 0.0, echo: bool = True, clear_dead: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    """Run one restic command, waiting (with backoff) while another run holds the lock."""
+    """Run one restic command, waiting (with backoff) while another run holds the lock;
+    locks of deleted agent pods are removed first (``clear_dead_locks``)."""
     rest = args[1:] if args and args[0] == "restic" else args
     argv = [_restic(), *RESTIC_OPTIONS, *rest]
     deadline = time.monotonic() + lock_wait
-    delay = 2.0
+    delay, clears = 2.0, 0
     while True:
         proc = _run_restic(argv)
         if proc.stderr and echo:
@@ -129,7 +135,12 @@ def restic(
             sys.stderr.flush()
         if proc.returncode != 0 and (problem := tls_problem(proc.stderr, bool(RESTIC_OPTIONS))):
             raise AgentError(problem)
-        if proc.returncode == 0 or LOCKED not in proc.stderr or time.monotonic() >= deadline:
+        if proc.returncode == 0 or LOCKED not in proc.stderr:
+            return proc
+        if clear_dead and clears < 3 and clear_dead_locks():
+            clears += 1
+            continue
+        if time.monotonic() >= deadline:
             return proc
         log(f"repository is locked by another run; waiting {delay:.0f}s")
         time.sleep(delay)
@@ -160,6 +171,84 @@ def unlock_stale() -> None:
     proc = restic(["restic", "unlock"])
     if proc.returncode != 0:
         log(f"could not clear stale locks (restic exit {proc.returncode}); continuing")
+
+
+def _lock_ids() -> list[str] | None:
+    proc = restic(["restic", "list", "locks", "--no-lock"], echo=False, clear_dead=False)
+    return sorted(proc.stdout.split()) if proc.returncode == 0 else None
+
+
+def _lock_time(lock: dict[str, Any]) -> float | None:
+    """restic writes Go's RFC 3339 with nanoseconds; Python wants at most microseconds."""
+    text = str(lock.get("time", ""))
+    head, dot, rest = text.partition(".")
+    if dot:
+        digits = len(rest) - len(rest.lstrip("0123456789"))
+        text = f"{head}.{rest[: min(digits, 6)]}{rest[digits:]}"
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _dead_lock_rule() -> tuple[frozenset[str], str, float] | None:
+    """The live agent pods, their name prefix and the listing instant, from the operator."""
+    live, prefix = os.environ.get(ENV_LIVE_AGENT_PODS), os.environ.get(ENV_AGENT_POD_PREFIX)
+    try:
+        before = float(os.environ.get(ENV_DEAD_LOCK_BEFORE, ""))
+    except ValueError:
+        return None
+    if live is None or not prefix:
+        return None
+    return frozenset(n for n in live.split(",") if n), prefix, before
+
+
+def _is_dead(lock: dict[str, Any], live: frozenset[str], prefix: str, before: float) -> bool:
+    host, created = str(lock.get("hostname", "")), _lock_time(lock)
+    return host.startswith(prefix) and host not in live and created is not None and created < before
+
+
+def clear_dead_locks() -> bool:
+    """Remove the locks of agent pods that no longer exist; True if any were removed.
+
+    In a pod the lock's host name is the pod's name, which no process will ever have
+    again once the pod is gone, so restic would honour such a lock for 30 minutes. The
+    operator lists the agent pods that exist just before it creates this one
+    (``STASH_LIVE_AGENT_PODS``, names starting with ``STASH_AGENT_POD_PREFIX``). A lock
+    is dead when its host name has the prefix, is not a listed pod, and the lock is
+    older than the listing (``STASH_DEAD_LOCK_BEFORE``, the listing time less the
+    allowed clock skew: a pod created after the listing is not in it). Locks of any
+    other host are left to restic's own rule. restic 0.14 cannot remove one lock, so
+    locks are removed (``unlock --remove-all``) only when every lock is dead and the
+    set of locks did not change while they were read; one live lock: remove nothing.
+    """
+    rule = _dead_lock_rule()
+    ids = _lock_ids() if rule is not None else None
+    if rule is None or not ids:
+        return False
+    locks = []
+    for lock_id in ids:
+        proc = restic(["restic", "cat", "lock", lock_id, "--no-lock"], echo=False, clear_dead=False)
+        if proc.returncode != 0:
+            return False  # gone meanwhile, or unreadable: decide again on the next try
+        try:
+            locks.append(json.loads(proc.stdout))
+        except json.JSONDecodeError:
+            return False
+    live = [lk for lk in locks if not _is_dead(lk, *rule)]
+    if live:
+        holders = ", ".join(sorted({str(lk.get("hostname")) for lk in live}))
+        log(f"the repository lock is held by a live run ({holders}); not removing it")
+        return False
+    if _lock_ids() != ids:
+        return False
+    proc = restic(["restic", "unlock", "--remove-all"], echo=False, clear_dead=False)
+    if proc.returncode != 0:
+        log(f"could not remove the locks of deleted agent pods (restic exit {proc.returncode})")
+        return False
+    hosts = ", ".join(sorted({str(lk.get("hostname")) for lk in locks}))
+    log(f"removed {len(locks)} lock(s) left by agent pods that no longer exist: {hosts}")
+    return True
 
 
 def _json_lines(text: str) -> list[Any]:
@@ -574,7 +663,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_p = sub.add_parser("run", help="run restic commands, each after a '--'")
     run_p.add_argument("--init", action="store_true", help="create the repository if missing")
     run_p.add_argument("--unlock", action="store_true", help="clear stale locks first")
-    run_p.add_argument("--lock-wait", type=float, default=600.0)
+    run_p.add_argument(
+        "--lock-wait",
+        type=float,
+        default=os.environ.get(ENV_LOCK_WAIT) or "600",  # argparse applies ``type``
+        help="seconds to wait for a live lock (default: $STASH_LOCK_WAIT, else 600)",
+    )
     res_p = sub.add_parser("restore", help="restore a snapshot into target folders")
     res_p.add_argument("--snapshot", default="latest")
     res_p.add_argument("--mount-path", action="append", default=[])

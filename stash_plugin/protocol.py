@@ -23,6 +23,16 @@ ENV_TERMINATION_MESSAGE = "STASH_TERMINATION_MESSAGE_PATH"
 """Pods: the container's termination message file; the operator reads it back."""
 ENV_RESTIC_BINARY = "STASH_RESTIC_BINARY"
 """Which restic to run (default ``restic`` on PATH)."""
+ENV_LOCK_WAIT = "STASH_LOCK_WAIT"
+"""Seconds to wait for a live repository lock when ``--lock-wait`` is not given."""
+ENV_LIVE_AGENT_PODS = "STASH_LIVE_AGENT_PODS"
+"""Pods: host names of the agent pods that existed just before this one was created,
+comma-separated (``stash_plugin.agent.clear_dead_locks``)."""
+ENV_AGENT_POD_PREFIX = "STASH_AGENT_POD_PREFIX"
+"""Pods: how agent pod names (so their lock host names) start."""
+ENV_DEAD_LOCK_BEFORE = "STASH_DEAD_LOCK_BEFORE"
+"""Pods: the listing time less the allowed clock skew (Unix seconds); only a lock older
+than this can be judged by the listing."""
 
 AGENT = "stash-agent"
 """The agent program, first item of every default step's argv."""

@@ -65,6 +65,10 @@ class Settings:
     """Seconds each kind of task may run (``[stash] <kind>_timeout``) before it is
     stopped and the run fails: nothing waits forever."""
 
+    lock_clock_skew: float = 60.0
+    """Seconds agent pod clocks may be off from the worker's: a lock of a deleted agent
+    pod is removed only if it is older than the pod listing by at least this much."""
+
     def timeout(self, kind: str) -> timedelta:
         return timedelta(seconds=self.timeouts.get(kind, DEFAULT_TIMEOUTS[kind]))
 
@@ -97,4 +101,5 @@ def load_settings() -> Settings:
             kind: _seconds(f"{kind}_timeout", _get(f"{kind}_timeout", str(default)))
             for kind, default in DEFAULT_TIMEOUTS.items()
         },
+        lock_clock_skew=_seconds("lock_clock_skew", _get("lock_clock_skew", "60")),
     )

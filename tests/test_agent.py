@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -122,6 +123,126 @@ def test_clears_a_stale_lock_and_waits_for_a_live_one(repo: dict[str, str], tmp_
     out, err = waiting.communicate(timeout=90)
     assert waiting.returncode == 0, err
     assert "locked by another run; waiting" in err
+
+
+def _hold_lock_as(env: dict[str, str], host: str) -> subprocess.Popen[bytes]:
+    """A restic run holding a lock under ``host``, as a process in a pod of that name
+    (its own UTS namespace: restic writes ``os.Hostname()`` into the lock)."""
+    before = _lock_hosts(env)
+    script = 'printf %s "$0" > /proc/sys/kernel/hostname && exec restic "$@"'
+    proc = subprocess.Popen(
+        ["unshare", "--uts", "sh", "-c", script, host, "backup", "--stdin", "--host=holder"],
+        env={**os.environ, **env},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while True:  # a lock restic can read (its file is written to a temp name first)
+        try:
+            if _lock_hosts(env) == sorted([*before, host]):
+                return proc
+        except subprocess.CalledProcessError:
+            pass
+        assert proc.poll() is None, "restic in a UTS namespace failed (needs root)"
+        assert time.monotonic() < deadline, "restic never took its lock"
+        time.sleep(0.1)
+
+
+def _killed(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def _lock_hosts(env: dict[str, str]) -> list[str]:
+    hosts = []
+    for lock in Path(env["RESTIC_REPOSITORY"], "locks").iterdir():
+        if "-tmp-" in lock.name:  # being written
+            continue
+        shown = subprocess.run(
+            ["restic", "cat", "lock", lock.name, "--no-lock"],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        hosts.append(json.loads(shown.stdout)["hostname"])
+    return sorted(hosts)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root")
+def test_removes_locks_of_deleted_agent_pods_never_of_live_ones(
+    repo: dict[str, str], tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "f").write_text("x")
+    assert agent(repo, "run", "--init", *backup_args(data)).returncode == 0
+    forget = ["--", "/data", "restic", "forget", "--json", "--keep-last=1", "--prune"]
+
+    def pods(live: str, before: float | None = None) -> dict[str, str]:
+        return {
+            **repo,
+            "STASH_LIVE_AGENT_PODS": live,
+            "STASH_AGENT_POD_PREFIX": "stash-",
+            "STASH_DEAD_LOCK_BEFORE": str(time.time() if before is None else before),
+        }
+
+    # The pod of a killed run is gone: its lock goes at once (restic would keep it 30 min).
+    _killed(_hold_lock_as(repo, "stash-backup-dead0001"))
+    live = _hold_lock_as(repo, "stash-backup-live0001")
+    assert _lock_hosts(repo) == ["stash-backup-dead0001", "stash-backup-live0001"]
+
+    # ... but not while a listed pod holds a lock: nothing is removed, the run gives up.
+    blocked = agent(pods("stash-backup-live0001,stash-verify-x"), "run", "--lock-wait=0", *forget)
+    assert blocked.returncode == 1 and "held by a live run (stash-backup-live0001" in blocked.stderr
+    assert _lock_hosts(repo) == ["stash-backup-dead0001", "stash-backup-live0001"]
+    assert live.poll() is None
+    assert live.stdin is not None
+    live.stdin.write(b"late data")
+    live.stdin.close()
+    assert live.wait(timeout=30) == 0
+
+    cleared = agent(pods("stash-backup-live0001"), "run", "--lock-wait=0", *forget)
+    assert cleared.returncode == 0, cleared.stderr
+    assert "removed 1 lock(s) left by agent pods that no longer exist: stash-backup-dead0001" in (
+        cleared.stderr
+    )
+    assert _lock_hosts(repo) == []
+
+    # A lock newer than the pod listing may be a pod the listing missed; one of a host
+    # that is no agent pod (a workstation) is left to restic's own rule. Both stay.
+    _killed(_hold_lock_as(repo, "stash-backup-new0001"))
+    listed_earlier = agent(pods("", time.time() - 60), "run", "--lock-wait=0", *forget)
+    assert listed_earlier.returncode == 1
+    _killed(_hold_lock_as(repo, "workstation"))
+    kept = agent(pods(""), "run", "--unlock", "--lock-wait=0", *forget)
+    assert kept.returncode == 1 and "held by a live run (workstation)" in kept.stderr
+    assert _lock_hosts(repo) == ["stash-backup-new0001", "workstation"]
+
+    # Without the operator's list (the local runtime) nothing but restic's rule applies.
+    _killed(_hold_lock_as(repo, "stash-backup-dead0002"))
+    alone = agent(repo, "run", "--lock-wait=0", *forget)
+    assert alone.returncode == 1 and "held by a live run" not in alone.stderr
+    assert len(_lock_hosts(repo)) == 3
+
+
+@pytest.mark.parametrize(
+    ("written", "expected"),
+    [
+        ("2026-11-25T10:26:39.449655317Z", 1795602399.449655),
+        ("2026-11-25T11:26:39.4+01:00", 1795602399.4),
+        ("2026-11-25T10:26:39Z", 1795602399.0),
+        ("yesterday", None),
+    ],
+)
+def test_lock_time_reads_what_restic_writes(written: str, expected: float | None) -> None:
+    from stash_plugin.agent import _lock_time
+
+    assert _lock_time({"time": written}) == (
+        pytest.approx(expected) if expected is not None else None
+    )
 
 
 def _free_port() -> int:

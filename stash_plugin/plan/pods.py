@@ -16,6 +16,9 @@ from .model import Step
 CONTAINER = "base"  # the name KubernetesPodOperator follows for logs and exit codes
 TERMINATION_LOG = "/dev/termination-log"
 GROUP_LABEL = GROUP
+#: Agent pod names (and so host names in restic locks) start with this: a lock of such
+#: a host whose pod is gone may be removed (``stash_plugin.agent.clear_dead_locks``).
+AGENT_POD_PREFIX = "stash-"
 
 
 def label_value(value: str) -> str:

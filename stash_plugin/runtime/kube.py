@@ -14,11 +14,15 @@ from typing import Any
 from .. import GROUP, VERSION
 from ..api.resources import BackupRepo, RecoveryStatus, RepositoryStatus
 from ..plan.model import TargetRef
+from ..protocol import ENV_AGENT_POD_PREFIX, ENV_DEAD_LOCK_BEFORE, ENV_LIVE_AGENT_PODS
 from .outcomes import BackupOutcome, record_in
 
 log = logging.getLogger(__name__)
 
 SCALABLE = {"Deployment": "deployment", "StatefulSet": "stateful_set", "ReplicaSet": "replica_set"}
+#: Every agent pod carries one of these labels (``plan.pods``): backup steps, recoveries.
+AGENT_LABELS = (f"{GROUP}/restic", f"{GROUP}/recovery")
+FINISHED = ("Succeeded", "Failed")  # restartPolicy Never: no container runs any more
 
 
 def hook(conn_id: str = "kubernetes_default") -> Any:
@@ -139,3 +143,41 @@ def workloads(conn_id: str | None = None) -> Workloads:
 
     api = hook(conn_id or load_settings().kubernetes_conn_id).api_client
     return Workloads(client.AppsV1Api(api), client.CoreV1Api(api))
+
+
+def pod_hostname(pod: Any) -> str:
+    """The host name a pod's processes see, which restic writes into its locks."""
+    spec_hostname = getattr(pod.spec, "hostname", None) if pod.spec else None
+    return str(spec_hostname or pod.metadata.name[:63].rstrip("-."))
+
+
+def live_agent_hosts(core_api: Any) -> list[str]:
+    """Host names of the agent pods, in every namespace, whose containers may still run.
+
+    Every namespace, because a repository can be shared by Repositories of several
+    namespaces and a host name does not say which namespace its pod was in. A pod
+    whose phase is Unknown (its node is unreachable) counts as live: its process may be.
+    """
+    hosts: set[str] = set()
+    for label in AGENT_LABELS:
+        for pod in core_api.list_pod_for_all_namespaces(label_selector=label).items:
+            if (pod.status.phase if pod.status else None) not in FINISHED:
+                hosts.add(pod_hostname(pod))
+    return sorted(hosts)
+
+
+def dead_lock_env(core_api: Any, prefix: str, clock_skew: float) -> dict[str, str]:
+    """What the agent needs to remove the locks of agent pods that no longer exist
+    (``stash_plugin.agent.clear_dead_locks``); nothing when the pods cannot be listed,
+    and then the agent leaves such locks to restic (stale after 30 minutes)."""
+    listed_at = time.time()
+    try:
+        hosts = live_agent_hosts(core_api)
+    except Exception as exc:  # noqa: BLE001 - a step must not fail for want of this list
+        log.warning("cannot list agent pods (%s); locks of deleted pods stay until stale", exc)
+        return {}
+    return {
+        ENV_LIVE_AGENT_PODS: ",".join(hosts),
+        ENV_AGENT_POD_PREFIX: prefix,
+        ENV_DEAD_LOCK_BEFORE: f"{listed_at - clock_skew:.3f}",
+    }

@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..plan.model import Step
-from ..plan.pods import CONTAINER, pod_manifest
+from ..plan.pods import AGENT_POD_PREFIX, CONTAINER, pod_manifest
 from ..protocol import parse_error
 from ..settings import Settings
 from .errors import StepFailed
@@ -51,15 +51,31 @@ def colocated(step: Step, settings: Settings) -> Step:
     return step
 
 
+def with_lock_env(manifest: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """Tell the agent which agent pods exist, listed right before its pod is created, so
+    that it can remove the locks of deleted ones. Set last: the pod's own ``env`` from
+    runtimeSettings cannot override them."""
+    from kubernetes import client
+
+    from .kube import dead_lock_env, hook
+
+    core = client.CoreV1Api(hook(settings.kubernetes_conn_id).api_client)
+    env = dead_lock_env(core, AGENT_POD_PREFIX, settings.lock_clock_skew)
+    container = manifest["spec"]["containers"][0]
+    container["env"] = [e for e in container["env"] if e["name"] not in env]
+    container["env"] += [{"name": k, "value": v} for k, v in env.items()]
+    return manifest
+
+
 def build_pod_operator(step: Step, task_id: str, settings: Settings) -> Any:
     step = colocated(step, settings)
     image = step.image or settings.agent_image
     return _pod_operator_class()(
         task_id=task_id,
-        name=f"stash-{task_id}",
+        name=f"{AGENT_POD_PREFIX}{task_id}",
         namespace=step.namespace,
         image=image,
-        pod_template_dict=pod_manifest(step, image),
+        pod_template_dict=with_lock_env(pod_manifest(step, image), settings),
         kubernetes_conn_id=settings.kubernetes_conn_id,
         get_logs=True,
         do_xcom_push=False,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -267,3 +268,113 @@ def test_recovery_into_the_workloads_own_volume_deferrable(
     assert cluster.get("recoveries", "in-place", NS)["status"]["phase"] == "Succeeded"
     # The trigger (kubernetes_asyncio) waited for the pods: the deferrable path really ran.
     assert any("OpenAPI-Generator" in r.user_agent for r in cluster.requests)
+
+
+def lock_hosts(repo: Path) -> list[str]:
+    """The host names in the repository's locks, read with restic."""
+    env = {**os.environ, "RESTIC_REPOSITORY": str(repo), "RESTIC_PASSWORD": PASSWORD}
+
+    def restic_out(*args: str) -> str:
+        return subprocess.run(
+            ["restic", *args, "--no-lock"], env=env, capture_output=True, text=True, check=True
+        ).stdout
+
+    return sorted(
+        json.loads(restic_out("cat", "lock", i))["hostname"]
+        for i in restic_out("list", "locks").split()
+    )
+
+
+def backup_in_progress(cluster: Cluster, name: str) -> int:
+    """An agent pod of the backup step (its labels, env, Secret refs and mounts), named as
+    the operator names agent pods, whose backup never ends: restic reads a stream that
+    stays open (the agent gives restic no stdin, so restic runs directly) and holds its
+    lock. Returns the pid of the pod's process group once the lock is there."""
+    from kubernetes import client, config
+
+    from stash_plugin.plan.pods import pod_manifest
+
+    step = dags()[BACKUP_DAG].get_task("backup").step
+    pod = pod_manifest(step, "stash-airflow/agent:test")
+    pod["metadata"]["name"] = name
+    pod["spec"]["containers"][0]["command"] = [
+        "sh",
+        "-c",
+        "sleep 600 | restic backup --stdin --stdin-filename=stream --host=app",
+    ]
+    api = config.new_client_from_config(str(cluster.kubeconfig))
+    client.CoreV1Api(api).create_namespaced_pod(NS, pod)
+    uid = cluster.wait_for(lambda: cluster.get("Pod", name, NS)["metadata"]["uid"])
+    proc = cluster.wait_for(lambda: cluster.kubelet.procs.get(uid), what="the pod's process")
+    repo = cluster.pv_path(NS, "repo-store") / "volumes" / "deployment" / "app"
+    cluster.wait_for(lambda: lock_hosts(repo) == [name], timeout=30, what="the pod's lock")
+    return int(proc.pid)
+
+
+def agent_log(cluster: Cluster, task: str) -> str:
+    """The logs of every kept agent pod of ``task`` (oldest first)."""
+    pods = sorted(
+        (p for p in cluster.pods(NS) if p["metadata"]["name"].startswith(f"stash-{task}-")),
+        key=lambda p: p["metadata"]["creationTimestamp"],
+    )
+    return "".join(cluster.logs(p["metadata"]["name"], namespace=NS) for p in pods)
+
+
+def test_locks_of_deleted_agent_pods_are_removed_never_live_ones(
+    cluster: Cluster,
+    airflow_db: None,
+    stash_env: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A killed agent pod's lock names a host that will never exist again: restic would
+    honour it for 30 minutes. The next run removes it once the pod is gone, never while
+    the pod exists."""
+    snapshot, _, repo_store = seed(cluster, stash_env, monkeypatch)
+    monkeypatch.setenv("AIRFLOW__STASH__LOCK_CLOCK_SKEW", "1")
+    monkeypatch.setenv("AIRFLOW__STASH__ON_FINISH_ACTION", "keep_pod")
+    short_wait = {"container": {"env": [{"name": "STASH_LOCK_WAIT", "value": "3"}]}}
+    cluster.apply(
+        restic_doc(
+            "app-backup",
+            NS,
+            "repo",
+            "app",
+            policy={"keepLast": 1, "prune": True},
+            runtimeSettings=short_wait,
+        )
+    )
+    assert sync(snapshot) == 0
+    assert set(task_states(run_dag(dags()[BACKUP_DAG])).values()) == {"success"}
+    repo = repo_store / "volumes" / "deployment" / "app"
+    holder = "stash-backup-k7x2m9qd"
+    pid = backup_in_progress(cluster, holder)
+
+    # The pod exists: retention waits its lock wait, then fails; the lock stays.
+    states = task_states(run_dag(dags()[BACKUP_DAG]))
+    assert (states["backup"], states["retention"]) == ("success", "failed")
+    assert f"held by a live run ({holder})" in agent_log(cluster, "retention")
+    assert lock_hosts(repo) == [holder]
+    assert cluster.get("Pod", holder, NS)["status"]["phase"] == "Running"
+    os.killpg(pid, 0)  # its backup still runs
+
+    # Killed mid-backup (OOM, node lost: no chance to unlock), then the pod is deleted.
+    os.killpg(pid, signal.SIGKILL)
+    cluster.wait_for(lambda: not _group_alive(pid), what="the pod's processes to end")
+    cluster.delete("Pod", holder, NS)
+    assert lock_hosts(repo) == [holder]
+
+    # ... and the next run removes it and succeeds without waiting.
+    run = run_dag(dags()[BACKUP_DAG])
+    assert set(task_states(run).values()) == {"success"}
+    assert lock_hosts(repo) == []
+    retention = agent_log(cluster, "retention")
+    assert f"left by agent pods that no longer exist: {holder}" in retention
+    assert len(restic_snapshots(repo)) == 1  # keepLast 1: retention really ran
+
+
+def _group_alive(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

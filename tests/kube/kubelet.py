@@ -11,6 +11,9 @@ the first container (not the operator's XCom sidecar) as a host process:
   configMapKeyRef / fieldRef) plus ``PATH`` (the running Python's bin
   dir first, so ``stash-agent`` resolves to the venv's), ``HOME`` (a fresh dir per
   pod, like a container's) and ``HOSTNAME``;
+- the host name is the pod's (``spec.hostname`` or the name cut to 63 characters),
+  set in a private UTS namespace (``unshare --uts``), so restic's locks name the pod
+  as in a cluster;
 - every volumeMount is bind-mounted at its real ``mountPath`` in a private mount
   namespace (``unshare --mount``), read-only mounts remounted ``ro``, so the
   command sees exactly the paths a pod would. Sources: ``hostPath`` -> that path
@@ -60,9 +63,11 @@ from kube.fakeapi import (
     now_rfc3339,
 )
 
-#: Run inside ``unshare --mount``: argv is WORKDIR, then SRC DST MODE triples, ``--``, the command.
+#: Run inside ``unshare --uts --mount``: argv is HOSTNAME WORKDIR, then SRC DST MODE triples,
+#: ``--``, the command.
 _MOUNT_AND_EXEC = r"""
-workdir=$1; shift
+printf '%s' "$1" > /proc/sys/kernel/hostname || exit 125
+workdir=$2; shift 2
 while [ "$1" != "--" ]; do
   mount --bind -- "$1" "$2" || exit 125
   if [ "$3" = ro ]; then mount -o remount,bind,ro -- "$2" || exit 125; fi
@@ -281,9 +286,11 @@ class Kubelet:
             c.get("terminationMessagePath") or "/dev/termination-log",
             "rw",
         ]
-        unshare = [shutil.which("unshare") or "unshare", "--mount", "--propagation", "private"]
+        unshare = [shutil.which("unshare") or "unshare", "--uts", "--mount", "--propagation"]
         sh = [shutil.which("sh") or "sh", "-c", _MOUNT_AND_EXEC, "fakekube-kubelet"]
-        wrapper = [*unshare, "--", *sh, c.get("workingDir", ""), *mounts, "--", *argv]
+        hostname = env["HOSTNAME"]
+        wrapper = [*unshare, "private", "--", *sh, hostname, c.get("workingDir", ""), *mounts]
+        wrapper += ["--", *argv]
         started, log = now_rfc3339(), ContainerLog()
         with self._lock:
             if self._stopped or not self._alive(pod):
@@ -393,7 +400,8 @@ class Kubelet:
                 "/bin",
             ]
         )
-        env = {"PATH": path, "HOME": str(home), "HOSTNAME": pod["metadata"]["name"]}
+        hostname = pod["spec"].get("hostname") or pod["metadata"]["name"][:63].rstrip("-.")
+        env = {"PATH": path, "HOME": str(home), "HOSTNAME": hostname}
         if c.get("envFrom"):
             raise Unsupported("envFrom is not supported by the test kubelet")
         for var in c.get("env") or []:

@@ -183,7 +183,7 @@ def test_kubelet_runs_pods_with_volumes_env_and_logs(kube_cluster: Cluster, tmp_
     script = (
         'cat /pvc/seed.txt; echo "$PASSWORD" > /scratch/p; cat /scratch/p /creds/password; echo;'
         "touch /pvc-ro/x 2>/dev/null || echo read-only; echo $HOME; command -v stash-agent;"
-        "echo to-stderr >&2; sleep 0.5; exit 0"
+        "echo to-stderr >&2; hostname; sleep 0.5; exit 0"
     )
     pod = pod_doc(
         "runner",
@@ -218,6 +218,7 @@ def test_kubelet_runs_pods_with_volumes_env_and_logs(kube_cluster: Cluster, tmp_
     assert lines[:4] == ["seeded", "s3cr3t", "s3cr3t", "read-only"]
     assert "/fakekube/kubelet/" in lines[4]  # HOME: a fresh folder per pod
     assert lines[5].endswith(".venv/bin/stash-agent") and "to-stderr" in lines
+    assert lines[-1] == "runner"  # the pod's host name, as restic writes it into locks
     assert not any(Path(p).exists() for p in ("/pvc", "/pvc-ro", "/scratch", "/creds"))
     stamped = read_log(v1, "runner", timestamps=True)
     assert stamped.splitlines()[0].split(" ", 1)[1] == "seeded"

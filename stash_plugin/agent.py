@@ -34,6 +34,7 @@ from urllib.parse import quote
 
 from stash_plugin.credentials import credential_files, tls_problem
 from stash_plugin.protocol import (
+    END_OF_OPTIONS,
     ENV_AGENT_POD_PREFIX,
     ENV_DEAD_LOCK_BEFORE,
     ENV_LIVE_AGENT_PODS,
@@ -228,7 +229,11 @@ def clear_dead_locks() -> bool:
         return False
     locks = []
     for lock_id in ids:
-        proc = restic(["restic", "cat", "lock", lock_id, "--no-lock"], echo=False, clear_dead=False)
+        proc = restic(
+            ["restic", "cat", "--no-lock", END_OF_OPTIONS, "lock", lock_id],
+            echo=False,
+            clear_dead=False,
+        )
         if proc.returncode != 0:
             return False  # gone meanwhile, or unreadable: decide again on the next try
         try:
@@ -328,17 +333,59 @@ class Command:
     def verb(self) -> str:
         return self.args[1] if len(self.args) > 1 else ""
 
+    @property
+    def positional(self) -> list[str]:
+        """What restic reads as arguments, not options: everything after ``--``."""
+        if END_OF_OPTIONS not in self.args:
+            return []
+        return self.args[self.args.index(END_OF_OPTIONS) + 1 :]
+
+
+def _clean(path: str) -> bool:
+    return path.startswith("/") and ".." not in path.split("/") and "\x00" not in path
+
+
+def _resolves_inside(path: Path, root: Path, follow_last: bool = True) -> bool:
+    """Whether ``path`` stays inside ``root`` once symbolic links are followed (a link
+    inside a volume can point anywhere on the machine that runs the agent)."""
+    real_root = os.path.realpath(root)
+    if follow_last or path == root:
+        real = os.path.realpath(path)
+    else:  # the last item is replaced, never written through
+        real = os.path.join(os.path.realpath(path.parent), path.name)
+    return _under(real, real_root)
+
+
+def _check_inside(path: str, roots: Sequence[str]) -> None:
+    root = next((r for r in roots if _under(path, r)), None)
+    if root is None:
+        raise AgentError(f"{path} is not inside any volume given with --within")
+    if not _resolves_inside(Path(path), Path(root)):
+        raise AgentError(
+            f"{path} leads outside its volume {root} through a symbolic link; nothing was backed up"
+        )
+
 
 def run_commands(
-    commands: Sequence[Command], lock_wait: float, init: bool = False, unlock: bool = False
+    commands: Sequence[Command],
+    lock_wait: float,
+    init: bool = False,
+    unlock: bool = False,
+    within: Sequence[str] = (),
 ) -> RunResult:
     """Run restic commands in order; stop at the first failure.
 
     Stale locks of a killed run are cleared first (``unlock``), so that no exclusive
     operation (retention, check) after this run trips over them. The repository is
     created (``init``) only when the first command finds none: probing for it first
-    would cost a key derivation (most of a second) on every run.
+    would cost a key derivation (most of a second) on every run. Every folder a backup
+    reads must stay inside one of the ``within`` volumes once links are followed;
+    this is checked for all of them before anything runs.
     """
+    for cmd in commands:
+        if cmd.verb == "backup":
+            for path in cmd.positional:
+                _check_inside(path, within)
     result = RunResult()
     if unlock:
         unlock_stale()
@@ -370,7 +417,7 @@ def _checked_backup(
     if proc.returncode == 3 and entry.snapshot_id:
         # Some files could not be read: the snapshot is incomplete and must not count
         # as a good backup (nor shield an older good one from retention).
-        restic(["restic", "forget", entry.snapshot_id], lock_wait=lock_wait)
+        restic(["restic", "forget", END_OF_OPTIONS, entry.snapshot_id], lock_wait=lock_wait)
         raise AgentError(
             f"backup of {cmd.path} could not read every file; the incomplete "
             f"snapshot {entry.snapshot_id} was removed"
@@ -490,7 +537,7 @@ def _select_snapshots(ref: str, tags: list[str]) -> list[dict[str, Any]]:
         snaps = _latest_candidates(tags)
         _one_target(snaps, tags)
     else:
-        snaps = _restic_snapshots([ref], ref)
+        snaps = _restic_snapshots([END_OF_OPTIONS, ref], ref)
         if not snaps:
             raise AgentError(f"no snapshot {ref} in the repository")
         _check_explicit(snaps, tags, ref)
@@ -535,18 +582,33 @@ def _move_into(src: Path, dest: Path) -> None:
     os.rename(src, dest)
 
 
-def _restore_one(snap: dict[str, Any], include: str, final: Path, wanted: str) -> None:
+def _restore_one(
+    snap: dict[str, Any], include: str, final: Path, wanted: str, target: Path
+) -> None:
     """Restore ``include`` of ``snap`` into a staging folder beside ``final``, then move
     it into place: a failed restore leaves nothing half-written at ``final``.
 
     The staging folder sits inside ``final`` when that is an existing folder (a mounted
-    volume's root), else beside it, so the final moves never cross filesystems."""
+    volume's root), else beside it, so the final moves never cross filesystems. Nothing
+    is written unless ``final`` stays inside ``target`` (the recoverTo volume) once
+    links are followed."""
+    if not _under(os.path.normpath(final), str(target)) or not _resolves_inside(
+        final, target, False
+    ):
+        raise AgentError(f"{final} (for {wanted}) leads outside the restore target {target}")
     final.parent.mkdir(parents=True, exist_ok=True)
     home = final if final.is_dir() and not final.is_symlink() else final.parent
     staging = Path(tempfile.mkdtemp(prefix=".stash-restore-", dir=home))
     try:
         proc = restic(
-            ["restic", "restore", str(snap["id"]), f"--target={staging}", f"--include={include}"],
+            [
+                "restic",
+                "restore",
+                f"--target={staging}",
+                f"--include={include}",
+                END_OF_OPTIONS,
+                str(snap["id"]),
+            ],
             lock_wait=300,
         )
         restored = staging / include.lstrip("/")
@@ -571,18 +633,23 @@ def restore(
     snaps = _select_snapshots(snapshot, list(tags))
     wanted_all = paths or [m for m, _ in mounts]
     # Refuse before writing anything: one non-empty target stops the whole recovery.
-    plan: list[tuple[str, Path]] = []
+    plan: list[tuple[str, Path, Path]] = []
     for wanted in wanted_all:
-        mount, target = next((m, t) for m, t in mounts if _under(wanted, m))
-        dest = Path(target) / posixpath.relpath(wanted, mount) if wanted != mount else Path(target)
+        if not _clean(wanted):
+            raise AgentError(f"path {wanted!r} is not a clean absolute path")
+        found = next(((m, t) for m, t in mounts if _clean(m) and _under(wanted, m)), None)
+        if found is None:
+            raise AgentError(f"{wanted} is under no --mount-path")
+        mount, root = Path(found[0]), Path(found[1])
+        dest = root / posixpath.relpath(wanted, mount) if wanted != str(mount) else root
         if not overwrite and not _is_empty(dest):
             raise AgentError(
                 f"target {dest} (for {wanted}) is not empty; set volumeRestorer.overwrite: true "
                 "to restore over existing files"
             )
-        plan.append((wanted, dest))
+        plan.append((wanted, dest, root))
     stats: list[RestoreResult] = []
-    for wanted, dest in plan:
+    for wanted, dest, root in plan:
         started = time.monotonic()
         used = []
         for snap in _pick(snaps, wanted, snapshot):
@@ -593,7 +660,7 @@ def restore(
             else:  # the snapshot is of a folder inside the wanted path
                 include = snap["paths"][0]
                 final = dest / posixpath.relpath(wpath, wanted)
-            _restore_one(snap, posixpath.normpath(include), final, wanted)
+            _restore_one(snap, posixpath.normpath(include), final, wanted, root)
             used.append(snap["id"])
         took = time.monotonic() - started
         log(f"restored {wanted} from snapshot(s) {', '.join(u[:8] for u in used)} in {took:.2f}s")
@@ -607,9 +674,10 @@ def restore(
 
 
 def _split_commands(rest: list[str]) -> list[Command]:
-    """``-- PATH restic ARGS... -- PATH restic ARGS...``: each command names the folder
+    """``:: PATH restic ARGS... :: PATH restic ARGS...``: each command names the folder
     it is about (as the workload sees it) before its restic argv, so results never have
-    to be guessed back from the arguments."""
+    to be guessed back from the arguments. What a backup reads comes after restic's
+    own ``--`` and is a clean absolute path: never an option, never ``..``."""
     groups: list[list[str]] = []
     for item in rest:
         if item == SEPARATOR:
@@ -620,9 +688,16 @@ def _split_commands(rest: list[str]) -> list[Command]:
             groups[-1].append(item)
     commands = []
     for group in (g for g in groups if g):
-        if len(group) < 3 or not group[0].startswith("/") or group[1] != "restic":
-            raise AgentError("each command is '-- PATH restic VERB ...' with an absolute PATH")
-        commands.append(Command(group[0], group[1:]))
+        if len(group) < 3 or not _clean(group[0]) or group[1] != "restic":
+            raise AgentError(
+                f"each command is '{SEPARATOR} PATH restic VERB ...' with a clean absolute PATH"
+            )
+        command = Command(group[0], group[1:])
+        if command.verb == "backup" and (
+            not command.positional or not all(_clean(p) for p in command.positional)
+        ):
+            raise AgentError(f"a backup reads clean absolute paths given after '{END_OF_OPTIONS}'")
+        commands.append(command)
     return commands
 
 
@@ -660,7 +735,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="stash-agent")
     sub = parser.add_subparsers(dest="verb", required=True)
-    run_p = sub.add_parser("run", help="run restic commands, each after a '--'")
+    run_p = sub.add_parser("run", help=f"run restic commands, each after a '{SEPARATOR}'")
     run_p.add_argument("--init", action="store_true", help="create the repository if missing")
     run_p.add_argument("--unlock", action="store_true", help="clear stale locks first")
     run_p.add_argument(
@@ -668,6 +743,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=float,
         default=os.environ.get(ENV_LOCK_WAIT) or "600",  # argparse applies ``type``
         help="seconds to wait for a live lock (default: $STASH_LOCK_WAIT, else 600)",
+    )
+    run_p.add_argument(
+        "--within",
+        action="append",
+        default=[],
+        help="a volume every backed-up folder must stay inside (links followed)",
     )
     res_p = sub.add_parser("restore", help="restore a snapshot into target folders")
     res_p.add_argument("--snapshot", default="latest")
@@ -690,7 +771,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.verb == "run":
                 commands = _split_commands(tail)
                 result: RunResult | RestoreRunResult = run_commands(
-                    commands, args.lock_wait, args.init, args.unlock
+                    commands, args.lock_wait, args.init, args.unlock, args.within
                 )
             else:
                 if len(args.mount_path) != len(args.target) or not args.target:

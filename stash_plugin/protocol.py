@@ -36,8 +36,13 @@ than this can be judged by the listing."""
 
 AGENT = "stash-agent"
 """The agent program, first item of every default step's argv."""
-SEPARATOR = "--"
-"""Separates the agent's own options from each command it runs."""
+SEPARATOR = "::"
+"""Separates the agent's own options from each command it runs. It is not ``--``:
+every restic command carries its own ``--`` before its positional arguments, so
+that no value can ever be read as a restic option. No planned value can be ``::``
+(paths start with ``/``, every other value is a ``--flag=value`` item)."""
+END_OF_OPTIONS = "--"
+"""What restic (cobra/pflag) and the agent read as "only arguments from here"."""
 
 # --------------------------------------------------------------------------- errors
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from stash_plugin.protocol import SEPARATOR
+
 AGENT = [sys.executable, "-m", "stash_plugin.agent"]
 
 
@@ -36,7 +38,8 @@ def repo(tmp_path: Path) -> dict[str, str]:
 
 def backup_args(path: Path) -> list[str]:
     return [
-        "--",
+        f"--within={path}",
+        SEPARATOR,
         "/data",
         "restic",
         "backup",
@@ -44,6 +47,7 @@ def backup_args(path: Path) -> list[str]:
         "--quiet",
         "--host=h",
         "--tag=path=/data",
+        "--",
         str(path),
     ]
 
@@ -94,7 +98,7 @@ def test_clears_a_stale_lock_and_waits_for_a_live_one(repo: dict[str, str], tmp_
     data.mkdir()
     (data / "f").write_text("x")
     assert agent(repo, "run", "--init", *backup_args(data)).returncode == 0
-    forget = ["--", "/data", "restic", "forget", "--json", "--keep-last=1", "--prune"]
+    forget = [SEPARATOR, "/data", "restic", "forget", "--json", "--keep-last=1", "--prune"]
 
     # A run killed with SIGKILL leaves its lock behind: the next run clears it.
     killed = _hold_lock(repo)

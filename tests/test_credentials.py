@@ -33,6 +33,7 @@ from stash_plugin.api.resourceset import ResourceSet
 from stash_plugin.cli import main
 from stash_plugin.credentials import FOLDER_PREFIX
 from stash_plugin.plan import make_plans
+from stash_plugin.protocol import SEPARATOR
 from stash_plugin.source import load_directory
 
 NS = "demo"
@@ -253,7 +254,7 @@ def fake_restic(tmp_path: Path) -> dict[str, str]:
     }
 
 
-SNAPSHOTS = ["run", "--", "/data", "restic", "snapshots", "--json", "--tag=path=/data"]
+SNAPSHOTS = ["run", SEPARATOR, "/data", "restic", "snapshots", "--json", "--tag=path=/data"]
 
 
 def start_agent(env: dict[str, str], *args: str) -> subprocess.Popen[str]:

@@ -7,10 +7,11 @@ The shapes are Stash's (``local``, ``s3``, ``gcs``, ``azure``, ``swift``, ``b2``
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
-from .common import AbsolutePath, Model, Name
+from .common import AbsolutePath, Model, Name, RelativePrefix, clean_path
 
 
 class HostPathSource(Model):
@@ -20,7 +21,7 @@ class HostPathSource(Model):
 
 class NFSSource(Model):
     server: str
-    path: str
+    path: AbsolutePath
     read_only: bool = False
 
 
@@ -38,7 +39,7 @@ class LocalSpec(Model):
     """
 
     mount_path: AbsolutePath
-    sub_path: str | None = None
+    sub_path: RelativePrefix | None = None
     host_path: HostPathSource | None = None
     nfs: NFSSource | None = None
     persistent_volume_claim: PVCSource | None = None
@@ -58,30 +59,30 @@ class LocalSpec(Model):
 class S3Spec(Model):
     endpoint: str | None = None
     bucket: str = Field(min_length=1)
-    prefix: str | None = None
+    prefix: RelativePrefix | None = None
     region: str | None = None
 
 
 class GCSSpec(Model):
     bucket: str = Field(min_length=1)
-    prefix: str | None = None
+    prefix: RelativePrefix | None = None
     max_connections: int | None = Field(default=None, ge=1)
 
 
 class AzureSpec(Model):
     container: str = Field(min_length=1)
-    prefix: str | None = None
+    prefix: RelativePrefix | None = None
     max_connections: int | None = Field(default=None, ge=1)
 
 
 class SwiftSpec(Model):
     container: str = Field(min_length=1)
-    prefix: str | None = None
+    prefix: RelativePrefix | None = None
 
 
 class B2Spec(Model):
     bucket: str = Field(min_length=1)
-    prefix: str | None = None
+    prefix: RelativePrefix | None = None
     max_connections: int | None = Field(default=None, ge=1)
 
 
@@ -99,6 +100,16 @@ class RestSpec(Model):
                 "must not contain credentials; put RESTIC_REST_USERNAME and "
                 "RESTIC_REST_PASSWORD in the storage Secret"
             )
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _clean_url_path(cls, value: str) -> str:
+        # The URL's path is a folder on a shared server: '..' (even percent-encoded)
+        # would reach another tenant's repository.
+        path = urlsplit(value).path
+        if path:
+            clean_path(unquote(path))
         return value
 
 

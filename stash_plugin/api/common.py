@@ -29,7 +29,7 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
-def _dns_subdomain(value: str) -> str:
+def dns_subdomain(value: str) -> str:
     if len(value) > 253 or not _DNS_SUBDOMAIN.match(value):
         raise ValueError(
             f"{value!r} is not a valid Kubernetes name (lower-case letters, digits, '-' and '.')"
@@ -37,25 +37,76 @@ def _dns_subdomain(value: str) -> str:
     return value
 
 
-def _dns_label(value: str) -> str:
+def dns_label(value: str) -> str:
     if len(value) > 63 or not _DNS_LABEL.match(value):
         raise ValueError(f"{value!r} is not a valid namespace (lower-case letters, digits, '-')")
     return value
 
 
-def _absolute_path(value: str) -> str:
-    # Paths are passed to restic as argv: a relative path or one starting with '-'
-    # could be read as a flag, so only clean absolute paths are accepted.
+PATH_MAX = 4096
+"""Longest path or prefix accepted (Linux's PATH_MAX): keeps every check bounded."""
+
+
+def _segments(value: str) -> list[str]:
+    """The folders of a path or prefix, refusing what could change its meaning.
+
+    A ``..`` segment is refused outright, not normalised away: whatever it climbs out
+    of, the value was written to reach a folder it does not belong to. Control
+    characters (NUL, newline...) are refused because they cut or split the value in
+    argv, logs and restic's own output. Empty and ``.`` segments mean nothing and are
+    dropped.
+    """
+    if not value:
+        raise ValueError("must not be empty")
+    if len(value) > PATH_MAX:
+        raise ValueError(f"is longer than {PATH_MAX} characters")
+    if any(ord(c) < 0x20 or c == "\x7f" for c in value):
+        raise ValueError("must not contain control characters (NUL, newline, tab...)")
+    parts = [s for s in value.split("/") if s not in ("", ".")]
+    if ".." in parts:
+        raise ValueError(f"{value!r} must not contain a '..' segment")
+    return parts
+
+
+def clean_path(value: str) -> str:
+    """A clean absolute path: starts with ``/``, no ``..``, normalised on load.
+
+    ``/a//b/./c/`` becomes ``/a/b/c`` (the same folder); ``/`` stays ``/``. Starting
+    with ``/`` means restic or the agent can never read it as an option, and without
+    ``..`` it stays under every folder it is lexically under.
+    """
     if not value.startswith("/"):
-        raise ValueError(f"{value!r} must be an absolute path")
-    if "\x00" in value or "\n" in value:
-        raise ValueError("path must not contain NUL or newline characters")
-    return value
+        raise ValueError(f"{value!r} must be an absolute path (starting with '/')")
+    return "/" + "/".join(_segments(value))
 
 
-Name = Annotated[str, AfterValidator(_dns_subdomain)]
-Namespace = Annotated[str, AfterValidator(_dns_label)]
-AbsolutePath = Annotated[str, AfterValidator(_absolute_path)]
+def clean_prefix(value: str) -> str:
+    """A folder below a storage root (``prefix``, ``subPath``): relative, normalised.
+
+    Leading and trailing ``/`` are dropped (it is always joined under a root), so
+    ``/a//b/`` becomes ``a/b``. No segment may be ``..`` (it would climb out of the
+    root, into another tenant's folder) or start with ``-``.
+    """
+    parts = _segments(value)
+    if not parts:
+        raise ValueError(f"{value!r} must name a folder (leave the field out for none)")
+    if any(p.startswith("-") for p in parts):
+        raise ValueError(f"{value!r}: no folder name may start with '-'")
+    return "/".join(parts)
+
+
+def path_under(path: str, root: str) -> bool:
+    """Whether clean absolute ``path`` is ``root`` or inside it, folder by folder:
+    ``/source/data2`` is not under ``/source/data``."""
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+Name = Annotated[str, AfterValidator(dns_subdomain)]
+Namespace = Annotated[str, AfterValidator(dns_label)]
+AbsolutePath = Annotated[str, AfterValidator(clean_path)]
+"""Every absolute path a resource carries (see ``clean_path``)."""
+RelativePrefix = Annotated[str, AfterValidator(clean_prefix)]
+"""Every folder joined under a storage root (see ``clean_prefix``)."""
 
 
 class ObjectMeta(Model):

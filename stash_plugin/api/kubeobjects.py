@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .common import _dns_label, _dns_subdomain
+from .common import clean_path, dns_label, dns_subdomain
 from .errors import FieldError
 
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "ReplicationController")
@@ -105,14 +105,37 @@ def _kube_names(name: str, namespace: str | None = None) -> None:
     a repository folder: only a real Kubernetes name may, so that no name can spell
     another target's tag (``x,namespace=other``) or folder (``../x``)."""
     try:
-        _dns_subdomain(name)
+        dns_subdomain(name)
     except ValueError as exc:
         raise FieldError("metadata.name", str(exc)) from None
     if namespace is not None:
         try:
-            _dns_label(namespace)
+            dns_label(namespace)
         except ValueError as exc:
             raise FieldError("metadata.namespace", str(exc)) from None
+
+
+def _clean_host_path(path: str, where: str) -> str:
+    try:
+        return clean_path(path)
+    except ValueError as exc:
+        raise FieldError(f"{where}.hostPath.path", str(exc)) from None
+
+
+def _volume(vol: Any, index: int) -> tuple[str, Mapping[str, Any]]:
+    """A pod-template volume by name; a ``hostPath`` path is checked like every path
+    of a Stash resource (the local runtime backs it up and mounts it as given)."""
+    where = f"spec.template.spec.volumes[{index}]"
+    if not isinstance(vol, Mapping) or not isinstance(vol.get("name"), str):
+        raise FieldError(f"{where}.name", "missing")
+    host = vol.get("hostPath")
+    if host is not None:
+        path = host.get("path") if isinstance(host, Mapping) else None
+        if not isinstance(path, str):
+            raise FieldError(f"{where}.hostPath.path", "missing")
+        host = {**host, "path": _clean_host_path(path, where)}
+        vol = {**vol, "hostPath": host}
+    return vol["name"], {k: v for k, v in vol.items() if k != "name"}
 
 
 def parse_workload(doc: Mapping[str, Any], namespace: str, name: str) -> Workload:
@@ -124,9 +147,8 @@ def parse_workload(doc: Mapping[str, Any], namespace: str, name: str) -> Workloa
     template = _mapping(pod_template.get("spec"), "spec.template.spec")
     volumes: dict[str, Mapping[str, Any]] = {}
     for i, vol in enumerate(_list(template.get("volumes"), "spec.template.spec.volumes")):
-        if not isinstance(vol, Mapping) or not isinstance(vol.get("name"), str):
-            raise FieldError(f"spec.template.spec.volumes[{i}].name", "missing")
-        volumes[vol["name"]] = {k: v for k, v in vol.items() if k != "name"}
+        key, source = _volume(vol, i)
+        volumes[key] = source
     replicas = spec.get("replicas")
     claims = tuple(
         str(t["metadata"]["name"])

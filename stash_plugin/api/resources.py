@@ -19,7 +19,9 @@ from .common import (
     Namespace,
     ObjectMeta,
     ObjectRef,
+    RelativePrefix,
     RetentionPolicy,
+    path_under,
 )
 
 # --------------------------------------------------------------------------- Repository
@@ -133,9 +135,8 @@ class TargetVolume(Model):
 
     @model_validator(mode="after")
     def _directories_inside_mount(self) -> TargetVolume:
-        mount = self.mount_path.rstrip("/") + "/"
         for d in self.directories:
-            if not (d.path.rstrip("/") + "/").startswith(mount):
+            if not path_under(d.path, self.mount_path):
                 raise ValueError(f"directory {d.path} is not inside mountPath {self.mount_path}")
         return self
 
@@ -198,7 +199,7 @@ class ResticSpec(Model):
     schedule: str | None = None
     backup_mode: Literal["Online", "Offline"] = "Online"
     backup_agent: str | None = None
-    prefix: str | None = None
+    prefix: RelativePrefix | None = None
     repository: ObjectRef
     paused: bool = False
     volume_selector: VolumeSelector | None = None

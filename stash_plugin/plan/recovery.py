@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from ..api.common import path_under
 from ..api.resources import Recovery, Repository
 from ..api.resourceset import ResourceSet
 from ..protocol import AGENT
@@ -30,10 +31,6 @@ def snapshot_ref(ref: str | None, field: str) -> str:
         f"{ref!r} is not 'latest', a restic snapshot id, or a Stash snapshot name such as "
         "deployment.stash-demo-e0e9c272",
     )
-
-
-def _under(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def _workload(
@@ -107,7 +104,7 @@ def plan_recovery(
         mounts.append(mount)
         argv += [f"--mount-path={rt.mount_path}", f"--target={dest}"]
     for i, p in enumerate(vr.paths):
-        if not any(_under(p, rt.mount_path) for rt in vr.recover_to):
+        if not any(path_under(p, rt.mount_path) for rt in vr.recover_to):
             raise PlanError(
                 f"spec.volumeRestorer.paths[{i}]",
                 f"{p} is not under any recoverTo mountPath "

@@ -2,6 +2,8 @@
 
 Every value from a resource is its own argv item in ``--flag=value`` form, so that a
 path or tag can never be read as another flag, and nothing goes through a shell.
+Positional arguments (the folder to back up) come after ``--``: a second guard, on
+top of the models' clean absolute paths.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from collections.abc import Iterable, Sequence
 
 from ..api.backend import Backend
 from ..api.common import RetentionPolicy
-from ..protocol import AGENT, SEPARATOR
+from ..protocol import AGENT, END_OF_OPTIONS, SEPARATOR
 from .model import PlanError, SecretEnv
 
 PASSWORD_KEY = "RESTIC_PASSWORD"
@@ -49,8 +51,14 @@ CREDENTIAL_KEYS: dict[str, tuple[str, ...]] = {
 
 
 def _join(*parts: str | None) -> str:
+    """Folders joined under a backend's root. The models refuse ``..``; refusing it
+    here too means no value that reaches a URL (a workload name in a repoDir) can
+    ever climb out of the root."""
     clean = [p.strip("/") for p in parts if p and p.strip("/")]
-    return "/".join(clean)
+    joined = "/".join(clean)
+    if ".." in joined.split("/"):
+        raise PlanError("spec.backend", f"{joined!r} climbs out of the backend's root")
+    return joined
 
 
 def repository_url(backend: Backend, repo_dir: str, local_root: str | None = None) -> str:
@@ -112,6 +120,7 @@ def backup_args(path: str, host: str, tags: Sequence[str]) -> list[str]:
         "--quiet",
         f"--host={host}",
         f"--tag={tag_list(tags)}",
+        END_OF_OPTIONS,
         path,
     ]
 
@@ -148,10 +157,10 @@ def snapshots_args(host: str, tags: Sequence[str]) -> list[str]:
 def agent_run(commands: Sequence[tuple[str, Sequence[str]]], *options: str) -> tuple[str, ...]:
     """The agent argv that runs restic commands in order.
 
-    ``stash-agent run [options] -- PATH restic ... -- PATH restic ...``: each command
+    ``stash-agent run [options] :: PATH restic ... :: PATH restic ...``: each command
     names the folder it is about (as the workload sees it), so the agent never guesses
-    it back from tags. Every value is passed in ``--flag=value`` form, so a bare ``--``
-    only ever separates commands."""
+    it back from tags. Every value is a ``--flag=value`` item or an absolute path, so
+    ``::`` only ever separates commands (``--`` belongs to restic's argv)."""
     argv: list[str] = [AGENT, "run", *options]
     for path, cmd in commands:
         argv += [SEPARATOR, path, *cmd]

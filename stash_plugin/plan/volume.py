@@ -21,6 +21,8 @@ from .schedules import parse_schedule
 class _Dir:
     workload_path: str
     agent_path: str
+    root: str
+    """The volume as the agent sees it: ``agent_path`` never resolves outside it."""
     policy: RetentionPolicy | None
     tags: tuple[str, ...]
 
@@ -182,17 +184,21 @@ def _directories(
         base, mount = t.placement.source(t.workload, t.instance, tv, field)
         mounts.append(mount)
         for j, d in enumerate(tv.directories or []):
+            where = f"{field}.directories[{j}]"
             rel = posixpath.relpath(d.path, tv.mount_path)
+            if rel == ".." or rel.startswith("../"):  # the models refuse it; never reach out
+                raise PlanError(f"{where}.path", f"{d.path} is not under {tv.mount_path}")
             agent_path = posixpath.normpath(posixpath.join(base, rel))
             policy = policies.get(d.retention_policy_name or "")
-            where = f"{field}.directories[{j}]"
             add(
-                _Dir(posixpath.normpath(d.path), agent_path, policy, tuple(d.tags)),
+                _Dir(posixpath.normpath(d.path), agent_path, base, policy, tuple(d.tags)),
                 where,
                 f"{where}.path",
             )
         if not tv.directories:
-            whole = _Dir(posixpath.normpath(tv.mount_path), posixpath.normpath(base), None, ())
+            whole = _Dir(
+                posixpath.normpath(tv.mount_path), posixpath.normpath(base), base, None, ()
+            )
             add(whole, field, f"{field}.mountPath")
     return dirs, mounts
 
@@ -258,12 +264,14 @@ def _plan_instance(
         except PlanError as exc:
             raise PlanError("spec.backupAgent", f"{exc.field}: {exc}") from None
 
+    within = [f"--within={r}" for r in sorted({d.root for d in dirs})]
     backup = step(
         "backup",
         agent_run(
             [(d.workload_path, backup_args(d.agent_path, host, tags(d))) for d in dirs],
             "--init",
             "--unlock",
+            *within,
         ),
     )
     forgets = [

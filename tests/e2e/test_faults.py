@@ -74,7 +74,10 @@ def test_a_backup_killed_mid_run_leaves_nothing_the_next_run_cannot_fix(tmp_path
     data = make_tree(tmp_path / "data", seed=11, small_files=4000)
     repo = tmp_path / "repo"
     argv = agent_run(
-        [("/source/data", backup_args(str(data), "app", tags("a")))], "--init", "--unlock"
+        [("/source/data", backup_args(str(data), "app", tags("a")))],
+        "--init",
+        "--unlock",
+        f"--within={data}",
     )
     proc = subprocess.Popen(
         [*AGENT, *argv[1:]],
@@ -110,10 +113,16 @@ def test_backups_racing_a_prune_lose_nothing(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     keep2 = RetentionPolicy(name="k", keep_last=2, prune=True)
     backup_a = agent_run(
-        [("/source/data", backup_args(str(data_a), "a", tags("a")))], "--init", "--unlock"
+        [("/source/data", backup_args(str(data_a), "a", tags("a")))],
+        "--init",
+        "--unlock",
+        f"--within={data_a}",
     )
     backup_b = agent_run(
-        [("/source/data", backup_args(str(data_b), "b", tags("b")))], "--init", "--unlock"
+        [("/source/data", backup_args(str(data_b), "b", tags("b")))],
+        "--init",
+        "--unlock",
+        f"--within={data_b}",
     )
     prune_b = agent_run([("/source/data", forget_args(keep2, "b", tags("b")))], "--unlock")
     assert agent(backup_a, env_for(repo)).returncode == 0
@@ -157,7 +166,9 @@ def test_disk_full_during_a_restore_fails_clearly_and_leaves_no_partial_target(
 ) -> None:
     data = make_tree(tmp_path / "data", seed=5, small_files=50)  # over 1 MiB of blobs
     repo = tmp_path / "repo"
-    argv = agent_run([("/source/data", backup_args(str(data), "app", tags("a")))], "--init")
+    argv = agent_run(
+        [("/source/data", backup_args(str(data), "app", tags("a")))], "--init", f"--within={data}"
+    )
     assert agent(argv, env_for(repo)).returncode == 0
     target = tiny_disk / "restored"
     target.mkdir()

@@ -12,6 +12,7 @@ from stash_plugin.api import ResourceSet, RetentionPolicy, parse_document
 from stash_plugin.api.errors import ResourceError
 from stash_plugin.plan import BackupPlan, PlanSet, Schedule, SecretEnv, make_plans
 from stash_plugin.plan.restic import forget_args
+from stash_plugin.protocol import SEPARATOR
 
 NS = "demo"
 DATA = Path("/srv/app-data")
@@ -57,10 +58,10 @@ def one_error(*docs: dict[str, Any], runtime: str = "local") -> ResourceError:
 
 
 def agent_cmds(argv: tuple[str, ...]) -> list[tuple[str, list[str]]]:
-    """Split ``stash-agent run [opts] -- PATH cmd -- PATH cmd`` into (path, command)."""
+    """Split ``stash-agent run [opts] :: PATH cmd :: PATH cmd`` into (path, command)."""
     out: list[list[str]] = []
     for item in argv:
-        if item == "--":
+        if item == SEPARATOR:
             out.append([])
         elif out:
             out[-1].append(item)
@@ -102,7 +103,7 @@ def test_deployment_selected_by_labels_makes_one_plan() -> None:
     assert plan.backup.argv[:2] == ("stash-agent", "run")
     (backup,) = restic_cmds(plan.backup.argv)
     # The local runtime backs up the hostPath itself; tags name the workload's path.
-    assert backup == ["restic", "backup", "--json", "--quiet", "--host=app", TAG, str(DATA)]
+    assert backup == ["restic", "backup", "--json", "--quiet", "--host=app", TAG, "--", str(DATA)]
     assert dict(plan.backup.env)["RESTIC_REPOSITORY"] == f"{REPO_PATH}/volumes/deployment/app"
     assert (
         SecretEnv("RESTIC_PASSWORD", "repo-secret", "RESTIC_PASSWORD", namespace=NS)

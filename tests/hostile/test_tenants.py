@@ -34,6 +34,7 @@ from stash_plugin.agent import Command, _split_commands
 from stash_plugin.cli import main as stash
 from stash_plugin.plan import BackupPlan, PlanSet, make_plans
 from stash_plugin.plan.model import Step
+from stash_plugin.protocol import SEPARATOR
 from stash_plugin.runtime.errors import StepFailed
 from stash_plugin.runtime.local import resolve_secret_env
 from stash_plugin.source import load_directory
@@ -78,7 +79,7 @@ def plans_of(folder: Path, runtime: str = "local") -> PlanSet:
 
 def commands(step: Step) -> list[Command]:
     """The restic commands of a ``stash-agent run`` step, parsed by the agent itself."""
-    return _split_commands(list(step.argv[step.argv.index("--") :]))
+    return _split_commands(list(step.argv[step.argv.index(SEPARATOR) :]))
 
 
 def flag(cmd: Command, name: str) -> str:

@@ -183,7 +183,7 @@ def test_removes_locks_of_deleted_agent_pods_never_of_live_ones(
     data.mkdir()
     (data / "f").write_text("x")
     assert agent(repo, "run", "--init", *backup_args(data)).returncode == 0
-    forget = ["--", "/data", "restic", "forget", "--json", "--keep-last=1", "--prune"]
+    forget = [SEPARATOR, "/data", "restic", "forget", "--json", "--keep-last=1", "--prune"]
 
     def pods(live: str, before: float | None = None) -> dict[str, str]:
         return {

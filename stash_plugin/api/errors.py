@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def printable(text: str) -> str:
+    """``text`` on one line: control characters (a newline in a hostile name or key)
+    are shown escaped, so an error can never forge a second error line."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
 
 
 @dataclass(frozen=True)
@@ -33,7 +42,7 @@ class ResourceError:
     def __str__(self) -> str:
         where = f" ({self.origin})" if self.origin else ""
         field = f"{self.field}: " if self.field else ""
-        return f"{self.object_ref}: {field}{self.message}{where}"
+        return printable(f"{self.object_ref}: {field}{self.message}{where}")
 
 
 class FieldError(ValueError):

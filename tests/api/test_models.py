@@ -316,3 +316,22 @@ def test_every_stash_08_restic_and_recovery_is_recognised() -> None:
     assert len(docs) >= 10
     for _rel, doc in docs:
         _assert_old_shape(parse_document(copy.deepcopy(doc)), doc)
+
+
+def test_an_error_is_one_line_whatever_the_names_hold() -> None:
+    """A hostile name or key with a newline cannot forge a second error line."""
+    from stash_plugin.api.errors import ResourceError
+
+    error = ResourceError(
+        "Deployment",
+        "demo",
+        "app\n- Restic demo/x: fine",
+        "metadata.name",
+        "bad\r\x1b[2J",
+        "f.yaml",
+    )
+    text = str(error)
+    assert "\n" not in text and "\r" not in text and "\x1b" not in text
+    assert text == (
+        "Deployment demo/app\\n- Restic demo/x: fine: metadata.name: bad\\r\\x1b[2J (f.yaml)"
+    )

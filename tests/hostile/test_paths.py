@@ -37,6 +37,8 @@ from stashtest import (
 )
 from test_factory import dagbag
 
+from stash_plugin.api.errors import printable
+
 NS = "demo"
 MARKER = "pwned"
 """What a hostile ``--password-command`` would create (in the test's folder)."""
@@ -264,9 +266,10 @@ def hostile_docs(marker: Path) -> tuple[list[Doc], list[str]]:
     )
     for i, value in enumerate(name_values(marker)):
         docs.append(_named_deployment("", value))
-        expected.append(f"Deployment {NS}/{value}: metadata.name: ")
+        # Errors are one line: a name's control characters show escaped.
+        expected.append(printable(f"Deployment {NS}/{value}: metadata.name: "))
         docs.append(_namespaced_deployment(f"hostile-ns-{i}", value))
-        expected.append(f"Deployment {value}/hostile-ns-{i}: metadata.namespace: ")
+        expected.append(printable(f"Deployment {value}/hostile-ns-{i}: metadata.namespace: "))
     return docs, expected
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from stashtest import (
     PASSWORD,
     deployment_doc,
@@ -22,8 +21,9 @@ from stashtest import (
     write_manifests,
 )
 
-EXAMPLES = Path("/work/shared/spec/examples")
-DAGS_FOLDER = Path(__file__).resolve().parent.parent / "dags"
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+DAGS_FOLDER = ROOT / "dags"
 PARSING_DAG_ID = "_AIRFLOW_PARSING_CONTEXT_DAG_ID"  # airflow.sdk.definitions.context
 NS = "demo"
 
@@ -204,47 +204,16 @@ def test_no_errors_means_nothing_raised(stash_env: dict[str, Path]) -> None:
 # --------------------------------------------------------------------------- DagBag
 
 
-def spec_folder(root: Path) -> Path:
-    """Every spec example plus what they need: the Deployment and the storage Secret.
-
-    The examples alone make no DAG (see the planner's errors), so two valid objects are
-    added: a Restic and a Recovery that use the sample Repository demo/stash-backup.
-    """
-    folder = root / "spec-manifests"
-    folder.mkdir()
-    for path in EXAMPLES.glob("*.yaml"):
-        shutil.copy(path, folder / path.name)
-    # The samples' Restics and Recoveries in namespace default use Repository
-    # demo/stash-backup: a Repository allows other namespaces only by name.
-    repository = yaml.safe_load((EXAMPLES / "repository.yaml").read_text())
-    repository["spec"]["allowedNamespaces"] = ["default"]
-    (folder / "repository.yaml").write_text(yaml.safe_dump(repository))
-    deployment = deployment_doc(
-        "stash-demo", "default", root / "vol-1", labels={"app": "stash-demo"}
-    )
-    deployment["spec"]["template"]["spec"]["volumes"] = [
-        {"name": "vol-1", "hostPath": {"path": str(root / "vol-1")}},
-        {"name": "vol-2", "hostPath": {"path": str(root / "vol-2")}},
-    ]
-    restic = yaml.safe_load((EXAMPLES / "restic-volume.yaml").read_text())
-    restic["metadata"]["name"] = "restic-vol-1"
-    restic["spec"]["volumeSelector"]["targetVolumes"] = restic["spec"]["volumeSelector"][
-        "targetVolumes"
-    ][:1]
-    recovery = yaml.safe_load((EXAMPLES / "recovery-volume.yaml").read_text())
-    recovery["metadata"]["name"] = "recovery-vol-1"
-    recovery["spec"]["repository"]["namespace"] = "demo"
-    recovery["spec"]["volumeRestorer"]["recoverTo"][0]["hostPath"]["path"] = str(root / "restored")
-    gcs_secret = secret_doc(
-        "gcs-secret",
-        "demo",
-        RESTIC_PASSWORD=PASSWORD,
-        GOOGLE_PROJECT_ID="stash-demo",
-        GOOGLE_SERVICE_ACCOUNT_JSON_KEY='{"type": "service_account"}',
-    )
+def examples_folder(root: Path) -> Path:
+    """Every example plus three mistakes: a Recovery of a Repository that does not exist,
+    a second Restic of an example's name, and a Secret whose value must never show."""
+    folder = root / "example-manifests"
+    shutil.copytree(EXAMPLES, folder)
+    orphan = recovery_doc("orphan-restore", "demo", "missing-repo", root / "restored")
+    twice = restic_doc("quick-mysql-backup", "demo", "local-repo", "stash-demo")
     write_manifests(
         folder,
-        [deployment, gcs_secret, restic, recovery],
+        [orphan, twice, secret_doc("extra-secret", "demo", RESTIC_PASSWORD=PASSWORD)],
         "zz-extra.yaml",
     )
     return folder
@@ -259,16 +228,16 @@ def dagbag(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     return DagBag(dag_folder=str(DAGS_FOLDER))
 
 
-def test_dagbag_over_the_spec_examples(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dagbag_over_the_examples(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from stash_plugin.plan import make_plans
     from stash_plugin.source import load_directory
 
-    folder = spec_folder(tmp_path)
+    folder = examples_folder(tmp_path)
     plans = make_plans(load_directory(folder), "local")
-    assert {
-        "stash-backup.default.restic-vol-1.deployment.stash-demo",
-        "stash-recovery.default.recovery-vol-1",
-    } <= set(plans.dag_ids)
+    assert set(plans.dag_ids) == {
+        "stash-backup.demo.stash-demo-backup.deployment.stash-demo",
+        "stash-recovery.demo.stash-demo-restore",
+    }
 
     bag = dagbag(folder, monkeypatch)
     assert set(bag.dags) == set(plans.dag_ids)
@@ -279,19 +248,17 @@ def test_dagbag_over_the_spec_examples(tmp_path: Path, monkeypatch: pytest.Monke
         assert str(err) in text
     # The important ones, by name.
     assert (
-        "Recovery default/recovery-volume-demo: spec.repository: "
-        "Repository default/stash-backup not found" in text
+        "Recovery demo/orphan-restore: spec.repository: "
+        "Repository demo/missing-repo not found (zz-extra.yaml#1)" in text
     )
-    assert "Restic default/restic-database-demo: metadata.name: defined twice" in text
-    assert "Recovery default/recovery-database-demo: metadata.name: defined twice" in text
+    assert "Restic demo/quick-mysql-backup: metadata.name: defined twice" in text
     assert (
-        "Restic default/restic-cluster-demo: spec.targetType: Cluster backup is not available yet"
-        in text
+        "Restic demo/cluster-backup: spec.targetType: Cluster backup is not available yet" in text
     )
     assert PASSWORD not in text
 
-    dag = bag.dags["stash-backup.default.restic-vol-1.deployment.stash-demo"]
-    assert {"namespace:default", "type:volume", "repository:stash-backup"} <= set(dag.tags)
+    dag = bag.dags["stash-backup.demo.stash-demo-backup.deployment.stash-demo"]
+    assert {"namespace:demo", "type:volume", "repository:local-repo"} <= set(dag.tags)
 
 
 def test_dagbag_with_only_valid_resources(

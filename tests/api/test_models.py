@@ -1,4 +1,4 @@
-"""Resource models: the spec's samples parse, and every error names object and field."""
+"""Resource models: the examples parse, and every error names object and field."""
 
 from __future__ import annotations
 
@@ -19,9 +19,12 @@ from stash_plugin.api import (
     Restic,
     parse_document,
 )
+from stash_plugin.api.backend import BACKEND_KINDS
 
-EXAMPLES = Path("/work/shared/spec/examples")
-COMPAT = Path("/work/shared/compat/stash-0.8.3/examples")
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+FIXTURES = ROOT / "tests" / "fixtures"
+COMPAT = FIXTURES / "stash-0.8"
 MODEL_OF = {
     "Repository": Repository,
     "Restic": Restic,
@@ -47,32 +50,51 @@ def only_error(doc: dict[str, Any], field: str) -> ResourceError:
 # --------------------------------------------------------------------------- samples
 
 
+def test_there_are_examples_of_every_kind() -> None:
+    kinds = {
+        doc["kind"]
+        for path in EXAMPLES.glob("*.yaml")
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc
+    }
+    assert set(MODEL_OF) <= kinds
+
+
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
-def test_every_spec_example_parses_to_its_model(path: Path) -> None:
+def test_every_example_parses_to_its_model(path: Path) -> None:
     docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
     assert docs
     for doc in docs:
         model = parse_document(doc, path.name)
+        assert model is not None and not isinstance(model, list), model
+        if doc["kind"] not in MODEL_OF:  # the Secrets and the Deployment they need
+            continue
         assert isinstance(model, MODEL_OF[doc["kind"]]), model
         assert model.metadata.name == doc["metadata"]["name"]
         if doc["kind"] != "BackupAgent":
             assert model.metadata.namespace == doc["metadata"].get("namespace", "default")
 
 
+def _example(name: str, kind: str) -> Any:
+    """The ``kind`` object of an example file, parsed."""
+    docs = yaml.safe_load_all((EXAMPLES / name).read_text())
+    (doc,) = [d for d in docs if d and d["kind"] == kind]
+    return parse_document(doc, name)
+
+
 def test_examples_keep_their_meaning() -> None:
-    restic = parse_document(yaml.safe_load((EXAMPLES / "restic-volume.yaml").read_text()))
+    restic = _example("restic-volume.yaml", "Restic")
     assert isinstance(restic, Restic)
-    assert restic.spec.schedule == "@every 1m"
-    assert restic.spec.repository.namespace == "demo"
+    assert restic.spec.schedule == "@every 1h"
+    assert restic.spec.repository.name == "local-repo"
     vs = restic.spec.volume_selector
-    assert vs is not None and [tv.name for tv in vs.target_volumes] == ["vol-1", "vol-2"]
+    assert vs is not None and [tv.name for tv in vs.target_volumes] == ["data", "config"]
     assert vs.target_volumes[0].directories[0].retention_policy_name == "keep-last-5"
     assert restic.spec.retention_policies[0].keep_last == 5
     assert restic.spec.retention_policies[0].prune is True
+    assert restic.spec.retention_policies[1].keep_daily == 7
 
-    accessors = parse_document(
-        yaml.safe_load((EXAMPLES / "restic-database-accessors.yaml").read_text())
-    )
+    accessors = _example("restic-database-accessors.yaml", "Restic")
     assert isinstance(accessors, Restic) and accessors.spec.database_selector is not None
     found = accessors.spec.database_selector.accessors()
     assert found[0].app_ref is not None and found[0].app_ref.name == "quick-mysql"
@@ -80,14 +102,34 @@ def test_examples_keep_their_meaning() -> None:
     assert found[1].connection_url.credentials is not None
     assert found[1].connection_url.credentials.password_key == "ROOT_PASSWORD"
 
-    repo = parse_document(yaml.safe_load((EXAMPLES / "repository.yaml").read_text()))
+    repo = _example("repository-gcs.yaml", "Repository")
     assert isinstance(repo, Repository)
-    assert repo.spec.backend.kind == "gcs" and repo.spec.backend.storage_secret_name == "gcs-secret"
-    assert repo.status is not None and len(repo.status.backup_repos) == 3
+    assert repo.spec.backend.kind == "gcs"
+    assert repo.spec.backend.storage_secret_name == "gcs-repo-secret"
 
-    agent = parse_document(yaml.safe_load((EXAMPLES / "backupagent-stash.yaml").read_text()))
+    agent = _example("backupagent-mysqldump.yaml", "BackupAgent")
     assert isinstance(agent, BackupAgent) and agent.metadata.namespace is None
-    assert agent.spec.commands.backup[0] == "backup"
+    assert agent.spec.commands.backup[0] == "mysqldump"
+
+
+def test_repository_status_of_every_target_type_parses() -> None:
+    """What Stash writes back (tests/fixtures/repository-status.yaml) reads back."""
+    path = FIXTURES / "repository-status.yaml"
+    repo = parse_document(yaml.safe_load(path.read_text()), path.name)
+    assert isinstance(repo, Repository) and repo.status is not None
+    assert [r.type for r in repo.status.backup_repos] == ["Volumes", "Database", "Cluster"]
+    assert repo.status.backup_repos[0].backup_count == 12
+    assert repo.status.backup_repos[2].workload_kind is None
+
+
+@pytest.mark.parametrize("kind", sorted(BACKEND_KINDS))
+def test_an_example_shows_every_backend(kind: str) -> None:
+    shown = {
+        model.spec.backend.kind
+        for path in EXAMPLES.glob("repository-*.yaml")
+        if isinstance(model := _example(path.name, "Repository"), Repository)
+    }
+    assert kind in shown
 
 
 def test_namespace_defaults_to_default() -> None:

@@ -1,0 +1,157 @@
+"""examples/: what each file plans into today, under both runtimes, as its README says.
+
+The table below is the contract. When Database or Cluster targets become available,
+their rows change from an error to a DAG id, and this test is what says so.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+from stash_plugin.api.resourceset import ResourceSet
+from stash_plugin.plan import PlanSet, make_plans
+from stash_plugin.plan.model import Runtime
+from stash_plugin.source import load_directory
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+RUNTIMES: tuple[Runtime, ...] = ("local", "kubernetes")
+
+
+@dataclass(frozen=True)
+class Today:
+    """What one file gives now: the DAGs it makes and its errors (``str`` of each)."""
+
+    dags: tuple[str, ...] = ()
+    errors: tuple[str, ...] = ()
+
+
+def _not_yet(kind: str, name: str, what: str, file: str) -> str:
+    target = "backup" if kind == "Restic" else "recovery"
+    available = "Volume backup is" if kind == "Restic" else "volume recovery is"
+    return (
+        f"{kind} demo/{name}: spec.targetType: {what} {target} is not available yet "
+        f"({available}) ({file})"
+    )
+
+
+NOTHING = Today()
+EXPECTED: dict[str, Today] = {
+    "deployment.yaml": NOTHING,
+    "repository-local-hostpath.yaml": NOTHING,
+    "repository-local-nfs.yaml": NOTHING,
+    "repository-local-pvc.yaml": NOTHING,
+    "repository-s3.yaml": NOTHING,
+    "repository-gcs.yaml": NOTHING,
+    "repository-azure.yaml": NOTHING,
+    "repository-swift.yaml": NOTHING,
+    "repository-b2.yaml": NOTHING,
+    "repository-rest.yaml": NOTHING,
+    "database-credentials.yaml": NOTHING,
+    "backupagent-stash.yaml": NOTHING,
+    "backupagent-mysqldump.yaml": NOTHING,
+    "restic-volume.yaml": Today(
+        dags=("stash-backup.demo.stash-demo-backup.deployment.stash-demo",)
+    ),
+    "recovery-volume.yaml": Today(dags=("stash-recovery.demo.stash-demo-restore",)),
+    "restic-database-appref.yaml": Today(
+        errors=(
+            _not_yet("Restic", "quick-mysql-backup", "Database", "restic-database-appref.yaml"),
+        )
+    ),
+    "restic-database-connectionurl.yaml": Today(
+        errors=(
+            _not_yet("Restic", "shop-db-backup", "Database", "restic-database-connectionurl.yaml"),
+        )
+    ),
+    "restic-database-accessors.yaml": Today(
+        errors=(
+            _not_yet("Restic", "databases-backup", "Database", "restic-database-accessors.yaml"),
+        )
+    ),
+    "restic-cluster.yaml": Today(
+        errors=(_not_yet("Restic", "cluster-backup", "Cluster", "restic-cluster.yaml"),)
+    ),
+    "recovery-database-appref.yaml": Today(
+        errors=(
+            _not_yet(
+                "Recovery", "quick-mysql-restore", "Database", "recovery-database-appref.yaml"
+            ),
+        )
+    ),
+    "recovery-database-connectionurl.yaml": Today(
+        errors=(
+            _not_yet(
+                "Recovery", "shop-db-restore", "Database", "recovery-database-connectionurl.yaml"
+            ),
+        )
+    ),
+}
+
+
+@cache
+def planned(runtime: Runtime) -> tuple[ResourceSet, PlanSet]:
+    resources = load_directory(EXAMPLES)
+    return resources, make_plans(resources, runtime)
+
+
+def _file(origin: str | None) -> str | None:
+    return origin.split("#", 1)[0] if origin else None
+
+
+def today(file: str, runtime: Runtime) -> Today:
+    """What ``file`` plans into when the whole folder is loaded, as the README runs it."""
+    resources, plans = planned(runtime)
+    dags = [
+        dag_id
+        for dag_id, plan in plans.backups.items()
+        if _file(
+            resources.origin_of("Restic", plan.target.restic_namespace, plan.target.restic_name)
+        )
+        == file
+    ]
+    dags += [
+        dag_id
+        for dag_id, rplan in plans.recoveries.items()
+        if _file(resources.origin_of("Recovery", rplan.namespace, rplan.name)) == file
+    ]
+    errors = [str(e) for e in plans.errors if _file(e.origin) == file]
+    return Today(dags=tuple(sorted(dags)), errors=tuple(sorted(errors)))
+
+
+def example_files() -> list[str]:
+    return sorted(p.name for p in EXAMPLES.iterdir() if p.suffix in (".yaml", ".yml", ".json"))
+
+
+def test_the_table_covers_every_example() -> None:
+    assert example_files() == sorted(EXPECTED)
+
+
+def test_the_readme_lists_every_example_and_nothing_else() -> None:
+    text = (EXAMPLES / "README.md").read_text()
+    listed = set(re.findall(r"^\| `([^`]+\.ya?ml)` \|", text, flags=re.MULTILINE))
+    assert listed == set(example_files())
+
+
+def test_every_file_parses() -> None:
+    """Errors below come from planning only: every object of every file is valid."""
+    resources, _ = planned("local")
+    assert resources.errors == []
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("file", sorted(EXPECTED))
+def test_what_each_example_plans_into(file: str, runtime: Runtime) -> None:
+    assert today(file, runtime) == EXPECTED[file]
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_nothing_is_planned_or_refused_outside_the_table(runtime: Runtime) -> None:
+    """No DAG or error comes from anywhere but the files of the table."""
+    _, plans = planned(runtime)
+    assert sorted(plans.dag_ids) == sorted(d for t in EXPECTED.values() for d in t.dags)
+    assert sorted(map(str, plans.errors)) == sorted(e for t in EXPECTED.values() for e in t.errors)

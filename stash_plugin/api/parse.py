@@ -76,7 +76,7 @@ def parse_document(doc: Any, origin: str | None = None) -> Parsed | list[Resourc
                 "spec",
                 f"this is the Stash 0.8 shape of {kind} (fields "
                 f"{', '.join(sorted(legacy & set(spec)))}); convert it to the new shape "
-                "(see ../spec/examples) — automatic conversion is not available yet",
+                "(see the repository's examples/) — automatic conversion is not available yet",
             )
         try:
             model = STASH_KINDS[kind].model_validate(doc)

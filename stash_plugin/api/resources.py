@@ -1,4 +1,4 @@
-"""The four Stash custom resources in their new shape (``../spec/examples``)."""
+"""The four Stash custom resources in their new shape (``examples/`` shows each)."""
 
 from __future__ import annotations
 

@@ -351,6 +351,8 @@ def test_stash_08_shapes_are_named_as_old_shape(rel: str) -> None:
         ]
         assert old in result[0].message
         assert result[0].origin == rel
+        # It points at the new shapes, in a folder every checkout has.
+        assert "examples/" in result[0].message and EXAMPLES.is_dir()
 
 
 def test_every_stash_08_restic_and_recovery_is_recognised() -> None:

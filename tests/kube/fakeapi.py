@@ -1,6 +1,6 @@
 """A fake Kubernetes API server: an in-memory object store behind ``http.server``.
 
-Why our own fake rather than a library (see DESIGN.md, "Kubernetes test harness"):
+Why our own fake rather than a library (see docs/architecture.md, "Kubernetes test harness"):
 the real KubernetesPodOperator needs label selectors that really filter, pods that
 get a uid and a phase on create, a chunked ``log`` subresource with timestamps and
 ``watch`` streams; our own code needs custom objects with a ``status`` subresource

@@ -10,7 +10,8 @@ new, not ignored):
   the checkout's own location (its parent folder, or the checkout itself when it
   sits directly in a system folder such as ``/tmp``);
 - relative paths whose leading ``../`` climb above the checkout from the file's own
-  folder.
+  folder;
+- symbolic links to an absolute path or to a place above the checkout.
 
 System paths (``/usr/bin/env``, ``/dev/termination-log``, ``/tmp``, ``/etc``,
 ``/proc``, ``/var``) and the node paths of manifests (hostPath ``/data/...``,
@@ -74,13 +75,13 @@ def checkout_files(root: Path) -> list[Path]:
             capture_output=True,
         ).stdout.decode()
         files = [root / name for name in out.split("\0") if name]
-        return sorted(p for p in files if p.is_file() and not p.is_symlink())
+        return sorted(p for p in files if p.is_symlink() or p.is_file())
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if d not in WALK_SKIP and not d.endswith("_cache")]
         dirnames[:] = [d for d in dirnames if not d.endswith(".egg-info")]
-        found += [Path(dirpath, f) for f in filenames]
-    return sorted(p for p in found if p.is_file() and not p.is_symlink())
+        found += [Path(dirpath, f) for f in filenames + dirnames]
+    return sorted(p for p in found if p.is_symlink() or p.is_file())
 
 
 def _text(path: Path) -> str | None:
@@ -100,10 +101,16 @@ def outside_paths(root: Path) -> list[str]:
     absolute = _absolute_pattern(root)
     findings = []
     for path in checkout_files(root):
+        rel = path.relative_to(root)
+        if path.is_symlink():
+            target = os.readlink(path)
+            inside = os.path.normpath(os.path.join(rel.parent, target))
+            if os.path.isabs(target) or inside == ".." or inside.startswith("../"):
+                findings.append(f"{rel}: a link to {target} (outside the checkout)")
+            continue
         text = _text(path)
         if text is None:
             continue
-        rel = path.relative_to(root)
         for lineno, line in enumerate(text.splitlines(), 1):
             if MARKER in line:
                 continue
@@ -207,13 +214,33 @@ def test_the_checkouts_own_location_is_outside(tmp_path: Path) -> None:
     assert not pattern.search('"/tmp/stash-scratch"')
 
 
+@pytest.mark.parametrize(
+    ("link", "target", "outside"),
+    [
+        ("stash_plugin/operators", "../operators", False),
+        ("tests/data", f"{UP}{UP}shared/compat", True),
+        ("tests/data", f"{W}/shared/compat", True),
+        ("tests/data", "/usr/share/zoneinfo", True),  # no clone has it where it points
+    ],
+)
+def test_links_stay_inside_the_checkout(
+    tmp_path: Path, link: str, target: str, outside: bool
+) -> None:
+    root = tmp_path / "checkout"
+    (root / "operators").mkdir(parents=True)
+    (root / link).parent.mkdir(parents=True, exist_ok=True)
+    (root / link).symlink_to(target)
+    expected = [f"{link}: a link to {target} (outside the checkout)"] if outside else []
+    assert outside_paths(root) == expected
+
+
 def test_a_file_planted_in_a_copy_of_this_checkout_is_found(tmp_path: Path) -> None:
     """End to end on the real files: a copy passes, the same copy plus one new file fails."""
     copy = tmp_path / "copy"
     for path in checkout_files(ROOT):
         target = copy / path.relative_to(ROOT)
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, target)
+        shutil.copy2(path, target, follow_symlinks=False)
     assert outside_paths(copy) == []
     _plant(copy, "tests/test_planted.py", f'DATA = "{W}/shared/compat/stash-0.8.3"')
     findings = outside_paths(copy)

@@ -109,7 +109,7 @@ def test_examples_keep_their_meaning() -> None:
 
     agent = _example("backupagent-mysqldump.yaml", "BackupAgent")
     assert isinstance(agent, BackupAgent) and agent.metadata.namespace is None
-    assert agent.spec.commands.backup[0] == "mysqldump"
+    assert agent.spec.commands.backup[0].startswith("mysqldump ")
 
 
 def test_repository_status_of_every_target_type_parses() -> None:

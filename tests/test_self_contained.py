@@ -10,7 +10,7 @@ new, not ignored):
   the checkout's own location (its parent folder, or the checkout itself when it
   sits directly in a system folder such as ``/tmp``);
 - relative paths whose leading ``../`` climb above the checkout from the file's own
-  folder;
+  folder (in Markdown, link targets);
 - symbolic links to an absolute path or to a place above the checkout.
 
 System paths (``/usr/bin/env``, ``/dev/termination-log``, ``/tmp``, ``/etc``,
@@ -46,6 +46,9 @@ _START = r"(?<![\w.~$/-])"
 # ... and the folder name ends there (``/workspace`` and ``/root.txt`` are other names).
 _END = r"(?![\w-])(?!\.\w)"
 _RELATIVE = re.compile(_START + r"((?:\.\./)+)([^\s\"'`)\]>,;*]*)")
+# In Markdown only link targets are paths relative to the file: a ``../x`` in prose or
+# in a code span is an example of a value (a hostile link target, say).
+_MD_LINK = re.compile(r"(?:\]\(\s*<?|^\s*\[[^\]]+\]:\s*)((?:\.\./)+)([^)\s>]*)")
 
 
 def _absolute_pattern(root: Path) -> re.Pattern[str]:
@@ -116,7 +119,8 @@ def outside_paths(root: Path) -> list[str]:
                 continue
             for m in absolute.finditer(line):
                 findings.append(f"{rel}:{lineno}: {m.group(0)} (an absolute path outside)")
-            for m in _RELATIVE.finditer(line):
+            relative = _MD_LINK if path.suffix == ".md" else _RELATIVE
+            for m in relative.finditer(line):
                 if _escapes(rel.parent, m.group(1)):
                     findings.append(
                         f"{rel}:{lineno}: {m.group(0)} (climbs above the checkout from "
@@ -160,6 +164,7 @@ FLAGGED = [
     (".ci/run", f"cd {R}/project && make test"),
     ("README.md", f"the layers of [the design]({UP}shared/DESIGN.md)"),
     ("docs/guide.md", f"[design]({UP}{UP}shared/DESIGN.md)"),
+    ("docs/guide.md", f"[design]: {UP}{UP}shared/DESIGN.md"),
     ("stash_plugin/x.py", f'"(see {UP}{UP}{UP}spec/examples)"'),
     ("benchmarks/run.sh", f"python {UP}{UP}other-project/bench.py"),
 ]
@@ -173,6 +178,7 @@ FINE = [
     ("README.md", "(from .../simple_auth_manager_passwords.json.generated)"),
     ("stash_plugin/api/x.py", "from .. import GROUP"),
     ("docs/guide.md", f"[the README]({UP}README.md)"),
+    ("README.md", f"a link to anything outside (`/etc/...`, `{UP}other`) is refused"),
     ("tests/test_fuzz.py", '"/abs/../../etc",'),
     ("tests/test_x.py", f'BAD = "{UP}{UP}{UP}etc/passwd"  # {MARKER}: a hostile value'),
     ("README.md", "`/workspace`, `$HOME/work`, `~/work` and `./root` are other places"),

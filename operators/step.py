@@ -12,8 +12,9 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
-from stash_plugin.plan.model import RecoveryPlan, Step
+from stash_plugin.plan.model import BackupPlan, RecoveryPlan, Step
 from stash_plugin.runtime.errors import StepFailed
+from stash_plugin.runtime.guard import guarded_backup
 from stash_plugin.runtime.outcomes import running_status
 from stash_plugin.runtime.status import status_store
 from stash_plugin.runtime.steps import (
@@ -60,6 +61,24 @@ class StashStepOperator(BaseOperator):
         """Resume after a deferred pod (``[stash] deferrable``) finished."""
         try:
             return resume_step(self.step, context, event)
+        except StepFailed as exc:
+            report_failure(context, exc)
+
+
+class StashBackupOperator(StashStepOperator):
+    """The backup step, told its target's history when it runs: a target with backups
+    on record never gets a new repository, and a drop of its source is flagged."""
+
+    def __init__(self, *, plan: BackupPlan, **kwargs: Any) -> None:
+        super().__init__(step=plan.backup, **kwargs)
+        self.plan = plan
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        settings = load_settings()
+        new_repository = bool(context["params"].get("new_repository", False))
+        step = guarded_backup(self.plan, settings, new_repository=new_repository)
+        try:
+            return run_step(step, context, settings=settings)
         except StepFailed as exc:
             report_failure(context, exc)
 

@@ -408,7 +408,7 @@ def run_commands(
         if proc.returncode != 0 and WRONG_PASSWORD in proc.stderr:
             raise AgentError("wrong repository password (RESTIC_PASSWORD of the storage Secret)")
         if proc.returncode != 0 and init and NO_REPOSITORY in proc.stderr:
-            _refuse_new_repository(guard)
+            _refuse_new_repository(guard, proc.stderr)
             ensure_repository()
             init = False
             proc = restic(cmd.args, lock_wait=lock_wait)
@@ -471,13 +471,35 @@ def public_url(url: str) -> str:
     return re.sub(r"^((?:[a-z0-9]+:)?[a-z][a-z0-9+.-]*://)[^/@]*@", r"\1", url, flags=re.I)
 
 
-def _refuse_new_repository(guard: BackupGuard | None) -> None:
+_UNREACHABLE = (
+    "dial tcp",
+    "connection refused",
+    "no such host",
+    "i/o timeout",
+    "network is unreachable",
+    "deadline exceeded",
+    "tls:",
+    "x509:",
+)
+_DENIED = ("access denied", "forbidden", "permission denied", "403")
+
+
+def _refuse_new_repository(guard: BackupGuard | None, stderr: str) -> None:
     """A target with backups on record whose repository is gone is an incident (an
     unmounted disk, a wrong bucket), not a first backup: creating a new, empty
-    repository would make the run green while every earlier snapshot is out of reach."""
+    repository would make the run green while every earlier snapshot is out of reach.
+    restic says "Is there a repository" for a backend it cannot reach too: that is
+    told apart, so the message points at the right cause."""
     if guard is None or guard.backups_on_record <= 0:
         return
     url = public_url(os.environ.get(ENV_REPOSITORY, ""))
+    said = stderr.lower()
+    if any(marker in said for marker in _UNREACHABLE):
+        raise AgentError(
+            f"cannot reach the repository {url}; check the backend address and that it is up"
+        )
+    if any(marker in said for marker in _DENIED):
+        raise AgentError(f"access to the repository {url} is denied; check the credentials")
     raise AgentError(
         f"repository {url} is missing but this target has {guard.backups_on_record} "
         "backups on record; not creating a new one (an unmounted disk or a wrong bucket?). "

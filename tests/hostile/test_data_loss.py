@@ -303,7 +303,9 @@ def test_a_restore_killed_part_way_leaves_nothing_inside_the_target(
     monkeypatch.setenv("STASH_RESTIC_BINARY", str(slow))
 
     def staged() -> list[Path]:
-        return [p for p in tmp_path.glob(".stash-restore-*") if any(p.rglob("exec.sh"))]
+        """Staging folders holding restored data, wherever the agent put them."""
+        found = [*tmp_path.glob(".stash-restore-*"), *volume.glob(".stash-restore-*")]
+        return [p for p in found if any(p.rglob("exec.sh"))]
 
     stop = threading.Event()
     watcher = kill_restore_when(lambda: bool(staged()), stop)

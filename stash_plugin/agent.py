@@ -1,10 +1,13 @@
 """``stash-agent``: the program every backup and recovery step runs, as a process or a pod.
 
 It wraps restic with what a scheduled, unattended run needs and restic alone does not
-do: create the repository on first use (but never over a wrong password), clear stale
-locks left by a killed run while waiting for live ones, turn restic's JSON into one
-result document, and restore through a staging folder so that a failed restore never
-leaves a half-written target that looks complete.
+do: create the repository on first use (but never over a wrong password, and never for
+a target that has backups on record: that repository went missing), clear stale locks
+left by a killed run while waiting for live ones, follow a linked source folder within
+its volume, flag a backup of an empty or sharply shrunk source and protect the
+snapshots before it from retention, turn restic's JSON into one result document, and
+restore through a staging folder outside the target so that a failed or killed restore
+never leaves anything in it.
 
 The result (records of ``stash_plugin.protocol``) goes to ``$STASH_RESULT_FILE``
 (local runtime) and, in a pod, to the container's termination message, which the

@@ -41,7 +41,7 @@ class StashStepOperator(BaseOperator):
         from airflow.sdk.exceptions import AirflowTaskTimeout
 
         try:
-            return run_step(self.step, context)
+            return run_step(self.step_to_run(context), context)
         except StepFailed as exc:
             report_failure(context, exc)
         except AirflowTaskTimeout:
@@ -52,6 +52,10 @@ class StashStepOperator(BaseOperator):
                 "the step was stopped",
             )
             raise
+
+    def step_to_run(self, context: Any) -> Step:
+        """The planned step, completed with what is only known when it runs."""
+        return self.step
 
     def on_kill(self) -> None:
         """The task was stopped (timeout, marked failed): stop its step too."""
@@ -73,14 +77,9 @@ class StashBackupOperator(StashStepOperator):
         super().__init__(step=plan.backup, **kwargs)
         self.plan = plan
 
-    def execute(self, context: Any) -> dict[str, Any]:
-        settings = load_settings()
+    def step_to_run(self, context: Any) -> Step:
         new_repository = bool(context["params"].get("new_repository", False))
-        step = guarded_backup(self.plan, settings, new_repository=new_repository)
-        try:
-            return run_step(step, context, settings=settings)
-        except StepFailed as exc:
-            report_failure(context, exc)
+        return guarded_backup(self.plan, load_settings(), new_repository=new_repository)
 
 
 class StashRetentionOperator(StashStepOperator):

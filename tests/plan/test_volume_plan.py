@@ -242,7 +242,7 @@ def test_the_tag_that_protects_snapshots_before_a_drop_is_reserved() -> None:
         "stash-before-drop"
     ]
     error = one_error(*docs)
-    assert error.field == "spec.volumeSelector.targetVolumes[0].directories[0].tags"
+    assert error.field == "spec.volumeSelector.targetVolumes[0].directories[0].tags[0]"
     assert "'stash-before-drop' is reserved" in str(error)
 
 

@@ -145,7 +145,13 @@ class LocalStatusStore:
         return self._read(path, RepositoryStatus) or RepositoryStatus()
 
     def backup_entry(self, target: TargetRef) -> BackupRepo | None:
-        status = self.repository_status(target.repository_namespace, target.repository_name)
+        """None also for a bad file: it has lost the target's history already (the
+        record after this run moves it aside), so the run goes on without it."""
+        try:
+            status = self.repository_status(target.repository_namespace, target.repository_name)
+        except BadStatusFile as bad:
+            log.warning("%s; this backup runs without the target's history", bad)
+            return None
         return entry_of(status, target)
 
     def record_backup(self, target: TargetRef, outcome: BackupOutcome) -> BackupRepo:

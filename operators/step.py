@@ -12,8 +12,9 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
-from stash_plugin.plan.model import RecoveryPlan, Step
+from stash_plugin.plan.model import BackupPlan, RecoveryPlan, Step
 from stash_plugin.runtime.errors import StepFailed
+from stash_plugin.runtime.guard import guarded_backup
 from stash_plugin.runtime.outcomes import running_status
 from stash_plugin.runtime.status import status_store
 from stash_plugin.runtime.steps import (
@@ -40,7 +41,7 @@ class StashStepOperator(BaseOperator):
         from airflow.sdk.exceptions import AirflowTaskTimeout
 
         try:
-            return run_step(self.step, context)
+            return run_step(self.step_to_run(context), context)
         except StepFailed as exc:
             report_failure(context, exc)
         except AirflowTaskTimeout:
@@ -52,6 +53,10 @@ class StashStepOperator(BaseOperator):
             )
             raise
 
+    def step_to_run(self, context: Any) -> Step:
+        """The planned step, completed with what is only known when it runs."""
+        return self.step
+
     def on_kill(self) -> None:
         """The task was stopped (timeout, marked failed): stop its step too."""
         stop_running()
@@ -62,6 +67,19 @@ class StashStepOperator(BaseOperator):
             return resume_step(self.step, context, event)
         except StepFailed as exc:
             report_failure(context, exc)
+
+
+class StashBackupOperator(StashStepOperator):
+    """The backup step, told its target's history when it runs: a target with backups
+    on record never gets a new repository, and a drop of its source is flagged."""
+
+    def __init__(self, *, plan: BackupPlan, **kwargs: Any) -> None:
+        super().__init__(step=plan.backup, **kwargs)
+        self.plan = plan
+
+    def step_to_run(self, context: Any) -> Step:
+        new_repository = bool(context["params"].get("new_repository", False))
+        return guarded_backup(self.plan, load_settings(), new_repository=new_repository)
 
 
 class StashRetentionOperator(StashStepOperator):

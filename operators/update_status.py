@@ -74,7 +74,10 @@ class StashBackupStatusOperator(BaseOperator):
         from airflow.sdk.exceptions import AirflowException
 
         reports = gather(context, self.plan.task_ids)
-        report = backup_report(self.plan, reports, _started(context), time.time())
+        shrink_fails = load_settings().shrink_action == "fail"
+        report = backup_report(
+            self.plan, reports, _started(context), time.time(), shrink_fails=shrink_fails
+        )
         entry = _store(self.plan.runtime).record_backup(self.plan.target, report.outcome)
         metrics.emit(report.scope, report.metrics)
         if report.failed:

@@ -1,10 +1,13 @@
 """``stash-agent``: the program every backup and recovery step runs, as a process or a pod.
 
 It wraps restic with what a scheduled, unattended run needs and restic alone does not
-do: create the repository on first use (but never over a wrong password), clear stale
-locks left by a killed run while waiting for live ones, turn restic's JSON into one
-result document, and restore through a staging folder so that a failed restore never
-leaves a half-written target that looks complete.
+do: create the repository on first use (but never over a wrong password, and never for
+a target that has backups on record: that repository went missing), clear stale locks
+left by a killed run while waiting for live ones, follow a linked source folder within
+its volume, flag a backup of an empty or sharply shrunk source and protect the
+snapshots before it from retention, turn restic's JSON into one result document, and
+restore through a staging folder outside the target so that a failed or killed restore
+never leaves anything in it.
 
 The result (records of ``stash_plugin.protocol``) goes to ``$STASH_RESULT_FILE``
 (local runtime) and, in a pod, to the container's termination message, which the
@@ -15,18 +18,23 @@ image needs nothing of Airflow.
 from __future__ import annotations
 
 import argparse
+import errno
+import fcntl
+import hashlib
 import json
 import os
 import posixpath
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -34,8 +42,10 @@ from urllib.parse import quote
 
 from stash_plugin.credentials import credential_files, tls_problem
 from stash_plugin.protocol import (
+    BEFORE_DROP_TAG,
     END_OF_OPTIONS,
     ENV_AGENT_POD_PREFIX,
+    ENV_BACKUP_GUARD,
     ENV_DEAD_LOCK_BEFORE,
     ENV_LIVE_AGENT_PODS,
     ENV_LOCK_WAIT,
@@ -46,6 +56,7 @@ from stash_plugin.protocol import (
     ENV_TERMINATION_MESSAGE,
     SEPARATOR,
     TERMINATION_MESSAGE_LIMIT,
+    BackupGuard,
     BackupResult,
     ForgetResult,
     RestoreResult,
@@ -56,6 +67,7 @@ from stash_plugin.protocol import (
     encode,
     error_line,
     fit_termination_message,
+    source_drop,
 )
 
 LOCKED = "repository is already locked"
@@ -290,7 +302,7 @@ def _backup_result(path: str, proc: subprocess.CompletedProcess[str]) -> BackupR
     )
     if not summary:
         return BackupResult(path=path)
-    counts = {
+    counts: dict[str, Any] = {
         key: int(summary.get(key) or 0)
         for key in (
             "files_new",
@@ -372,6 +384,7 @@ def run_commands(
     init: bool = False,
     unlock: bool = False,
     within: Sequence[str] = (),
+    guard: BackupGuard | None = None,
 ) -> RunResult:
     """Run restic commands in order; stop at the first failure.
 
@@ -380,7 +393,9 @@ def run_commands(
     created (``init``) only when the first command finds none: probing for it first
     would cost a key derivation (most of a second) on every run. Every folder a backup
     reads must stay inside one of the ``within`` volumes once links are followed;
-    this is checked for all of them before anything runs.
+    this is checked for all of them before anything runs. With a ``guard``, a target
+    that has backups on record never gets a new repository, and each backup is checked
+    against the previous one (see :func:`_flag_drop`).
     """
     for cmd in commands:
         if cmd.verb == "backup":
@@ -390,15 +405,19 @@ def run_commands(
     if unlock:
         unlock_stale()
     for cmd in commands:
+        if cmd.verb == "backup":
+            cmd = _followed_source(cmd)
         proc = restic(cmd.args, lock_wait=lock_wait)
         if proc.returncode != 0 and WRONG_PASSWORD in proc.stderr:
             raise AgentError("wrong repository password (RESTIC_PASSWORD of the storage Secret)")
         if proc.returncode != 0 and init and NO_REPOSITORY in proc.stderr:
+            _refuse_new_repository(guard, proc.stderr)
             ensure_repository()
             init = False
             proc = restic(cmd.args, lock_wait=lock_wait)
         if cmd.verb == "backup":
-            result.backups.append(_checked_backup(cmd, proc, lock_wait))
+            entry = _checked_backup(cmd, proc, lock_wait)
+            result.backups.append(_flag_drop(cmd, entry, guard, lock_wait))
         elif proc.returncode != 0:
             raise AgentError(f"restic {cmd.verb} failed (restic exit {proc.returncode})")
         elif cmd.verb == "forget":
@@ -444,6 +463,148 @@ def _forget_result(cmd: Command, proc: subprocess.CompletedProcess[str]) -> Forg
         bytes_freed=freed,
         dry_run="--dry-run" in cmd.args,
     )
+
+
+# ----------------------------------------------------------------------------- data-loss guards
+
+
+def public_url(url: str) -> str:
+    """The repository URL fit for a message: without the user and password that
+    :func:`_rest_credentials` may have put into it."""
+    return re.sub(r"^((?:[a-z0-9]+:)?[a-z][a-z0-9+.-]*://)[^/@]*@", r"\1", url, flags=re.I)
+
+
+_UNREACHABLE = (
+    "dial tcp",
+    "connection refused",
+    "no such host",
+    "i/o timeout",
+    "network is unreachable",
+    "deadline exceeded",
+    "tls:",
+    "x509:",
+)
+_DENIED = ("access denied", "forbidden", "permission denied", "403")
+
+
+def _refuse_new_repository(guard: BackupGuard | None, stderr: str) -> None:
+    """A target with backups on record whose repository is gone is an incident (an
+    unmounted disk, a wrong bucket), not a first backup: creating a new, empty
+    repository would make the run green while every earlier snapshot is out of reach.
+    restic says "Is there a repository" for a backend it cannot reach too: that is
+    told apart, so the message points at the right cause."""
+    if guard is None or guard.backups_on_record <= 0:
+        return
+    url = public_url(os.environ.get(ENV_REPOSITORY, ""))
+    said = stderr.lower()
+    if any(marker in said for marker in _UNREACHABLE):
+        raise AgentError(
+            f"cannot reach the repository {url}; check the backend address and that it is up"
+        )
+    if any(marker in said for marker in _DENIED):
+        raise AgentError(f"access to the repository {url} is denied; check the credentials")
+    raise AgentError(
+        f"repository {url} is missing but this target has {guard.backups_on_record} "
+        "backups on record; not creating a new one (an unmounted disk or a wrong bucket?). "
+        "To start a new repository on purpose, trigger the backup with new_repository=true"
+    )
+
+
+def _followed_source(cmd: Command) -> Command:
+    """Back up the folder a linked source points to, as Kubernetes mounts a hostPath
+    that is a link: restic given a link saves the link, not the data. Only called
+    once :func:`_check_inside` has found every link to stay inside its volume."""
+    if END_OF_OPTIONS not in cmd.args:
+        return cmd
+    cut = cmd.args.index(END_OF_OPTIONS) + 1
+    real = [os.path.realpath(p) for p in cmd.args[cut:]]
+    for path, followed in zip(cmd.args[cut:], real, strict=True):
+        if followed != path:
+            log(f"source {path} is reached through a symbolic link; backing up {followed}")
+    return Command(cmd.path, [*cmd.args[:cut], *real])
+
+
+def _flag(args: Sequence[str], name: str) -> list[str]:
+    return [a.split("=", 1)[1] for a in args if a.startswith(f"--{name}=")]
+
+
+_IDENTITY_TAGS = ("namespace=", "restic=", "target=", "path=")
+
+
+def _target_filter(cmd: Command, *extra_tags: str) -> list[str]:
+    """restic filters selecting this folder's snapshots of this target (as retention
+    selects them: its host and identity tags, not the user's extra tags), narrowed to
+    those that also carry ``extra_tags``."""
+    tags = [t for value in _flag(cmd.args, "tag") for t in value.split(",") if t]
+    identity = [t for t in tags if t.startswith(_IDENTITY_TAGS)] or tags
+    wanted = [*identity, *extra_tags]
+    out = [f"--host={h}" for h in _flag(cmd.args, "host")]
+    return out + ([f"--tag={','.join(wanted)}"] if wanted else [])
+
+
+def _flag_drop(
+    cmd: Command, entry: BackupResult, guard: BackupGuard | None, lock_wait: float
+) -> BackupResult:
+    """Flag a backup of an empty or sharply shrunk source, and protect what came before.
+
+    The snapshot itself is kept (it is what the folder holds now); the newest
+    ``keep_before_drop`` snapshots taken before it get :data:`BEFORE_DROP_TAG`, which
+    retention always keeps, so the data from before the drop outlives any policy."""
+    if guard is None or not entry.snapshot_id:
+        return entry
+    reason = source_drop(
+        guard.baseline(cmd.path),
+        entry.total_files_processed,
+        entry.total_bytes_processed,
+        guard.shrink_threshold,
+    )
+    if reason is None:
+        return entry
+    log(f"warning: {cmd.path}: {reason}")
+    kept = _protect_before_drop(cmd, entry.snapshot_id, guard.keep_before_drop, lock_wait)
+    if kept:
+        log(f"kept {', '.join(kept)} (tag {BEFORE_DROP_TAG}): taken before the drop")
+    return replace(entry, source_drop=reason, kept_before_drop=kept)
+
+
+def _protect_before_drop(cmd: Command, new_id: str, keep: int, lock_wait: float) -> list[str]:
+    """Tag the ``keep`` newest earlier snapshots of the folder; returns their ids (restic
+    gives a snapshot a new id when its tags change). Costs three restic commands, only
+    when a drop is flagged."""
+    if keep <= 0:
+        return []
+    earlier = [
+        s
+        for s in _snapshots_json(_target_filter(cmd))
+        if not str(s.get("id", "")).startswith(new_id) and s.get("short_id") != new_id
+    ]
+    earlier.sort(key=lambda s: str(s.get("time", "")), reverse=True)
+    chosen = earlier[:keep]
+    todo = [str(s["id"]) for s in chosen if BEFORE_DROP_TAG not in (s.get("tags") or [])]
+    if todo:
+        tagged = restic(
+            ["restic", "tag", f"--add={BEFORE_DROP_TAG}", END_OF_OPTIONS, *todo],
+            lock_wait=lock_wait,
+        )
+        if tagged.returncode != 0:
+            raise AgentError(
+                f"backup of {cmd.path} made snapshot {new_id} of a shrunk source, but the "
+                f"snapshots before it could not be tagged {BEFORE_DROP_TAG} "
+                f"(restic exit {tagged.returncode}); retention must not run"
+            )
+    if not chosen:
+        return []
+    found = _snapshots_json(_target_filter(cmd, BEFORE_DROP_TAG))
+    found.sort(key=lambda s: str(s.get("time", "")), reverse=True)
+    return [str(s.get("short_id") or str(s["id"])[:8]) for s in found[: len(chosen)]]
+
+
+def _snapshots_json(selector: list[str]) -> list[dict[str, Any]]:
+    proc = restic(["restic", "snapshots", "--json", *selector], lock_wait=300, echo=False)
+    if proc.returncode != 0:
+        raise AgentError(f"cannot list snapshots (restic exit {proc.returncode})")
+    snaps: list[dict[str, Any]] = next(iter(_json_lines(proc.stdout)), []) or []
+    return snaps
 
 
 # ----------------------------------------------------------------------------- restore
@@ -566,40 +727,172 @@ def _is_empty(path: Path) -> bool:
     return not path.exists() or (path.is_dir() and not any(path.iterdir()))
 
 
+def _real_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+
+
+def _replace_empty_dir(src: Path, dest: Path) -> bool:
+    """One rename of ``src`` over the empty folder ``dest`` (rename(2) replaces an empty
+    directory atomically); False when that cannot be done (not empty, a mount point,
+    another filesystem)."""
+    if any(dest.iterdir()):
+        return False
+    try:
+        os.rename(src, dest)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.EBUSY, errno.EXDEV, errno.EPERM):
+            return False
+        raise
+    return True
+
+
 def _move_into(src: Path, dest: Path) -> None:
-    """Move ``src`` to ``dest``, merging directories and replacing files."""
-    if src.is_dir() and not src.is_symlink() and dest.is_dir() and not dest.is_symlink():
+    """Move ``src`` to ``dest``: in one rename when ``dest`` is missing or an empty
+    folder, else merging directories and replacing files; by copying where a rename
+    cannot cross (the target is another filesystem)."""
+    if _real_dir(src) and _real_dir(dest):
+        if _replace_empty_dir(src, dest):
+            return
         for child in src.iterdir():
             _move_into(child, dest / child.name)
         shutil.copystat(src, dest, follow_symlinks=False)
         src.rmdir()
         return
-    if dest.is_symlink() or dest.is_file():
-        dest.unlink()
-    elif dest.is_dir():
-        shutil.rmtree(dest)
+    _remove(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    os.rename(src, dest)
-
-
-def _restore_one(
-    snap: dict[str, Any], include: str, final: Path, wanted: str, target: Path
-) -> None:
-    """Restore ``include`` of ``snap`` into a staging folder beside ``final``, then move
-    it into place: a failed restore leaves nothing half-written at ``final``.
-
-    The staging folder sits inside ``final`` when that is an existing folder (a mounted
-    volume's root), else beside it, so the final moves never cross filesystems. Nothing
-    is written unless ``final`` stays inside ``target`` (the recoverTo volume) once
-    links are followed."""
-    if not _under(os.path.normpath(final), str(target)) or not _resolves_inside(
-        final, target, False
-    ):
-        raise AgentError(f"{final} (for {wanted}) leads outside the restore target {target}")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    home = final if final.is_dir() and not final.is_symlink() else final.parent
-    staging = Path(tempfile.mkdtemp(prefix=".stash-restore-", dir=home))
     try:
+        os.rename(src, dest)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        _copy_across(src, dest)
+        _remove(src)
+
+
+def _copy_across(src: Path, dest: Path) -> None:
+    """Copy what a rename cannot move (another filesystem), keeping links, modes, times
+    and, when running as root (as restic restores them), owners."""
+    st = src.lstat()
+    if stat.S_ISLNK(st.st_mode):
+        os.symlink(os.readlink(src), dest)
+    elif stat.S_ISDIR(st.st_mode):
+        dest.mkdir()
+        for child in src.iterdir():
+            _copy_across(child, dest / child.name)
+    elif stat.S_ISREG(st.st_mode):
+        shutil.copyfile(src, dest, follow_symlinks=False)
+    elif stat.S_ISFIFO(st.st_mode):
+        os.mkfifo(dest)
+    else:
+        log(f"not copying special file {dest} across filesystems")
+        return
+    if os.geteuid() == 0:
+        os.chown(dest, st.st_uid, st.st_gid, follow_symlinks=False)
+    if not stat.S_ISLNK(st.st_mode):
+        shutil.copystat(src, dest, follow_symlinks=False)
+
+
+# Staging: restic writes a restore into a folder outside the target (no process can
+# clean up after SIGKILL, so nothing may ever be written inside the target before the
+# final moves). Beside the target when it shares its filesystem (the moves are renames),
+# else in the agent's temporary folder (a pod's volume is a mount root: its parent is the
+# container's own filesystem), from which the files are copied.
+
+STAGING_PREFIX = ".stash-restore-"
+
+
+def _mount_points() -> set[str]:
+    """Mount points of this process (bind mounts included, which os.path.ismount misses)."""
+    try:
+        text = Path("/proc/self/mountinfo").read_text()
+    except OSError:
+        return set()
+    unescape = re.compile(r"\\([0-7]{3})")
+    return {
+        unescape.sub(lambda m: chr(int(m.group(1), 8)), fields[4])
+        for fields in (line.split() for line in text.splitlines())
+        if len(fields) > 4
+    }
+
+
+def _is_mount_point(path: Path) -> bool:
+    return path.is_dir() and (os.path.ismount(path) or str(path) in _mount_points())
+
+
+def _staging_homes(root: Path) -> list[Path]:
+    homes = [] if _is_mount_point(root) else [root.parent]
+    return [*homes, Path(tempfile.gettempdir())]
+
+
+def _clear_stale_staging(home: Path, key: str) -> None:
+    """Remove staging folders of earlier restores into the same target whose agent died
+    (a live one holds a lock on its folder)."""
+    for old in home.glob(f"{STAGING_PREFIX}{key}-*"):
+        if old.is_symlink() or not old.is_dir():
+            continue
+        fd = os.open(old, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # another agent is restoring into this target right now
+        else:
+            log(f"removing {old}, left by a restore that was killed")
+            shutil.rmtree(old, ignore_errors=True)
+        finally:
+            os.close(fd)
+
+
+@contextmanager
+def staging_folder(root: Path) -> Iterator[Path]:
+    """A locked, empty folder outside ``root`` to restore into; removed afterwards (and,
+    if this agent is killed, by the next restore into ``root``)."""
+    key = hashlib.sha256(str(root).encode()).hexdigest()[:12]
+    problems = []
+    for home in _staging_homes(root):
+        try:
+            home.mkdir(parents=True, exist_ok=True)
+            _clear_stale_staging(home, key)
+            staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{key}-", dir=home))
+        except OSError as exc:
+            problems.append(f"{home}: {exc.strerror}")
+            continue
+        fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield staging
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            os.close(fd)
+        return
+    raise AgentError(f"no folder to stage the restore of {root} in ({'; '.join(problems)})")
+
+
+def _restore_root(target: str) -> Path:
+    """The folder a restore writes into. A target that is a symbolic link is restored
+    through (the link stays, the folder it points to gets the data), as Kubernetes
+    mounts a hostPath that is a link."""
+    real = Path(os.path.realpath(target))
+    if str(real) != posixpath.normpath(target):
+        log(f"target {target} is reached through a symbolic link; restoring into {real}")
+    return real
+
+
+def _restore_one(snap: dict[str, Any], include: str, final: Path, wanted: str, root: Path) -> None:
+    """Restore ``include`` of ``snap`` into a staging folder outside the target
+    (:func:`staging_folder`), then move it into place: a restore that fails or is killed
+    leaves nothing at all inside the target. Nothing is written unless ``final`` stays
+    inside ``root`` (the recoverTo folder) once links are followed; a link at ``final``
+    itself is replaced, not written through."""
+    if not _under(os.path.normpath(final), str(root)) or not _resolves_inside(final, root, False):
+        raise AgentError(f"{final} (for {wanted}) leads outside the restore target {root}")
+    with staging_folder(root) as staging:
         proc = restic(
             [
                 "restic",
@@ -616,9 +909,8 @@ def _restore_one(
             raise AgentError(f"restore of {wanted} failed (restic exit {proc.returncode})")
         if not restored.exists() and not restored.is_symlink():
             raise AgentError(f"snapshot {snap['short_id']} has no {wanted}")
+        final.parent.mkdir(parents=True, exist_ok=True)
         _move_into(restored, final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def restore(
@@ -640,7 +932,8 @@ def restore(
         found = next(((m, t) for m, t in mounts if _clean(m) and _under(wanted, m)), None)
         if found is None:
             raise AgentError(f"{wanted} is under no --mount-path")
-        mount, root = Path(found[0]), Path(found[1])
+        mount = Path(found[0])
+        root = _restore_root(found[1])
         dest = root / posixpath.relpath(wanted, mount) if wanted != str(mount) else root
         if not overwrite and not _is_empty(dest):
             raise AgentError(
@@ -714,6 +1007,30 @@ def _rest_credentials() -> None:
     os.environ["RESTIC_REPOSITORY"] = f"rest:{scheme}://{auth}@{rest}"
 
 
+def _json_env(name: str, kind: type) -> Any:
+    """A JSON value the runtime or the plan passed in the environment (None if unset)."""
+    text = os.environ.get(name)
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise AgentError(f"{name} is not valid JSON: {exc}") from None
+    if not isinstance(value, kind):
+        raise AgentError(f"{name} must be a JSON {kind.__name__}")
+    return value
+
+
+def _guard_from_env() -> BackupGuard | None:
+    data = _json_env(ENV_BACKUP_GUARD, dict)
+    if data is None:
+        return None
+    try:
+        return BackupGuard.from_dict(data)
+    except (TypeError, ValueError) as exc:
+        raise AgentError(f"{ENV_BACKUP_GUARD} is not a backup guard: {exc}") from None
+
+
 def _write_result(result: RunResult | RestoreRunResult) -> None:
     """Hand the result to whoever runs the agent: a file (local runtime) or the
     container's termination message (pods; Kubernetes keeps up to 4 KiB of it)."""
@@ -771,7 +1088,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.verb == "run":
                 commands = _split_commands(tail)
                 result: RunResult | RestoreRunResult = run_commands(
-                    commands, args.lock_wait, args.init, args.unlock, args.within
+                    commands,
+                    args.lock_wait,
+                    args.init,
+                    args.unlock,
+                    args.within,
+                    guard=_guard_from_env(),
                 )
             else:
                 if len(args.mount_path) != len(args.target) or not args.target:

@@ -23,9 +23,9 @@ from airflow.sdk import DAG, DeltaTriggerTimetable, Param, get_parsing_context
 
 from stash_plugin.api.errors import ResourceError
 from stash_plugin.operators.step import (
+    StashBackupOperator,
     StashRestoreOperator,
     StashRetentionOperator,
-    StashStepOperator,
 )
 from stash_plugin.operators.update_status import (
     StashBackupStatusOperator,
@@ -94,7 +94,8 @@ def backup_dag(plan: BackupPlan, settings: Settings) -> DAG:
     verify -> update_status``; resume runs whatever happened to the backup."""
     doc = f"### Stash backup\n\n{plan.description}\n\n" + (
         "Trigger by hand for an instant backup; set `retention` to false to keep every "
-        "snapshot this time."
+        "snapshot this time, `new_repository` to true to start a new repository although "
+        "this target has backups on record (after moving or wiping it on purpose)."
     )
     with DAG(
         dag_id=plan.dag_id,
@@ -117,10 +118,16 @@ def backup_dag(plan: BackupPlan, settings: Settings) -> DAG:
                 plan.retention is not None,
                 type="boolean",
                 description="Apply the retention policy after this backup",
-            )
+            ),
+            "new_repository": Param(
+                False,
+                type="boolean",
+                description="Create the repository if it is missing although this target "
+                "has backups on record (only after moving or wiping it on purpose)",
+            ),
         },
     ) as dag:
-        backup = StashStepOperator(step=plan.backup, **limits(settings, "backup"))
+        backup = StashBackupOperator(plan=plan, **limits(settings, "backup"))
         verify = SnapshotSensor(step=plan.verify, **limits(settings, "verify", sensor=True))
         status = StashBackupStatusOperator(plan=plan, **limits(settings, "status"))
         first, after_backup = backup, backup

@@ -33,6 +33,9 @@ ENV_AGENT_POD_PREFIX = "STASH_AGENT_POD_PREFIX"
 ENV_DEAD_LOCK_BEFORE = "STASH_DEAD_LOCK_BEFORE"
 """Pods: the listing time less the allowed clock skew (Unix seconds); only a lock older
 than this can be judged by the listing."""
+ENV_BACKUP_GUARD = "STASH_BACKUP_GUARD"
+"""A backup step: the target's history the agent cannot see (a :class:`BackupGuard`
+as JSON), added by the runtime when the step runs."""
 
 AGENT = "stash-agent"
 """The agent program, first item of every default step's argv."""
@@ -100,6 +103,80 @@ class BackupResult(Record):
     total_files_processed: int = 0
     total_bytes_processed: int = 0
     duration_seconds: float = 0.0
+    source_drop: str | None = None
+    """Why this snapshot is flagged (the source is empty or shrank sharply against the
+    previous one); None when it is not."""
+    kept_before_drop: list[str] = field(default_factory=list)
+    """Snapshots taken before a flagged drop, now tagged :data:`BEFORE_DROP_TAG`."""
+
+
+BEFORE_DROP_TAG = "stash-before-drop"
+"""Reserved snapshot tag: the last snapshots before a flagged drop carry it, and
+retention always keeps snapshots that carry it (until someone removes the tag)."""
+
+
+@dataclass(frozen=True)
+class SourceSize(Record):
+    """What one folder's last good backup held: the baseline of the next one."""
+
+    path: str
+    files: int = 0
+    bytes: int = 0
+
+
+@dataclass(frozen=True)
+class BackupGuard(Record):
+    """What the Airflow side knows about a target and the agent cannot see.
+
+    The agent only sees a repository URL: whether a missing repository is a first
+    backup or an unmounted disk, and how big the source was last time, come from the
+    target's status. Without a guard the agent checks neither (a bare ``stash-agent``).
+    """
+
+    backups_on_record: int = 0
+    """Successful backups the status records; above zero a missing repository is an
+    error, never created afresh."""
+    previous: list[SourceSize] = field(default_factory=list)
+    shrink_threshold: float = 0.5
+    """A drop of more than this share of the files or of the bytes flags the backup."""
+    keep_before_drop: int = 1
+    """How many snapshots before a flagged drop get :data:`BEFORE_DROP_TAG`."""
+
+    @classmethod
+    def from_dict(cls, data: Any) -> BackupGuard:
+        base = super().from_dict(data)
+        previous = [
+            p if isinstance(p, SourceSize) else SourceSize.from_dict(p) for p in base.previous
+        ]
+        return cls(
+            backups_on_record=int(base.backups_on_record),
+            previous=previous,
+            shrink_threshold=float(base.shrink_threshold),
+            keep_before_drop=int(base.keep_before_drop),
+        )
+
+    def baseline(self, path: str) -> SourceSize | None:
+        return next((p for p in self.previous if p.path == path), None)
+
+
+def source_drop(previous: SourceSize | None, files: int, size: int, threshold: float) -> str | None:
+    """Why a backup of ``files`` files and ``size`` bytes is suspicious, or None.
+
+    An empty source is always flagged (a wrong or unmounted volume looks exactly like
+    this); a shrink is flagged when more than ``threshold`` of the files or of the bytes
+    of the previous backup are gone (``threshold >= 1`` never flags a shrink)."""
+    if files == 0:
+        return "the source is empty (no files)"
+    if previous is None:
+        return None
+    for what, before, now in (("files", previous.files, files), ("bytes", previous.bytes, size)):
+        if before > 0 and (before - now) / before > threshold:
+            share = round(100 * (before - now) / before)
+            return (
+                f"the source shrank from {before} to {now} {what} (-{share}%) since the "
+                f"previous backup (more than {threshold:.0%})"
+            )
+    return None
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,9 @@ def _seconds(option: str, text: str) -> float:
     return value
 
 
+SHRINK_ACTIONS = ("fail", "warn")
+
+
 @dataclass(frozen=True)
 class Settings:
     manifests_dir: Path
@@ -72,6 +75,16 @@ class Settings:
     def timeout(self, kind: str) -> timedelta:
         return timedelta(seconds=self.timeouts.get(kind, DEFAULT_TIMEOUTS[kind]))
 
+    shrink_threshold: float = 0.5
+    """A backup whose source lost more than this share of its files or bytes since the
+    previous backup is flagged (an empty source always is); 1 or more: never for a shrink."""
+    shrink_action: str = "fail"
+    """``fail``: a flagged backup makes the run red (its snapshot still counts); ``warn``:
+    the run stays green and only the status and the log carry the flag."""
+    shrink_keep: int = 1
+    """How many snapshots taken before a flagged drop retention keeps until the tag
+    ``stash-before-drop`` is removed from them; 0: none."""
+
 
 def _get(option: str, default: str) -> str:
     try:
@@ -87,6 +100,17 @@ def load_settings() -> Settings:
     runtime = _get("runtime", "local").strip().lower()
     if runtime not in RUNTIMES:
         raise ValueError(f"[stash] runtime = {runtime!r}: choose one of {', '.join(RUNTIMES)}")
+    shrink_action = _get("shrink_action", Settings.shrink_action).strip().lower()
+    if shrink_action not in SHRINK_ACTIONS:
+        raise ValueError(
+            f"[stash] shrink_action = {shrink_action!r}: choose one of {', '.join(SHRINK_ACTIONS)}"
+        )
+    threshold = float(_get("shrink_threshold", str(Settings.shrink_threshold)))
+    if threshold <= 0:
+        raise ValueError(f"[stash] shrink_threshold = {threshold}: must be above 0")
+    keep = int(_get("shrink_keep", str(Settings.shrink_keep)))
+    if keep < 0:
+        raise ValueError(f"[stash] shrink_keep = {keep}: must be 0 or more")
     return Settings(
         manifests_dir=Path(_get("manifests_dir", str(home / "stash-manifests"))).expanduser(),
         runtime=cast(Runtime, runtime),
@@ -102,4 +126,7 @@ def load_settings() -> Settings:
             for kind, default in DEFAULT_TIMEOUTS.items()
         },
         lock_clock_skew=_seconds("lock_clock_skew", _get("lock_clock_skew", "60")),
+        shrink_threshold=threshold,
+        shrink_action=shrink_action,
+        shrink_keep=keep,
     )

@@ -27,6 +27,14 @@ from .common import (
 # --------------------------------------------------------------------------- Repository
 
 
+class SourceSize(Model):
+    """What one folder of a target held at its last good backup."""
+
+    path: str
+    files: int = 0
+    bytes: int = 0
+
+
 class BackupRepo(Model):
     """One target's record in ``Repository.status.backupRepos``.
 
@@ -54,6 +62,13 @@ class BackupRepo(Model):
     """Snapshots the last retention run removed."""
     last_retention_bytes_freed: int | None = None
     """Bytes the last retention run's prune freed (when the policy prunes)."""
+    source_drop: str | None = None
+    """Set while the newest snapshot is flagged: its source was empty or shrank sharply
+    against the previous backup (which snapshots before it are kept, and why)."""
+    source_drop_time: datetime | None = None
+    """When the newest flagged backup ran (kept after the flag clears)."""
+    source_sizes: list[SourceSize] = Field(default_factory=list)
+    """Files and bytes of each folder in the last good backup: the next one's baseline."""
 
 
 class RepositoryStatus(Model):

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 
 from ..api.backend import Backend
 from ..api.common import RetentionPolicy
-from ..protocol import AGENT, END_OF_OPTIONS, SEPARATOR
+from ..protocol import AGENT, BEFORE_DROP_TAG, END_OF_OPTIONS, SEPARATOR
 from .model import PlanError, SecretEnv
 
 PASSWORD_KEY = "RESTIC_PASSWORD"
@@ -129,7 +129,8 @@ def forget_args(policy: RetentionPolicy, host: str, tags: Sequence[str]) -> list
     """``restic forget`` for exactly one target directory's snapshots.
 
     ``--keep-last`` is at least 1 so that retention never deletes the newest snapshot
-    (a policy of only ``keepTags`` would otherwise be able to).
+    (a policy of only ``keepTags`` would otherwise be able to), and the snapshots taken
+    before a flagged drop of the source (tag ``stash-before-drop``) are always kept.
     """
     args = ["restic", "forget", "--json", f"--host={host}", f"--tag={tag_list(tags)}"]
     args.append(f"--keep-last={max(policy.keep_last or 0, 1)}")
@@ -142,7 +143,7 @@ def forget_args(policy: RetentionPolicy, host: str, tags: Sequence[str]) -> list
     ):
         if value:
             args.append(f"{flag}={value}")
-    args += [f"--keep-tag={t}" for t in policy.keep_tags]
+    args += [f"--keep-tag={t}" for t in (*policy.keep_tags, BEFORE_DROP_TAG)]
     if policy.prune:
         args.append("--prune")
     if policy.dry_run:
@@ -172,4 +173,6 @@ def check_tag(tag: str) -> str:
         raise ValueError(
             f"tag {tag!r} must be non-empty, without commas or spaces, not start with '-'"
         )
+    if tag == BEFORE_DROP_TAG:
+        raise ValueError(f"tag {tag!r} is reserved: Stash marks snapshots before a data drop")
     return tag

@@ -15,7 +15,7 @@ from .. import GROUP, VERSION
 from ..api.resources import BackupRepo, RecoveryStatus, RepositoryStatus
 from ..plan.model import TargetRef
 from ..protocol import ENV_AGENT_POD_PREFIX, ENV_DEAD_LOCK_BEFORE, ENV_LIVE_AGENT_PODS
-from .outcomes import BackupOutcome, record_in
+from .outcomes import BackupOutcome, entry_of, record_in
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,15 @@ class KubeStatusStore:
                 log.info("status of %s %s/%s changed meanwhile; retrying", plural, namespace, name)
                 time.sleep(0.05 * (attempt + 1))
         raise RuntimeError("unreachable")
+
+    def backup_entry(self, target: TargetRef) -> BackupRepo | None:
+        obj = self.api.get_namespaced_custom_object(
+            GROUP, VERSION, target.repository_namespace, "repositories", target.repository_name
+        )
+        status = RepositoryStatus.model_validate(
+            {"backupRepos": (obj.get("status") or {}).get("backupRepos", [])}
+        )
+        return entry_of(status, target)
 
     def record_backup(self, target: TargetRef, outcome: BackupOutcome) -> BackupRepo:
         def change(status: dict[str, Any]) -> tuple[dict[str, Any], BackupRepo]:

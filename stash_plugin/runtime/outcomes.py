@@ -14,9 +14,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from ..api.resources import BackupRepo, RecoveryPathStats, RecoveryStatus, RepositoryStatus
+from ..api.resources import (
+    BackupRepo,
+    RecoveryPathStats,
+    RecoveryStatus,
+    RepositoryStatus,
+    SourceSize,
+)
 from ..plan.model import BackupPlan, RecoveryPlan, TargetRef
-from ..protocol import RestoreRunResult, RunResult
+from ..protocol import BEFORE_DROP_TAG, BackupResult, RestoreRunResult, RunResult
 
 FAILED_STATES = ("failed",)
 
@@ -64,6 +70,10 @@ class BackupOutcome:
     (retention, verify, resume) failed."""
     snapshots_removed: int | None = None
     bytes_freed: int | None = None
+    source_drop: str | None = None
+    """Why the new snapshots are flagged (an empty or sharply shrunk source)."""
+    source_sizes: tuple[SourceSize, ...] = ()
+    """Files and bytes of each folder backed up: the next run's baseline."""
 
 
 @dataclass(frozen=True)
@@ -109,10 +119,36 @@ def _run_result(report: TaskReport | None) -> RunResult:
     return RunResult.from_dict(report.result if report else None)
 
 
+def drop_flag(backups: list[BackupResult]) -> str | None:
+    """The flag of a run whose source was empty or shrank sharply, naming each folder
+    and the snapshots kept from before the drop."""
+    parts = []
+    for b in backups:
+        if b.source_drop:
+            kept = (
+                f"; kept {', '.join(b.kept_before_drop)} from before it (tag {BEFORE_DROP_TAG})"
+                if b.kept_before_drop
+                else ""
+            )
+            parts.append(f"{b.path}: {b.source_drop}{kept}")
+    return "; ".join(parts) or None
+
+
 def backup_report(
-    plan: BackupPlan, reports: Mapping[str, TaskReport], started: datetime, now: float
+    plan: BackupPlan,
+    reports: Mapping[str, TaskReport],
+    started: datetime,
+    now: float,
+    *,
+    shrink_fails: bool = True,
 ) -> BackupReport:
-    """The status outcome and metrics of one backup run."""
+    """The status outcome and metrics of one backup run.
+
+    A backup of an empty or sharply shrunk source still counts (its snapshot is what
+    the folder holds now, and the snapshots before it are kept), but with
+    ``shrink_fails`` (``[stash] shrink_action = fail``) the run is red, so that the
+    alerting a platform team has on failed runs sees it once; the next backup is
+    compared with this one and is green again."""
     backups = _run_result(reports.get("backup")).backups
     forgets = _run_result(reports.get("retention")).forgets
     verify = reports.get("verify")
@@ -121,6 +157,9 @@ def backup_report(
         plan.snapshot_paths
     )
     errors = _failures(plan.task_ids, reports)
+    drop = drop_flag(backups) if backed_up else None
+    if drop and shrink_fails:
+        errors.insert(0, f"backup: flagged: {drop}")
     if not backed_up and not errors:
         errors.append("backup: did not finish (see the backup task's log)")
     if backed_up and not confirmed and not errors:
@@ -138,6 +177,12 @@ def backup_report(
         failure="; ".join(errors) or None,
         snapshots_removed=removed,
         bytes_freed=sum(freed_values) if freed_values else None,
+        source_drop=drop,
+        source_sizes=tuple(
+            SourceSize(path=b.path, files=b.total_files_processed, bytes=b.total_bytes_processed)
+            for b in backups
+            if b.snapshot_id
+        ),
     )
     metrics = [Metric("succeeded" if backed_up and not errors else "failed", "incr", 1)]
     if backed_up:
@@ -148,6 +193,8 @@ def backup_report(
             Metric("files_new", "gauge", sum(b.files_new for b in backups)),
             Metric("files_changed", "gauge", sum(b.files_changed for b in backups)),
         ]
+    if drop:
+        metrics.append(Metric("source_dropped", "incr", 1))
     if outcome.snapshot_count is not None:
         metrics.append(Metric("snapshots", "gauge", outcome.snapshot_count))
     if outcome.snapshots_removed is not None:
@@ -221,7 +268,12 @@ def apply_outcome(
         "last_successful_backup_time": outcome.started,
         "last_backup_duration": go_duration(outcome.duration_seconds),
         "last_snapshot_id": outcome.snapshot_ids[-1] if outcome.snapshot_ids else None,
+        # The flag describes the newest snapshot: a backup that is not flagged clears it.
+        "source_drop": outcome.source_drop,
+        "source_sizes": list(outcome.source_sizes) or base.source_sizes,
     }
+    if outcome.source_drop:
+        update["source_drop_time"] = outcome.started
     if outcome.snapshot_count is not None:
         update["snapshot_count"] = outcome.snapshot_count
     if outcome.snapshots_removed is not None:
@@ -242,6 +294,11 @@ def _same_target(entry: BackupRepo, target: TargetRef) -> bool:
         and entry.restic_name == target.restic_name
         and entry.repo_dir == target.repo_dir
     )
+
+
+def entry_of(status: RepositoryStatus, target: TargetRef) -> BackupRepo | None:
+    """The target's entry in a Repository's status, if it has one."""
+    return next((e for e in status.backup_repos if _same_target(e, target)), None)
 
 
 def record_in(
@@ -267,6 +324,8 @@ __all__ = [
     "TaskReport",
     "apply_outcome",
     "backup_report",
+    "drop_flag",
+    "entry_of",
     "go_duration",
     "record_in",
     "recovery_report",

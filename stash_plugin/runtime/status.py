@@ -24,13 +24,17 @@ from pydantic import BaseModel, ValidationError
 from ..api.errors import field_path
 from ..api.resources import BackupRepo, RecoveryStatus, RepositoryStatus
 from ..plan.model import Runtime, TargetRef
-from .outcomes import BackupOutcome, record_in
+from .outcomes import BackupOutcome, entry_of, record_in
 
 log = logging.getLogger(__name__)
 
 
 class StatusStore(Protocol):
     def record_backup(self, target: TargetRef, outcome: BackupOutcome) -> BackupRepo: ...
+
+    def backup_entry(self, target: TargetRef) -> BackupRepo | None:
+        """The target's current entry (None before its first recorded run)."""
+        ...
 
     def record_recovery(self, namespace: str, name: str, status: RecoveryStatus) -> None: ...
 
@@ -139,6 +143,16 @@ class LocalStatusStore:
         """Raises BadStatusFile for a file that is not a Repository status."""
         path = self.repository_file(namespace, name)
         return self._read(path, RepositoryStatus) or RepositoryStatus()
+
+    def backup_entry(self, target: TargetRef) -> BackupRepo | None:
+        """None also for a bad file: it has lost the target's history already (the
+        record after this run moves it aside), so the run goes on without it."""
+        try:
+            status = self.repository_status(target.repository_namespace, target.repository_name)
+        except BadStatusFile as bad:
+            log.warning("%s; this backup runs without the target's history", bad)
+            return None
+        return entry_of(status, target)
 
     def record_backup(self, target: TargetRef, outcome: BackupOutcome) -> BackupRepo:
         path = self.repository_file(target.repository_namespace, target.repository_name)

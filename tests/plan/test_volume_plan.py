@@ -113,7 +113,16 @@ def test_deployment_selected_by_labels_makes_one_plan() -> None:
 
     assert plan.retention is not None
     (forget,) = restic_cmds(plan.retention.argv)
-    assert forget == ["restic", "forget", "--json", "--host=app", TAG, "--keep-last=5", "--prune"]
+    assert forget == [
+        "restic",
+        "forget",
+        "--json",
+        "--host=app",
+        TAG,
+        "--keep-last=5",
+        "--keep-tag=stash-before-drop",  # what was taken before a flagged drop stays
+        "--prune",
+    ]
     (snapshots,) = restic_cmds(plan.verify.argv)
     assert snapshots == ["restic", "snapshots", "--json", "--host=app", TAG]
 
@@ -194,6 +203,7 @@ def test_retention_flags_for_every_keep_option() -> None:
         "--keep-yearly=2",
         "--keep-tag=important",
         "--keep-tag=release",
+        "--keep-tag=stash-before-drop",
         "--prune",
         "--dry-run",
     ]
@@ -222,6 +232,18 @@ def test_no_policy_means_no_retention_step() -> None:
     ]
     plan = one_plan(*docs)
     assert plan.retention is None
+
+
+def test_the_tag_that_protects_snapshots_before_a_drop_is_reserved() -> None:
+    """A tenant tagging every snapshot ``stash-before-drop`` would make retention keep
+    them all: the tag is Stash's own."""
+    docs = base_docs()
+    docs[3]["spec"]["volumeSelector"]["targetVolumes"][0]["directories"][0]["tags"] = [
+        "stash-before-drop"
+    ]
+    error = one_error(*docs)
+    assert error.field == "spec.volumeSelector.targetVolumes[0].directories[0].tags[0]"
+    assert "'stash-before-drop' is reserved" in str(error)
 
 
 def test_unknown_retention_policy_name_names_the_field() -> None:

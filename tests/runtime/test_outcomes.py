@@ -289,3 +289,64 @@ def test_recovery_failed(restore: TaskReport, failure: str) -> None:
     assert report.status.phase == "Failed"
     assert [(s.path, s.phase) for s in report.status.stats] == [("/source/data", "Failed")]
     assert _metrics(report.metrics) == {"failed": 1, "duration": 0.0}
+
+
+# --------------------------------------------------------------------------- source drops
+
+SHRUNK_BACKUP = RunResult(
+    backups=[
+        BackupResult(
+            path="/source/data",
+            snapshot_id="0123abcd",
+            total_files_processed=10,
+            total_bytes_processed=500,
+            source_drop="the source shrank from 2000 to 10 files (-100%) since the previous "
+            "backup (more than 50%)",
+            kept_before_drop=["feed0001"],
+        )
+    ]
+)
+
+
+@pytest.mark.parametrize("shrink_fails", [True, False])
+def test_a_flagged_drop_counts_the_backup_and_flags_the_status(shrink_fails: bool) -> None:
+    """``[stash] shrink_action``: ``fail`` makes the run red, ``warn`` keeps it green; both
+    count the snapshot and flag the status, naming what was kept from before."""
+    plan = _backup_plan()
+    reports = _reports(plan, backup=TaskReport("backup", "success", SHRUNK_BACKUP.to_dict()))
+    report = backup_report(plan, reports, STARTED, NOW, shrink_fails=shrink_fails)
+    _, entry = record_in(RepositoryStatus(), plan.target, report.outcome)
+    assert report.failed is shrink_fails
+    assert entry.backup_count == 1 and entry.last_snapshot_id == "0123abcd"
+    assert entry.source_drop == (
+        "/source/data: the source shrank from 2000 to 10 files (-100%) since the previous "
+        "backup (more than 50%); kept feed0001 from before it (tag stash-before-drop)"
+    )
+    assert entry.source_drop_time == STARTED
+    assert [(s.path, s.files, s.bytes) for s in entry.source_sizes] == [("/source/data", 10, 500)]
+    metrics = _metrics(report.metrics)
+    assert metrics["source_dropped"] == 1
+    assert ("failed" in metrics) is shrink_fails
+    if shrink_fails:
+        assert entry.last_failure is not None
+        assert entry.last_failure.startswith("backup: flagged: /source/data: the source shrank")
+    else:
+        assert entry.last_failure is None and entry.failed_backup_count == 0
+
+
+def test_the_next_normal_backup_clears_the_flag_and_a_failure_keeps_the_baseline() -> None:
+    plan = _backup_plan()
+    flagged = _reports(plan, backup=TaskReport("backup", "success", SHRUNK_BACKUP.to_dict()))
+    status, _ = record_in(
+        RepositoryStatus(), plan.target, backup_report(plan, flagged, STARTED, NOW).outcome
+    )
+    failed = _reports(plan, backup=TaskReport("backup", "failed", None, error="boom"))
+    status, entry = record_in(
+        status, plan.target, backup_report(plan, failed, STARTED, NOW).outcome
+    )
+    assert entry.source_drop is not None and entry.source_sizes[0].files == 10
+    _, entry = record_in(
+        status, plan.target, backup_report(plan, _reports(plan), STARTED, NOW).outcome
+    )
+    assert entry.source_drop is None and entry.source_drop_time == STARTED
+    assert entry.backup_count == 2

@@ -1,0 +1,77 @@
+"""What a backup step is told about its target's history, and the drop rule the agent
+applies with it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from test_outcomes import GOOD_BACKUP, STARTED, _backup_plan, _reports
+
+from stash_plugin.api.resources import BackupRepo, SourceSize
+from stash_plugin.protocol import ENV_BACKUP_GUARD, BackupGuard, source_drop
+from stash_plugin.protocol import SourceSize as Baseline
+from stash_plugin.runtime.guard import backup_guard, guarded_backup
+from stash_plugin.runtime.outcomes import backup_report
+from stash_plugin.runtime.status import LocalStatusStore
+from stash_plugin.settings import Settings
+
+SETTINGS = Settings(Path("/nowhere"), "local", Path("/nowhere"), shrink_threshold=0.3)
+
+
+def _entry(**fields: object) -> BackupRepo:
+    base = {"type": "Volumes", "restic_name": "rs", "restic_namespace": "demo", "repo_dir": "/x"}
+    return BackupRepo.model_validate({**base, **fields})
+
+
+def test_a_target_without_history_may_get_a_new_repository() -> None:
+    guard = backup_guard(None, SETTINGS)
+    assert guard.backups_on_record == 0 and guard.previous == []
+    assert (guard.shrink_threshold, guard.keep_before_drop) == (0.3, 1)
+
+
+def test_the_history_and_baseline_come_from_the_status_entry() -> None:
+    entry = _entry(backup_count=7, source_sizes=[SourceSize(path="/d", files=5, bytes=9)])
+    guard = backup_guard(entry, SETTINGS)
+    assert guard.backups_on_record == 7
+    assert guard.baseline("/d") == Baseline("/d", 5, 9) and guard.baseline("/e") is None
+    assert backup_guard(entry, SETTINGS, new_repository=True).backups_on_record == 0
+
+
+def test_the_guard_is_read_from_the_status_when_the_step_runs(tmp_path: Path) -> None:
+    plan = _backup_plan()
+    store = LocalStatusStore(tmp_path)
+    report = backup_report(plan, _reports(plan), STARTED, 0.0)
+    store.record_backup(plan.target, report.outcome)
+    step = guarded_backup(plan, SETTINGS, store=store)
+    guard = BackupGuard.from_dict(json.loads(dict(step.env)[ENV_BACKUP_GUARD]))
+    assert guard.backups_on_record == 1
+    size = GOOD_BACKUP.backups[0]
+    assert guard.previous == [Baseline(size.path, size.total_files_processed, 0)]
+    assert step.argv == plan.backup.argv and ENV_BACKUP_GUARD not in dict(plan.backup.env)
+    # Run again (a retry): one guard, never two.
+    again = guarded_backup(replace(plan, backup=step), SETTINGS, store=store)
+    assert [k for k, _ in again.env].count(ENV_BACKUP_GUARD) == 1
+
+
+@pytest.mark.parametrize(
+    ("previous", "files", "size", "flagged"),
+    [
+        (None, 0, 0, "the source is empty (no files)"),
+        (Baseline("/d", 100, 1000), 0, 0, "the source is empty (no files)"),
+        (None, 5, 10, None),
+        (Baseline("/d", 100, 1000), 50, 500, None),  # exactly half: not more than half
+        (Baseline("/d", 100, 1000), 49, 1000, "from 100 to 49 files (-51%)"),
+        (Baseline("/d", 100, 1000), 100, 400, "from 1000 to 400 bytes (-60%)"),
+        (Baseline("/d", 100, 1000), 500, 9000, None),  # growth is never flagged
+    ],
+)
+def test_the_drop_rule(
+    previous: Baseline | None, files: int, size: int, flagged: str | None
+) -> None:
+    reason = source_drop(previous, files, size, 0.5)
+    assert (reason is None) is (flagged is None)
+    if flagged:
+        assert reason is not None and flagged in reason

@@ -56,8 +56,22 @@ class BackupRepo(Model):
     """Bytes the last retention run's prune freed (when the policy prunes)."""
 
 
+class RepositoryCheck(Model):
+    """The last maintenance run of a Repository (ours): ``restic check`` of every
+    repoDir its targets use, and what it measured."""
+
+    time: datetime
+    result: Literal["Passed", "Failed"]
+    failure: str | None = None
+    stale_locks_removed: int = 0
+    size_bytes: int | None = None
+    """Bytes stored for all its targets (``restic stats --mode raw-data``)."""
+    snapshot_count: int | None = None
+
+
 class RepositoryStatus(Model):
     backup_repos: list[BackupRepo] = Field(default_factory=list)
+    last_check: RepositoryCheck | None = None
 
 
 class RepositorySpec(Model):

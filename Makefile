@@ -101,6 +101,7 @@ run: system-packages $(VENV)/.installed
 	@echo " Login:   user 'admin'; the password is generated on first start into"
 	@echo "          $(PASSWORDS_FILE)"
 	@echo "          (printed below as soon as it exists)"
+	@echo " Stash:   http://localhost:8080/plugin/stash (the Stash page of the UI)"
 	@echo " DAGs:    stash-backup.demo.demo-backup.deployment.stash-demo (every minute)"
 	@echo "          stash-recovery.demo.demo-restore (once; restores into demo/restored)"
 	@echo " Status:  .venv/bin/stash status --state-dir demo/state"

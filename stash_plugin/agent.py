@@ -676,11 +676,6 @@ def restore(
 _TARGET_TAGS = ("namespace=", "restic=", "target=")
 
 
-def _lock_count() -> int:
-    proc = restic(["restic", "list", "locks", "--no-lock"], echo=False, clear_dead=False)
-    return len(proc.stdout.split()) if proc.returncode == 0 else 0
-
-
 def _target_key(snap: dict[str, Any]) -> str | None:
     tags = snap.get("tags") or []
     parts = [next((t for t in tags if t.startswith(p)), None) for p in _TARGET_TAGS]
@@ -705,9 +700,9 @@ def maintain(read_data_subset: str | None = None) -> MaintenanceResult:
             return MaintenanceResult(exists=False)
         sys.stderr.write(probe.stderr)
         raise AgentError(f"cannot open the repository (restic exit {probe.returncode})")
-    before = _lock_count()
+    before = len(_lock_ids() or [])
     unlock_stale()
-    removed = max(before - _lock_count(), 0)
+    removed = max(before - len(_lock_ids() or []), 0)
     check_args = ["restic", "check"]
     if read_data_subset:
         check_args.append(f"--read-data-subset={read_data_subset}")

@@ -53,7 +53,9 @@ help:
 # and only the missing ones are installed (with one `apt-get update` first).
 APT_TOOLS := restic:restic
 run: APT_TOOLS := restic:restic
-test test-fast: APT_TOOLS := restic:restic rclone:rclone
+# promtool checks monitoring/alerts.yml; Chromium drives the Stash page test.
+test: APT_TOOLS := restic:restic rclone:rclone promtool:prometheus chromium:chromium
+test-fast: APT_TOOLS := restic:restic rclone:rclone promtool:prometheus
 
 system-packages:
 	@missing=""; \

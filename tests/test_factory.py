@@ -237,6 +237,7 @@ def test_dagbag_over_the_examples(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert set(plans.dag_ids) == {
         "stash-backup.demo.stash-demo-backup.deployment.stash-demo",
         "stash-recovery.demo.stash-demo-restore",
+        "stash-maintenance.demo.local-repo",
     }
 
     bag = dagbag(folder, monkeypatch)

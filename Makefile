@@ -53,7 +53,9 @@ help:
 # and only the missing ones are installed (with one `apt-get update` first).
 APT_TOOLS := restic:restic
 run: APT_TOOLS := restic:restic
-test test-fast: APT_TOOLS := restic:restic rclone:rclone
+# promtool checks monitoring/alerts.yml; Chromium drives the Stash page test.
+test: APT_TOOLS := restic:restic rclone:rclone promtool:prometheus chromium:chromium
+test-fast: APT_TOOLS := restic:restic rclone:rclone promtool:prometheus
 
 system-packages:
 	@missing=""; \
@@ -101,6 +103,7 @@ run: system-packages $(VENV)/.installed
 	@echo " Login:   user 'admin'; the password is generated on first start into"
 	@echo "          $(PASSWORDS_FILE)"
 	@echo "          (printed below as soon as it exists)"
+	@echo " Stash:   http://localhost:8080/plugin/stash (the Stash page of the UI)"
 	@echo " DAGs:    stash-backup.demo.demo-backup.deployment.stash-demo (every minute)"
 	@echo "          stash-recovery.demo.demo-restore (once; restores into demo/restored)"
 	@echo " Status:  .venv/bin/stash status --state-dir demo/state"

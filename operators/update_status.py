@@ -14,8 +14,10 @@ from typing import Any
 
 from airflow.sdk import BaseOperator, TriggerRule
 
+from stash_plugin.plan.maintenance import MaintenancePlan
 from stash_plugin.plan.model import BackupPlan, RecoveryPlan, Runtime
 from stash_plugin.runtime import metrics
+from stash_plugin.runtime.checks import maintenance_report
 from stash_plugin.runtime.outcomes import TaskReport, backup_report, recovery_report
 from stash_plugin.runtime.status import StatusStore, now, status_store
 from stash_plugin.runtime.steps import ERROR_KEY
@@ -106,3 +108,29 @@ class StashRecoveryStatusOperator(BaseOperator):
         if report.failed:
             raise AirflowException(f"recovery failed: {report.failure}")
         return report.status.model_dump(mode="json", by_alias=True)
+
+
+class StashMaintenanceStatusOperator(BaseOperator):
+    """Writes the Repository's ``status.lastCheck`` and its targets' snapshot counts;
+    fails when a check failed or found damage."""
+
+    ui_color = "#e8f5e9"
+
+    def __init__(self, *, plan: MaintenancePlan, **kwargs: Any) -> None:
+        kwargs.setdefault("trigger_rule", TriggerRule.ALL_DONE)
+        super().__init__(task_id="update_status", **kwargs)
+        self.plan = plan
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowException
+
+        reports = gather(context, self.plan.task_ids)
+        report = maintenance_report(self.plan, reports, _started(context), time.time())
+        _store(self.plan.runtime).record_check(
+            self.plan.namespace, self.plan.name, report.check, report.target_snapshots
+        )
+        for scope, values in report.metrics:
+            metrics.emit(scope, values)
+        if report.failed:
+            raise AirflowException(f"repository check failed: {report.check.failure}")
+        return report.check.model_dump(mode="json", by_alias=True, exclude_none=True)

@@ -59,6 +59,7 @@ from stash_plugin.protocol import (
     BackupGuard,
     BackupResult,
     ForgetResult,
+    MaintenanceResult,
     RestoreResult,
     RestoreRunResult,
     RunResult,
@@ -963,6 +964,66 @@ def restore(
     return RestoreRunResult(restores=stats)
 
 
+# ----------------------------------------------------------------------------- maintain
+
+_TARGET_TAGS = ("namespace=", "restic=", "target=")
+
+
+def _target_key(snap: dict[str, Any]) -> str | None:
+    tags = snap.get("tags") or []
+    parts = [next((t for t in tags if t.startswith(p)), None) for p in _TARGET_TAGS]
+    return ",".join(p for p in parts if p) if all(parts) else None
+
+
+def maintain(read_data_subset: str | None = None) -> MaintenanceResult:
+    """Check one repository and measure it.
+
+    Only stale locks are removed: ``restic unlock`` without ``--remove-all`` drops a lock
+    only when its process is gone (same host) or it was not refreshed for 30 minutes
+    (restic refreshes the locks of a running command every 5 minutes), so a live
+    backup's lock is never taken away. A check that finds damage is a result, not an
+    error: it is reported, and the run goes on measuring the repository.
+    """
+    probe = restic(["restic", "cat", "config"], echo=False)
+    if probe.returncode != 0:
+        if WRONG_PASSWORD in probe.stderr:
+            raise AgentError("wrong repository password (RESTIC_PASSWORD of the storage Secret)")
+        if NO_REPOSITORY in probe.stderr:
+            log("no repository at the location yet (nothing backed up there): nothing to check")
+            return MaintenanceResult(exists=False)
+        sys.stderr.write(probe.stderr)
+        raise AgentError(f"cannot open the repository (restic exit {probe.returncode})")
+    before = len(_lock_ids() or [])
+    unlock_stale()
+    removed = max(before - len(_lock_ids() or []), 0)
+    check_args = ["restic", "check"]
+    if read_data_subset:
+        check_args.append(f"--read-data-subset={read_data_subset}")
+    check = restic(check_args, lock_wait=600)
+    error = (
+        None if check.returncode == 0 else f"restic check failed (restic exit {check.returncode})"
+    )
+    log("restic check: " + (error or "no errors found"))
+    snaps = _restic_snapshots(["--no-lock"], "of the repository")
+    counts: dict[str, int] = {}
+    for snap in snaps:
+        key = _target_key(snap)
+        if key:
+            counts[key] = counts.get(key, 0) + 1
+    stats = restic(["restic", "stats", "--mode=raw-data", "--json", "--no-lock"], echo=False)
+    found = next(iter(_json_lines(stats.stdout)), None) if stats.returncode == 0 else None
+    size = int(found["total_size"]) if isinstance(found, dict) and "total_size" in found else None
+    return MaintenanceResult(
+        exists=True,
+        check_ok=error is None,
+        check_error=error,
+        stale_locks_removed=removed,
+        size_bytes=size,
+        snapshot_count=len(snaps),
+        target_snapshots=counts,
+    )
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -1031,7 +1092,7 @@ def _guard_from_env() -> BackupGuard | None:
         raise AgentError(f"{ENV_BACKUP_GUARD} is not a backup guard: {exc}") from None
 
 
-def _write_result(result: RunResult | RestoreRunResult) -> None:
+def _write_result(result: RunResult | RestoreRunResult | MaintenanceResult) -> None:
     """Hand the result to whoever runs the agent: a file (local runtime) or the
     container's termination message (pods; Kubernetes keeps up to 4 KiB of it)."""
     target = os.environ.get(ENV_RESULT_FILE)
@@ -1074,6 +1135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     res_p.add_argument("--path", action="append", default=[])
     res_p.add_argument("--overwrite", action="store_true")
     res_p.add_argument("--tag", action="append", default=[], help="a tag snapshots must carry")
+    main_p = sub.add_parser("maintain", help="check the repository, clear stale locks, measure it")
+    main_p.add_argument("--read-data-subset", default=None, help="restic check's data subset")
     head = argv[: argv.index(SEPARATOR)] if SEPARATOR in argv else argv
     tail = argv[len(head) :]
     args = parser.parse_args(head)
@@ -1087,7 +1150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             RESTIC_OPTIONS[:] = options
             if args.verb == "run":
                 commands = _split_commands(tail)
-                result: RunResult | RestoreRunResult = run_commands(
+                result: RunResult | RestoreRunResult | MaintenanceResult = run_commands(
                     commands,
                     args.lock_wait,
                     args.init,
@@ -1095,6 +1158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     args.within,
                     guard=_guard_from_env(),
                 )
+            elif args.verb == "maintain":
+                result = maintain(args.read_data_subset)
             else:
                 if len(args.mount_path) != len(args.target) or not args.target:
                     raise AgentError("give --mount-path and --target in pairs")

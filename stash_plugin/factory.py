@@ -22,18 +22,23 @@ from airflow import __version__ as airflow_version
 from airflow.sdk import DAG, DeltaTriggerTimetable, Param, get_parsing_context
 
 from stash_plugin.api.errors import ResourceError
+from stash_plugin.api.resourceset import ResourceSet
 from stash_plugin.operators.step import (
     StashBackupOperator,
     StashRestoreOperator,
     StashRetentionOperator,
+    StashStepOperator,
 )
 from stash_plugin.operators.update_status import (
     StashBackupStatusOperator,
+    StashMaintenanceStatusOperator,
     StashRecoveryStatusOperator,
 )
 from stash_plugin.operators.workload import StashQuiesceOperator, StashResumeOperator
-from stash_plugin.plan import BackupPlan, PlanSet, RecoveryPlan, Schedule, make_plans
+from stash_plugin.plan import BackupPlan, PlanSet, RecoveryPlan, Schedule, docs, make_plans
+from stash_plugin.plan.maintenance import MaintenanceOptions, MaintenancePlan
 from stash_plugin.plan.model import QuiescedWorkload
+from stash_plugin.plan.schedules import parse_schedule
 from stash_plugin.sensors.snapshot import SnapshotSensor
 from stash_plugin.sensors.workload import WorkloadReadySensor, WorkloadStoppedSensor
 from stash_plugin.settings import Settings, load_settings
@@ -89,13 +94,15 @@ def around(task: Any, workload: QuiescedWorkload, settings: Settings) -> tuple[A
     return quiesce, ready
 
 
-def backup_dag(plan: BackupPlan, settings: Settings) -> DAG:
+def backup_dag(plan: BackupPlan, settings: Settings, resources: ResourceSet | None = None) -> DAG:
     """``[quiesce -> wait_quiesced] -> backup -> [resume -> wait_ready] -> retention ->
     verify -> update_status``; resume runs whatever happened to the backup."""
-    doc = f"### Stash backup\n\n{plan.description}\n\n" + (
-        "Trigger by hand for an instant backup; set `retention` to false to keep every "
-        "snapshot this time, `new_repository` to true to start a new repository although "
-        "this target has backups on record (after moving or wiping it on purpose)."
+    t = plan.target
+    rs = resources or ResourceSet()
+    doc = docs.backup_doc(
+        plan,
+        rs.restics.get((t.restic_namespace, t.restic_name)),
+        rs.repositories.get((t.repository_namespace, t.repository_name)),
     )
     with DAG(
         dag_id=plan.dag_id,
@@ -117,7 +124,8 @@ def backup_dag(plan: BackupPlan, settings: Settings) -> DAG:
             "retention": Param(
                 plan.retention is not None,
                 type="boolean",
-                description="Apply the retention policy after this backup",
+                description="Apply the retention policy after this backup (false: keep "
+                "every snapshot this time)",
             ),
             "new_repository": Param(
                 False,
@@ -146,9 +154,17 @@ def backup_dag(plan: BackupPlan, settings: Settings) -> DAG:
     return dag
 
 
-def recovery_dag(plan: RecoveryPlan, settings: Settings) -> DAG:
+def recovery_dag(
+    plan: RecoveryPlan, settings: Settings, resources: ResourceSet | None = None
+) -> DAG:
     """``[quiesce -> wait_quiesced] -> restore -> [resume -> wait_ready] -> update_status``,
     run once."""
+    rs = resources or ResourceSet()
+    doc = docs.recovery_doc(
+        plan,
+        rs.recoveries.get((plan.namespace, plan.name)),
+        rs.repositories.get((plan.repository_namespace, plan.repository_name)),
+    )
     with DAG(
         dag_id=plan.dag_id,
         schedule="@once",
@@ -156,7 +172,7 @@ def recovery_dag(plan: RecoveryPlan, settings: Settings) -> DAG:
         catchup=False,
         max_active_runs=1,
         tags=[t[:100] for t in plan.tags],
-        doc_md=f"### Stash recovery\n\n{plan.description}",
+        doc_md=doc,
         description=plan.description[:200],
         is_paused_upon_creation=False,
         auto_register=False,  # as in backup_dag
@@ -175,9 +191,55 @@ def recovery_dag(plan: RecoveryPlan, settings: Settings) -> DAG:
     return dag
 
 
-def load_plans(settings: Settings, only_dag_id: str | None = None) -> PlanSet:
+def maintenance_dag(
+    plan: MaintenancePlan, settings: Settings, resources: ResourceSet | None = None
+) -> DAG:
+    """``check.<repoDir>`` for each restic repository of the Repository, then
+    ``update_status`` (whatever the checks did)."""
+    repository = (resources or ResourceSet()).repositories.get((plan.namespace, plan.name))
+    with DAG(
+        dag_id=plan.dag_id,
+        schedule=airflow_schedule(plan.schedule, False),
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        tags=[t[:100] for t in plan.tags],
+        doc_md=docs.maintenance_doc(plan, repository),
+        description=plan.description[:200],
+        is_paused_upon_creation=False,
+        auto_register=False,  # as in backup_dag
+        default_args=default_args(settings),
+    ) as dag:
+        status = StashMaintenanceStatusOperator(plan=plan, **limits(settings, "status"))
+        for check in plan.checks:
+            StashStepOperator(step=check.step, **limits(settings, "check")) >> status
+    return dag
+
+
+def maintenance_options(settings: Settings) -> MaintenanceOptions:
+    try:
+        schedule = parse_schedule(settings.maintenance_schedule)
+    except ValueError as exc:
+        raise ValueError(f"[stash] maintenance_schedule: {exc}") from None
+    return MaintenanceOptions(schedule, settings.check_read_data_subset)
+
+
+def load_resources_and_plans(
+    settings: Settings, only_dag_id: str | None = None
+) -> tuple[ResourceSet, PlanSet]:
+    """The resources of the source and every plan made from them."""
     resources = load_directory(settings.manifests_dir)
-    return make_plans(resources, settings.runtime, only_dag_id=only_dag_id)
+    plans = make_plans(
+        resources,
+        settings.runtime,
+        only_dag_id=only_dag_id,
+        maintenance=maintenance_options(settings),
+    )
+    return resources, plans
+
+
+def load_plans(settings: Settings, only_dag_id: str | None = None) -> PlanSet:
+    return load_resources_and_plans(settings, only_dag_id)[1]
 
 
 def _guarded(
@@ -203,7 +265,12 @@ def _guarded(
         dags[dag_id] = dag
 
 
-def _build(plans: PlanSet, settings: Settings, wanted: str | None) -> dict[str, DAG]:
+def _build(
+    plans: PlanSet,
+    settings: Settings,
+    wanted: str | None,
+    resources: ResourceSet | None = None,
+) -> dict[str, DAG]:
     """The DAGs of ``plans`` (only ``wanted`` if set); refusals go to ``plans.errors``."""
     dags: dict[str, DAG] = {}
     for dag_id, bplan in plans.backups.items():
@@ -216,7 +283,7 @@ def _build(plans: PlanSet, settings: Settings, wanted: str | None) -> dict[str, 
                 "Restic",
                 t.restic_namespace,
                 t.restic_name,
-                lambda p=bplan: backup_dag(p, settings),
+                lambda p=bplan: backup_dag(p, settings, resources),
             )  # type: ignore[misc]
     for dag_id, rplan in plans.recoveries.items():
         if not wanted or dag_id == wanted:
@@ -227,7 +294,18 @@ def _build(plans: PlanSet, settings: Settings, wanted: str | None) -> dict[str, 
                 "Recovery",
                 rplan.namespace,
                 rplan.name,
-                lambda p=rplan: recovery_dag(p, settings),
+                lambda p=rplan: recovery_dag(p, settings, resources),
+            )  # type: ignore[misc]
+    for dag_id, mplan in plans.maintenance.items():
+        if not wanted or dag_id == wanted:
+            _guarded(
+                dags,
+                plans,
+                dag_id,
+                "Repository",
+                mplan.namespace,
+                mplan.name,
+                lambda p=mplan: maintenance_dag(p, settings, resources),
             )  # type: ignore[misc]
     return dags
 
@@ -239,7 +317,7 @@ def _refusals_key(settings: Settings, plans: PlanSet) -> str:
     """Everything a DAG build depends on: plans, settings, Airflow and Stash versions
     (about 30 ms for 1,000 targets)."""
     digest = hashlib.blake2b(repr((_versions(), settings)).encode(), digest_size=20)
-    for table in (plans.backups, plans.recoveries):
+    for table in (plans.backups, plans.recoveries, plans.maintenance):
         for item in table.items():  # one at a time: a single repr is megabytes
             digest.update(repr(item).encode())
     return digest.hexdigest()
@@ -289,9 +367,9 @@ def build_dags(settings: Settings | None = None) -> tuple[dict[str, DAG], list[R
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        plans = load_plans(settings, only_dag_id=wanted)
+        resources, plans = load_resources_and_plans(settings, only_dag_id=wanted)
         planned = len(plans.errors)
-        dags = _build(plans, settings, wanted)
+        dags = _build(plans, settings, wanted, resources)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -327,12 +405,12 @@ def raise_resource_errors(settings: Settings | None = None) -> None:
     gc_was_enabled = gc.isenabled()
     gc.disable()  # as in build_dags: many long-lived objects, almost no garbage
     try:
-        plans = load_plans(settings)
+        resources, plans = load_resources_and_plans(settings)
         key = _refusals_key(settings, plans)
         refused = _read_refusals(settings, key)
         if refused is None:
             planned = len(plans.errors)
-            _build(plans, settings, None)
+            _build(plans, settings, None, resources)
             _write_refusals(settings, key, plans.errors[planned:])
         else:
             plans.errors.extend(refused)

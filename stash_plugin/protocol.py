@@ -258,11 +258,28 @@ class RestoreRunResult(Record):
         return cls(restores=[RestoreResult.from_dict(r) for r in data.get("restores") or []])
 
 
+@dataclass(frozen=True)
+class MaintenanceResult(Record):
+    """What ``stash-agent maintain`` found in one restic repository (one repoDir)."""
+
+    exists: bool = True
+    """False when nothing was backed up there yet: nothing to check."""
+    check_ok: bool | None = None
+    """``restic check`` passed; None when it did not run."""
+    check_error: str | None = None
+    stale_locks_removed: int = 0
+    size_bytes: int | None = None
+    """Bytes the repository stores (``restic stats --mode raw-data``)."""
+    snapshot_count: int = 0
+    target_snapshots: dict[str, int] = field(default_factory=dict)
+    """Snapshots per target, keyed by its tags ``namespace=N,restic=R,target=T``."""
+
+
 def encode(result: Record) -> str:
     return json.dumps(result.to_dict(), separators=(",", ":"))
 
 
-def fit_termination_message(result: RunResult | RestoreRunResult) -> str:
+def fit_termination_message(result: RunResult | RestoreRunResult | MaintenanceResult) -> str:
     """The result as JSON within Kubernetes' termination message limit: long snapshot
     lists keep their count and their newest entries, ids only."""
     text = encode(result)

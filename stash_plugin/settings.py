@@ -24,6 +24,7 @@ DEFAULT_TIMEOUTS: Mapping[str, float] = {
     "verify": 1800,
     "workload": 1800,  # stopping or starting a workload and waiting for it
     "status": 600,
+    "check": 6 * 3600,  # restic check reading back part of a large repository
 }
 """Task kind -> seconds; sized from what each kind of step does."""
 
@@ -64,6 +65,11 @@ class Settings:
     """Keep failed agent pods for inspection; delete the ones that succeeded."""
     poll_interval: float = 2.0
     """Seconds between pod status checks (startup and completion)."""
+    maintenance_schedule: str = "@daily"
+    """When each Repository's maintenance DAG runs ``restic check`` (cron, preset or
+    ``@every``)."""
+    check_read_data_subset: str | None = None
+    """``restic check --read-data-subset`` (``10%``, ``1/7``...); empty: structure only."""
     timeouts: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_TIMEOUTS))
     """Seconds each kind of task may run (``[stash] <kind>_timeout``) before it is
     stopped and the run fails: nothing waits forever."""
@@ -121,6 +127,8 @@ def load_settings() -> Settings:
         deferrable=_get("deferrable", "false").strip().lower() in ("1", "true", "yes", "on"),
         on_finish_action=_get("on_finish_action", Settings.on_finish_action),
         poll_interval=float(_get("poll_interval", "2")),
+        maintenance_schedule=_get("maintenance_schedule", Settings.maintenance_schedule).strip(),
+        check_read_data_subset=_get("check_read_data_subset", "").strip() or None,
         timeouts={
             kind: _seconds(f"{kind}_timeout", _get(f"{kind}_timeout", str(default)))
             for kind, default in DEFAULT_TIMEOUTS.items()

@@ -135,3 +135,47 @@ def restic_snapshots(repo: Path, password: str = PASSWORD) -> list[dict[str, Any
         ["restic", "snapshots", "--json"], env=env, capture_output=True, text=True, check=True
     )
     return json.loads(out.stdout)
+
+
+# --------------------------------------------------------------------------- metrics
+
+MAPPING_FILE = Path(__file__).resolve().parent.parent / "monitoring" / "statsd-mapping.yml"
+STATSD_KINDS = {"c": "counter", "g": "gauge", "ms": "observer"}
+
+
+def statsd_mappings() -> list[dict[str, Any]]:
+    """The rules of ``monitoring/statsd-mapping.yml``."""
+    import yaml
+
+    return list(yaml.safe_load(MAPPING_FILE.read_text())["mappings"])
+
+
+def _glob(pattern: str) -> Any:
+    """statsd_exporter's glob: ``*`` is one dot-free part of the name."""
+    import re
+
+    return re.compile("^" + re.escape(pattern).replace(r"\*", "([^.]+)") + "$")
+
+
+def map_statsd(name: str, kind: str) -> tuple[str, dict[str, str]] | None:
+    """What statsd_exporter makes of metric ``name`` of ``kind`` (counter, gauge,
+    observer): the Prometheus name and labels, or None when no rule maps it."""
+    found = []
+    for rule in statsd_mappings():
+        match = _glob(rule["match"]).match(name)
+        if match and rule.get("match_metric_type", kind) == kind:
+            groups = {f"${i}": g for i, g in enumerate(match.groups(), 1)}
+            labels = {k: groups.get(v, v) for k, v in (rule.get("labels") or {}).items()}
+            found.append((rule["name"], labels))
+    assert len(found) <= 1, f"{name} matches several rules: {found}"
+    return found[0] if found else None
+
+
+def parse_statsd(datagram: str) -> list[tuple[str, float, str]]:
+    """``name:value|type`` lines -> (name, value, counter|gauge|observer)."""
+    out = []
+    for line in datagram.splitlines():
+        name, _, rest = line.partition(":")
+        value, _, kind = rest.partition("|")
+        out.append((name, float(value), STATSD_KINDS[kind.split("|")[0]]))
+    return out

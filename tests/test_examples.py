@@ -42,7 +42,8 @@ def _not_yet(kind: str, name: str, what: str, file: str) -> str:
 NOTHING = Today()
 EXPECTED: dict[str, Today] = {
     "deployment.yaml": NOTHING,
-    "repository-local-hostpath.yaml": NOTHING,
+    # The Repository the volume Restic backs up into gets its maintenance DAG.
+    "repository-local-hostpath.yaml": Today(dags=("stash-maintenance.demo.local-repo",)),
     "repository-local-nfs.yaml": NOTHING,
     "repository-local-pvc.yaml": NOTHING,
     "repository-s3.yaml": NOTHING,
@@ -118,6 +119,11 @@ def today(file: str, runtime: Runtime) -> Today:
         dag_id
         for dag_id, rplan in plans.recoveries.items()
         if _file(resources.origin_of("Recovery", rplan.namespace, rplan.name)) == file
+    ]
+    dags += [
+        dag_id
+        for dag_id, mplan in plans.maintenance.items()
+        if _file(resources.origin_of("Repository", mplan.namespace, mplan.name)) == file
     ]
     errors = [str(e) for e in plans.errors if _file(e.origin) == file]
     return Today(dags=tuple(sorted(dags)), errors=tuple(sorted(errors)))

@@ -81,7 +81,7 @@ def test_good_resources_make_dags_and_bad_ones_named_errors(mixed: dict[str, Pat
     dags, errors = build()
     assert sorted(dags) == sorted(
         [BACKUP.format(n) for n in ("good", "nightly", "paused", "instant")]
-        + ["stash-recovery.demo.restore"]
+        + ["stash-recovery.demo.restore", "stash-maintenance.demo.repo"]
     )
     text = [str(e) for e in errors]
     expected = [
@@ -198,7 +198,7 @@ def test_no_errors_means_nothing_raised(stash_env: dict[str, Path]) -> None:
     write_manifests(stash_env["manifests"], good_docs(stash_env["root"]))
     raise_resource_errors()
     dags, errors = build()
-    assert errors == [] and len(dags) == 5
+    assert errors == [] and len(dags) == 6
 
 
 # --------------------------------------------------------------------------- DagBag
@@ -237,6 +237,7 @@ def test_dagbag_over_the_examples(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert set(plans.dag_ids) == {
         "stash-backup.demo.stash-demo-backup.deployment.stash-demo",
         "stash-recovery.demo.stash-demo-restore",
+        "stash-maintenance.demo.local-repo",
     }
 
     bag = dagbag(folder, monkeypatch)
@@ -267,5 +268,5 @@ def test_dagbag_with_only_valid_resources(
     folder = write_manifests(stash_env["manifests"], good_docs(stash_env["root"]))
     bag = dagbag(folder, monkeypatch)
     assert bag.import_errors == {}
-    assert len(bag.dags) == 5
+    assert len(bag.dags) == 6
     assert BACKUP.format("good") in bag.dags

@@ -282,7 +282,8 @@ def check_plans(resources: ResourceSet, plans: PlanSet) -> None:
     failed = {(e.kind, e.namespace, e.name) for e in plans.errors}
     for err in plans.errors[len(resources.errors) :]:  # the planner's own: named, with a field
         assert isinstance(err, ResourceError) and err.message
-        assert err.kind in ("Restic", "Recovery") and err.name and err.origin, str(err)
+        assert err.kind in ("Restic", "Recovery", "Repository"), str(err)
+        assert err.name and err.origin, str(err)
     for plan in plans.backups.values():
         t = plan.target
         assert ("Restic", t.restic_namespace, t.restic_name) not in failed, plan.dag_id
@@ -291,6 +292,10 @@ def check_plans(resources: ResourceSet, plans: PlanSet) -> None:
     for plan in plans.recoveries.values():
         assert ("Recovery", plan.namespace, plan.name) not in failed, plan.dag_id
         assert (plan.namespace, plan.name) in resources.recoveries
+    for mplan in plans.maintenance.values():  # a Repository that good targets write into
+        assert (mplan.namespace, mplan.name) in resources.repositories
+        targets = {t for c in mplan.checks for t in c.targets}
+        assert targets and targets <= {p.target for p in plans.backups.values()}
 
 
 def load(root: Path, docs: list[Any]) -> ResourceSet:
@@ -402,9 +407,12 @@ def test_build_dags_on_mutated_sets(
         if plan is not None:
             t = plan.target
             assert ("Restic", t.restic_namespace, t.restic_name) not in failed
-        else:
+        elif dag_id in plans.recoveries:
             rplan = plans.recoveries[dag_id]
             assert ("Recovery", rplan.namespace, rplan.name) not in failed
+        else:
+            mplan = plans.maintenance[dag_id]
+            assert ("Repository", mplan.namespace, mplan.name) not in failed
     # Every plan either became a DAG or is named in an error.
     for dag_id, bplan in plans.backups.items():
         t = bplan.target
@@ -436,6 +444,8 @@ def test_found_by_fuzzing_names_and_schedules_airflow_refuses(tmp_path: Path) ->
         f"stash-backup.{NS}.app-backup.deployment.app",
         f"stash-backup.{NS}.long-repo.deployment.app",
         f"stash-recovery.{NS}.app-restore",
+        f"stash-maintenance.{NS}.repo",
+        f"stash-maintenance.{NS}.{long_repo}",
     }
     assert (
         f"repository:{long_repo}"[:100] in dags[f"stash-backup.{NS}.long-repo.deployment.app"].tags

@@ -24,7 +24,13 @@ LAYERS: list[tuple[str, ...]] = [
         "stash_plugin.sync",
     ),
     ("stash_plugin.operators", "stash_plugin.sensors"),
-    ("stash_plugin.factory", "stash_plugin.cli", "stash_plugin.__main__"),
+    (
+        "stash_plugin.factory",
+        "stash_plugin.cli",
+        "stash_plugin.__main__",
+        "stash_plugin.plugin",
+        "stash_plugin.web",
+    ),
 ]
 PURE = (
     "stash_plugin.api",

@@ -71,8 +71,22 @@ class BackupRepo(Model):
     """Files and bytes of each folder in the last good backup: the next one's baseline."""
 
 
+class RepositoryCheck(Model):
+    """The last maintenance run of a Repository (ours): ``restic check`` of every
+    repoDir its targets use, and what it measured."""
+
+    time: datetime
+    result: Literal["Passed", "Failed"]
+    failure: str | None = None
+    stale_locks_removed: int = 0
+    size_bytes: int | None = None
+    """Bytes stored for all its targets (``restic stats --mode raw-data``)."""
+    snapshot_count: int | None = None
+
+
 class RepositoryStatus(Model):
     backup_repos: list[BackupRepo] = Field(default_factory=list)
+    last_check: RepositoryCheck | None = None
 
 
 class RepositorySpec(Model):

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..api.errors import ResourceError
+
+if TYPE_CHECKING:
+    from .maintenance import MaintenancePlan
 
 Runtime = Literal["local", "kubernetes"]
 """Where steps run: ``local`` (child processes of the worker, volumes are host paths)
@@ -192,7 +195,9 @@ class PlanSet:
     backups: dict[str, BackupPlan] = field(default_factory=dict)
     recoveries: dict[str, RecoveryPlan] = field(default_factory=dict)
     errors: list[ResourceError] = field(default_factory=list)
+    maintenance: dict[str, MaintenancePlan] = field(default_factory=dict)
+    """One per Repository that backup targets write into."""
 
     @property
     def dag_ids(self) -> list[str]:
-        return sorted([*self.backups, *self.recoveries])
+        return sorted([*self.backups, *self.recoveries, *self.maintenance])

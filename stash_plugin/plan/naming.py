@@ -17,6 +17,10 @@ def recovery_dag_id(namespace: str, recovery: str) -> str:
     return f"stash-recovery.{namespace}.{recovery}"
 
 
+def maintenance_dag_id(namespace: str, repository: str) -> str:
+    return f"stash-maintenance.{namespace}.{repository}"
+
+
 def workload_target(workload: Workload) -> str:
     """``deployment.stash-demo``: also Stash 0.8's Repository object name for the target."""
     return f"{workload.kind.lower()}.{workload.name}"

@@ -6,7 +6,9 @@ from ..api.errors import ResourceError
 from ..api.resources import Recovery, Repository, Restic
 from ..api.resourceset import ResourceSet
 from .commands import DEFAULT_AGENT, Agent
+from .maintenance import MaintenanceOptions, plan_maintenance
 from .model import PlanError, PlanSet, Runtime
+from .naming import maintenance_dag_id
 from .placement import Placement, placement_for
 from .recovery import plan_recovery
 from .secretkeys import secret_problems
@@ -105,12 +107,17 @@ def _agent(resources: ResourceSet, name: str | None, field: str) -> Agent:
 
 
 def make_plans(
-    resources: ResourceSet, runtime: Runtime = "local", only_dag_id: str | None = None
+    resources: ResourceSet,
+    runtime: Runtime = "local",
+    only_dag_id: str | None = None,
+    maintenance: MaintenanceOptions | None = None,
 ) -> PlanSet:
-    """Plan every Restic and Recovery; one bad resource never stops the others.
+    """Plan every Restic and Recovery, and the maintenance of every Repository they back
+    up into; one bad resource never stops the others.
 
     ``only_dag_id`` skips objects that cannot produce that DAG (the parsing context of a
-    worker that runs one task), keeping its cost to one resource.
+    worker that runs one task), keeping its cost to one resource (a maintenance DAG
+    needs every Restic, to know the repoDirs).
     """
     plans = PlanSet(errors=list(resources.errors))
     placement = placement_for(runtime)
@@ -122,7 +129,11 @@ def make_plans(
         plans.errors.append(ResourceError(obj.kind, ns, name, exc.field, str(exc), origin))
 
     for (ns, name), restic in sorted(resources.restics.items()):
-        if only_dag_id and not only_dag_id.startswith(f"stash-backup.{ns}.{name}."):
+        if (
+            only_dag_id
+            and not only_dag_id.startswith(f"stash-backup.{ns}.{name}.")
+            and not only_dag_id.startswith("stash-maintenance.")
+        ):
             continue
         try:
             if restic.spec.target_type != "Volume":
@@ -161,4 +172,28 @@ def make_plans(
             plans.recoveries[rplan.dag_id] = rplan
         except PlanError as exc:
             fail(recovery, exc)
+    _plan_maintenance(resources, plans, placement, maintenance or MaintenanceOptions(), only_dag_id)
     return plans
+
+
+def _plan_maintenance(
+    resources: ResourceSet,
+    plans: PlanSet,
+    placement: Placement,
+    options: MaintenanceOptions,
+    only_dag_id: str | None,
+) -> None:
+    backups = list(plans.backups.values())
+    if only_dag_id and only_dag_id.startswith("stash-maintenance."):
+        plans.backups = {}  # planned only to find the Repository's repoDirs
+    for (ns, name), repository in sorted(resources.repositories.items()):
+        if only_dag_id and only_dag_id != maintenance_dag_id(ns, name):
+            continue
+        try:
+            made = plan_maintenance(repository, backups, placement, options)
+        except PlanError as exc:  # its targets planned, so this is not expected
+            origin = resources.origin_of("Repository", ns, name)
+            plans.errors.append(ResourceError("Repository", ns, name, exc.field, str(exc), origin))
+            continue
+        if made is not None:
+            plans.maintenance[made.dag_id] = made

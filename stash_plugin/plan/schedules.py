@@ -91,3 +91,57 @@ def _check_cron(text: str) -> None:
         raise ValueError(
             f"{text!r} never fires: no date matches its day of month, month and day of week"
         ) from None
+
+
+def _span(seconds: float) -> str:
+    """``90`` -> ``1m30s``: a duration the way users write ``@every``."""
+    whole = int(seconds)
+    parts = [(whole // 86400, "d"), (whole % 86400 // 3600, "h"), (whole % 3600 // 60, "m")]
+    text = "".join(f"{n}{unit}" for n, unit in parts if n) + (
+        f"{whole % 60}s" if whole % 60 else ""
+    )
+    return text or "0s"
+
+
+def schedule_interval(schedule: Schedule) -> float | None:
+    """The longest gap, in seconds, between two runs of ``schedule``; None when it does
+    not repeat. Alerts fire when no backup succeeded for twice this long, so a cron that
+    skips weekends is measured by its weekend gap, not its weekday one (the largest of
+    the next 60 gaps)."""
+    if schedule.kind == "every":
+        return float(schedule.value or 0) or None
+    if schedule.kind != "cron":
+        return None
+    from croniter import croniter  # an Airflow dependency; pure
+
+    it = croniter(str(schedule.value), datetime(2024, 1, 1))
+    fires = [it.get_next(float) for _ in range(61)]
+    return max(b - a for a, b in zip(fires, fires[1:], strict=False))
+
+
+def describe_schedule(schedule: Schedule, paused: bool = False) -> str:
+    """The schedule in words, for DAG documentation."""
+    if paused:
+        return "paused: no scheduled runs (manual runs still work)"
+    if schedule.kind == "once":
+        return "once, as soon as Airflow sees it (an instant backup)"
+    if schedule.kind == "none":
+        return "never by itself: manual runs only"
+    if schedule.kind == "every":
+        return f"every {_span(float(schedule.value or 0))}"
+    words = {
+        "@hourly": "every hour, on the hour",
+        "@daily": "every day at midnight (UTC)",
+        "@midnight": "every day at midnight (UTC)",
+        "@weekly": "every Sunday at midnight (UTC)",
+        "@monthly": "on the first day of every month at midnight (UTC)",
+        "@quarterly": "on the first day of every quarter at midnight (UTC)",
+        "@yearly": "on January 1st at midnight (UTC)",
+        "@annually": "on January 1st at midnight (UTC)",
+    }
+    value = str(schedule.value)
+    if value in words:
+        return words[value]
+    gap = schedule_interval(schedule)
+    longest = f"; at most {_span(gap)} between two runs" if gap else ""
+    return f"by the cron expression `{value}` (UTC){longest}"

@@ -12,9 +12,10 @@ import time
 from typing import Any
 
 from .. import GROUP, VERSION
-from ..api.resources import BackupRepo, RecoveryStatus, RepositoryStatus
+from ..api.resources import BackupRepo, RecoveryStatus, RepositoryCheck, RepositoryStatus
 from ..plan.model import TargetRef
 from ..protocol import ENV_AGENT_POD_PREFIX, ENV_DEAD_LOCK_BEFORE, ENV_LIVE_AGENT_PODS
+from .checks import record_check_in
 from .outcomes import BackupOutcome, entry_of, record_in
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,25 @@ class KubeStatusStore:
         return self._update_status(  # type: ignore[no-any-return]
             target.repository_namespace, "repositories", target.repository_name, change
         )
+
+    def record_check(
+        self,
+        namespace: str,
+        name: str,
+        check: RepositoryCheck,
+        counts: tuple[tuple[TargetRef, int], ...],
+    ) -> None:
+        def change(status: dict[str, Any]) -> tuple[dict[str, Any], None]:
+            current = RepositoryStatus.model_validate(
+                {"backupRepos": status.get("backupRepos", [])}
+            )
+            updated = record_check_in(current, check, counts)
+            return {
+                **status,
+                **updated.model_dump(mode="json", by_alias=True, exclude_none=True),
+            }, None
+
+        self._update_status(namespace, "repositories", name, change)
 
     def record_recovery(self, namespace: str, name: str, status: RecoveryStatus) -> None:
         def change(old: dict[str, Any]) -> tuple[dict[str, Any], None]:

@@ -22,6 +22,7 @@ from ..api.resources import (
     SourceSize,
 )
 from ..plan.model import BackupPlan, RecoveryPlan, TargetRef
+from ..plan.schedules import schedule_interval
 from ..protocol import BEFORE_DROP_TAG, BackupResult, RestoreRunResult, RunResult
 
 FAILED_STATES = ("failed",)
@@ -81,7 +82,8 @@ class BackupReport:
     outcome: BackupOutcome
     metrics: tuple[Metric, ...]
     scope: tuple[str, ...]
-    """Where the metrics belong: ``backup``, namespace, Restic, target, repository."""
+    """Where the metrics belong: ``backup``, namespace, Restic, target, repository,
+    target type."""
 
     @property
     def failed(self) -> bool:
@@ -184,26 +186,61 @@ def backup_report(
             if b.snapshot_id
         ),
     )
-    metrics = [Metric("succeeded" if backed_up and not errors else "failed", "incr", 1)]
-    if backed_up:
+    metrics = backup_metrics(plan, backups, outcome, ok=backed_up and not errors, now=now)
+    return BackupReport(outcome, tuple(metrics), backup_scope(plan.target))
+
+
+def backup_scope(target: TargetRef) -> tuple[str, ...]:
+    """Where a target's backup metrics belong: ``backup``, namespace, Restic, target,
+    Repository, target type (the labels of ``monitoring/statsd-mapping.yml``)."""
+    return (
+        "backup",
+        target.restic_namespace,
+        target.restic_name,
+        target.target,
+        target.repository_name,
+        target.type.lower(),
+    )
+
+
+def backup_metrics(
+    plan: BackupPlan,
+    backups: list[BackupResult],
+    outcome: BackupOutcome,
+    *,
+    ok: bool,
+    now: float,
+) -> list[Metric]:
+    """Every metric of one backup run; ``monitoring/statsd-mapping.yml`` turns each into
+    a labelled Prometheus series (``stash_backup_...``)."""
+    metrics = [Metric("success" if ok else "failure", "incr", 1)]
+    # A good snapshot whose retention or verification failed is both: the data is safe
+    # (no "backup missed" alert) and the run is red (the "backup failing" alert).
+    if outcome.succeeded:
+        metrics.append(Metric("last_success_timestamp", "gauge", int(now)))
+    if not ok:
+        metrics.append(Metric("last_failure_timestamp", "gauge", int(now)))
+    interval = None if plan.paused else schedule_interval(plan.schedule)
+    if interval:
+        metrics.append(Metric("schedule_interval_seconds", "gauge", interval))
+    if outcome.succeeded:
         metrics += [
-            Metric("last_backup_time", "gauge", int(now)),
-            Metric("duration", "timing", duration * 1000),
-            Metric("data_added", "gauge", sum(b.data_added for b in backups)),
+            Metric("duration", "timing", outcome.duration_seconds * 1000),
+            Metric("last_duration_seconds", "gauge", outcome.duration_seconds),
+            Metric("bytes_added", "gauge", sum(b.data_added for b in backups)),
             Metric("files_new", "gauge", sum(b.files_new for b in backups)),
             Metric("files_changed", "gauge", sum(b.files_changed for b in backups)),
+            Metric("files_unmodified", "gauge", sum(b.files_unmodified for b in backups)),
         ]
-    if drop:
+    if outcome.source_drop is not None:
         metrics.append(Metric("source_dropped", "incr", 1))
     if outcome.snapshot_count is not None:
         metrics.append(Metric("snapshots", "gauge", outcome.snapshot_count))
     if outcome.snapshots_removed is not None:
-        metrics.append(Metric("snapshots_removed", "gauge", outcome.snapshots_removed))
+        metrics.append(Metric("retention_snapshots_removed", "gauge", outcome.snapshots_removed))
     if outcome.bytes_freed is not None:
-        metrics.append(Metric("bytes_freed", "gauge", outcome.bytes_freed))
-    t = plan.target
-    scope = ("backup", t.restic_namespace, t.restic_name, t.target, t.repository_name)
-    return BackupReport(outcome, tuple(metrics), scope)
+        metrics.append(Metric("retention_bytes_freed", "gauge", outcome.bytes_freed))
+    return metrics
 
 
 def recovery_report(plan: RecoveryPlan, reports: Mapping[str, TaskReport]) -> RecoveryReport:
@@ -220,14 +257,12 @@ def recovery_report(plan: RecoveryPlan, reports: Mapping[str, TaskReport]) -> Re
     ] or [RecoveryPathStats(path=p, phase="Failed") for p in plan.paths]
     status = RecoveryStatus(phase="Succeeded" if ok else "Failed", stats=stats)
     duration = sum(r.duration_seconds for r in restores)
-    metrics = (
-        Metric("succeeded" if ok else "failed", "incr", 1),
-        Metric("duration", "timing", duration * 1000),
-    )
+    metrics = [Metric("success" if ok else "failure", "incr", 1)]
+    if ok:
+        metrics.append(Metric("duration", "timing", duration * 1000))
     failure = "; ".join(errors) or None
-    return RecoveryReport(
-        status, metrics, ("recovery", plan.namespace, plan.name), failure, duration
-    )
+    scope = ("recovery", plan.namespace, plan.name, plan.repository_name)
+    return RecoveryReport(status, tuple(metrics), scope, failure, duration)
 
 
 def running_status(plan: RecoveryPlan) -> RecoveryStatus:
@@ -313,7 +348,7 @@ def record_in(
         entries.append(entry)
     else:
         entries[index] = entry
-    return RepositoryStatus(backup_repos=entries), entry
+    return status.model_copy(update={"backup_repos": entries}), entry
 
 
 __all__ = [
@@ -324,6 +359,7 @@ __all__ = [
     "TaskReport",
     "apply_outcome",
     "backup_report",
+    "backup_scope",
     "drop_flag",
     "entry_of",
     "go_duration",

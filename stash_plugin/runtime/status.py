@@ -22,8 +22,9 @@ from typing import Any, Protocol, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from ..api.errors import field_path
-from ..api.resources import BackupRepo, RecoveryStatus, RepositoryStatus
+from ..api.resources import BackupRepo, RecoveryStatus, RepositoryCheck, RepositoryStatus
 from ..plan.model import Runtime, TargetRef
+from .checks import record_check_in
 from .outcomes import BackupOutcome, entry_of, record_in
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,14 @@ class StatusStore(Protocol):
         ...
 
     def record_recovery(self, namespace: str, name: str, status: RecoveryStatus) -> None: ...
+
+    def record_check(
+        self,
+        namespace: str,
+        name: str,
+        check: RepositoryCheck,
+        counts: tuple[tuple[TargetRef, int], ...],
+    ) -> None: ...
 
 
 FILE_MODE = 0o640  # the user and group that run Airflow (and `stash status`) read it
@@ -163,6 +172,21 @@ class LocalStatusStore:
                 path, {"status": new.model_dump(mode="json", by_alias=True, exclude_none=True)}
             )
         return entry
+
+    def record_check(
+        self,
+        namespace: str,
+        name: str,
+        check: RepositoryCheck,
+        counts: tuple[tuple[TargetRef, int], ...],
+    ) -> None:
+        path = self.repository_file(namespace, name)
+        with self._locked(path):
+            status = self._read_or_set_aside(path, RepositoryStatus) or RepositoryStatus()
+            new = record_check_in(status, check, counts)
+            self._write(
+                path, {"status": new.model_dump(mode="json", by_alias=True, exclude_none=True)}
+            )
 
     def record_recovery(self, namespace: str, name: str, status: RecoveryStatus) -> None:
         path = self.recovery_file(namespace, name)

@@ -42,7 +42,11 @@ from stashtest import write_manifests as write
 DAGS_FOLDER = Path(__file__).resolve().parent.parent.parent / "dags"
 PARSING_DAG_ID = "_AIRFLOW_PARSING_CONTEXT_DAG_ID"
 NS = "demo"
-GOOD_DAGS = {"stash-backup.demo.good.deployment.app", "stash-recovery.demo.restore"}
+GOOD_DAGS = {
+    "stash-backup.demo.good.deployment.app",
+    "stash-recovery.demo.restore",
+    "stash-maintenance.demo.repo",
+}
 OUTSIDE = "read-from-outside-the-folder"  # only in files outside the manifests folder
 SECRET = "hunter2-do-not-print"
 MAX_SECONDS = 10.0
@@ -411,7 +415,7 @@ def import_errors(bag: Any) -> dict[str, str]:
 
 def test_refusal_is_an_import_error_naming_the_restic(refused: Path) -> None:
     bag = dagbag(DAGS_FOLDER)
-    assert set(bag.dags) == {GOOD}
+    assert set(bag.dags) == {GOOD, "stash-maintenance.demo.repo"}
     errors = import_errors(bag)
     assert set(errors) == {"stash_errors.py"}, errors  # stash_dags.py imports cleanly
     assert (
@@ -450,4 +454,4 @@ def test_stash_errors_alone_exports_nothing_when_all_is_well(
     bag = dagbag(DAGS_FOLDER / "stash_errors.py")
     assert bag.import_errors == {} and bag.dags == {}
     bag = dagbag(DAGS_FOLDER)
-    assert bag.import_errors == {} and set(bag.dags) == {GOOD}
+    assert bag.import_errors == {} and set(bag.dags) == {GOOD, "stash-maintenance.demo.repo"}

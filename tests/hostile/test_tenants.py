@@ -216,7 +216,7 @@ def test_hostile_values_are_named_by_the_dag_folder(
     monkeypatch.setenv("AIRFLOW__STASH__MANIFESTS_DIR", str(hostile_folder(tmp_path)))
     monkeypatch.setenv("AIRFLOW__STASH__RUNTIME", "local")
     bag = DagBag(dag_folder=str(DAGS_FOLDER))
-    assert set(bag.dags) == {
+    assert {d for d in bag.dags if not d.startswith("stash-maintenance.")} == {
         "stash-backup.alpha.app-backup.deployment.app",
         "stash-backup.beta.app-backup.deployment.app",
     }

@@ -89,7 +89,7 @@ def test_every_kind_of_step_has_a_limit_from_the_settings(
     )
     dags, errors = build_dags(load_settings())
     assert errors == []
-    (dag,) = dags.values()
+    dag = dags["stash-backup.demo.rs.deployment.app"]
     limits = {t.task_id: t.execution_timeout.total_seconds() for t in dag.tasks}
     assert limits == {
         "backup": 5400,

@@ -135,17 +135,20 @@ def test_backup_ok() -> None:
     assert (entry.last_retention_removed, entry.last_retention_bytes_freed) == (2, 1024)
     assert entry.last_failure is None
     assert _metrics(report.metrics) == {
-        "succeeded": 1,
-        "last_backup_time": int(NOW),
+        "success": 1,
+        "last_success_timestamp": int(NOW),
+        "schedule_interval_seconds": 3600,  # the builder's schedule: @every 1h
         "duration": 2500.0,
-        "data_added": 4096,
+        "last_duration_seconds": 2.5,
+        "bytes_added": 4096,
         "files_new": 3,
         "files_changed": 1,
+        "files_unmodified": 0,
         "snapshots": 6,
-        "snapshots_removed": 2,
-        "bytes_freed": 1024,
+        "retention_snapshots_removed": 2,
+        "retention_bytes_freed": 1024,
     }
-    assert report.scope == ("backup", NS, "rs", "deployment.app", "repo")
+    assert report.scope == ("backup", NS, "rs", "deployment.app", "repo", "volumes")
 
 
 def test_backup_failed() -> None:
@@ -161,7 +164,11 @@ def test_backup_failed() -> None:
     assert report.outcome.failure == "backup: step backup failed with exit code 1: boom"
     assert entry.backup_count == 0 and entry.failed_backup_count == 1
     assert entry.last_failure == report.outcome.failure
-    assert _metrics(report.metrics) == {"failed": 1}
+    assert _metrics(report.metrics) == {
+        "failure": 1,
+        "last_failure_timestamp": int(NOW),
+        "schedule_interval_seconds": 3600,
+    }
 
 
 def test_backup_killed_without_a_reason_points_at_its_log() -> None:
@@ -187,8 +194,10 @@ def test_retention_failed_after_a_good_backup() -> None:
     assert entry.last_snapshot_id == "abcdef0123456789"
     assert entry.last_retention_removed is None
     metrics = _metrics(report.metrics)
-    assert metrics["failed"] == 1 and "succeeded" not in metrics
-    assert metrics["snapshots"] == 7 and metrics["data_added"] == 4096
+    assert metrics["failure"] == 1 and "success" not in metrics
+    # The snapshot is good (no "backup missed" alert) and the run is red (failing).
+    assert metrics["last_success_timestamp"] == metrics["last_failure_timestamp"] == int(NOW)
+    assert metrics["snapshots"] == 7 and metrics["bytes_added"] == 4096
 
 
 def test_verify_failed() -> None:
@@ -232,7 +241,7 @@ def test_resume_failed_after_a_good_offline_backup() -> None:
     assert report.outcome.failure == f"resume: {reason}"
     assert "verify" not in report.outcome.failure
     assert entry.backup_count == 1 and entry.failed_backup_count == 1
-    assert _metrics(report.metrics)["failed"] == 1
+    assert _metrics(report.metrics)["failure"] == 1
 
 
 def test_backup_that_did_not_run_at_all() -> None:
@@ -267,8 +276,8 @@ def test_recovery_succeeded() -> None:
     assert [(s.path, s.phase, s.duration) for s in report.status.stats] == [
         ("/source/data", "Succeeded", "1.25s")
     ]
-    assert _metrics(report.metrics) == {"succeeded": 1, "duration": 1250.0}
-    assert report.scope == ("recovery", NS, "rec")
+    assert _metrics(report.metrics) == {"success": 1, "duration": 1250.0}
+    assert report.scope == ("recovery", NS, "rec", "repo")
 
 
 @pytest.mark.parametrize(
@@ -288,7 +297,7 @@ def test_recovery_failed(restore: TaskReport, failure: str) -> None:
     assert report.failure == failure
     assert report.status.phase == "Failed"
     assert [(s.path, s.phase) for s in report.status.stats] == [("/source/data", "Failed")]
-    assert _metrics(report.metrics) == {"failed": 1, "duration": 0.0}
+    assert _metrics(report.metrics) == {"failure": 1}
 
 
 # --------------------------------------------------------------------------- source drops
@@ -326,7 +335,7 @@ def test_a_flagged_drop_counts_the_backup_and_flags_the_status(shrink_fails: boo
     assert [(s.path, s.files, s.bytes) for s in entry.source_sizes] == [("/source/data", 10, 500)]
     metrics = _metrics(report.metrics)
     assert metrics["source_dropped"] == 1
-    assert ("failed" in metrics) is shrink_fails
+    assert ("failure" in metrics) is shrink_fails
     if shrink_fails:
         assert entry.last_failure is not None
         assert entry.last_failure.startswith("backup: flagged: /source/data: the source shrank")

@@ -21,6 +21,7 @@ import pytest
 import yaml
 from runtime.test_outcomes import (
     NOW,
+    SHRUNK_BACKUP,
     STARTED,
     _backup_plan,
     _recovery_plan,
@@ -66,6 +67,8 @@ def sent() -> list[tuple[tuple[str, ...], Metric]]:
             NOW,
         ),
     ]
+    shrunk = _reports(plan, backup=TaskReport("backup", "success", SHRUNK_BACKUP.to_dict()))
+    runs.append(backup_report(plan, shrunk, STARTED, NOW))
     out = [(r.scope, m) for r in runs for m in r.metrics]
     rplan = _recovery_plan()
     good = RestoreRunResult([RestoreResult("/source/data", "/x", ["a"], 1.0)]).to_dict()

@@ -53,7 +53,10 @@ help:
 # and only the missing ones are installed (with one `apt-get update` first).
 APT_TOOLS := restic:restic
 run: APT_TOOLS := restic:restic
-test test-fast: APT_TOOLS := restic:restic rclone:rclone
+test-fast: APT_TOOLS := restic:restic rclone:rclone
+# The image tests build and run the images with podman (runc: crun fails on some
+# machines' cgroups; debootstrap: the Debian base image is made locally).
+test images-local: APT_TOOLS := restic:restic rclone:rclone podman:podman runc:runc debootstrap:debootstrap
 
 system-packages:
 	@missing=""; \
@@ -143,7 +146,7 @@ lint: $(VENV)/.installed-test
 	$(BIN)/mypy stash_plugin  # operators/ and sensors/ too, as stash_plugin.operators/.sensors
 
 test: system-packages lint
-	PATH="$(BIN):$$PATH" $(BIN)/pytest
+	PATH="$(BIN):$$PATH" STASH_REQUIRE_PODMAN=1 $(BIN)/pytest
 
 test-fast: system-packages $(VENV)/.installed-test
 	PATH="$(BIN):$$PATH" $(BIN)/pytest -m "not slow"

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from containers import AGENT_IMAGE, Podman
 from kube.harness import Cluster, start_cluster
 from stashtest import (
     PASSWORD,
@@ -37,7 +38,19 @@ BACKUP_DAG = "stash-backup.demo.app-backup.deployment.app"
 
 @pytest.fixture
 def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Agent pods as host processes (the venv's ``stash-agent``)."""
     c = start_cluster(tmp_path, monkeypatch, namespace=NS)
+    yield c
+    c.stop()
+
+
+@pytest.fixture
+def image_cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, podman: Podman, agent_image: str
+) -> Any:
+    """Agent pods as containers of the agent image built from ``Dockerfile.agent``."""
+    monkeypatch.setenv("AIRFLOW__STASH__AGENT_IMAGE", agent_image)
+    c = start_cluster(tmp_path, monkeypatch, namespace=NS, podman=podman)
     yield c
     c.stop()
 
@@ -134,14 +147,30 @@ def seed(
     return snapshot, source, repo_store
 
 
+def give_owners(source: Path) -> None:
+    """Files of several users, some only their owner may read (the agent reads them all)."""
+    for path, uid, gid, mode in (
+        ("private.key", 1000, 1000, 0o600),
+        ("readonly", 1001, 2000, 0o750),
+        ("readonly/ro.txt", 1001, 2000, 0o400),
+        ("big", 65534, 65534, 0o700),
+        ("big/blob0.bin", 65534, 65534, 0o600),
+    ):
+        os.chown(source / path, uid, gid)
+        os.chmod(source / path, mode)
+
+
 def test_backup_and_recovery_through_pods(
-    cluster: Cluster,
+    image_cluster: Cluster,
     airflow_db: None,
     stash_env: dict[str, Path],
     monkeypatch: pytest.MonkeyPatch,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
+    """Every agent pod runs the agent image (podman), as on a node."""
+    cluster = image_cluster
     snapshot, source, repo_store = seed(cluster, stash_env, monkeypatch)
+    give_owners(source)
 
     # Online backup: a pod mounts the claim, restic stores /source/data.
     run = run_dag(dags()[BACKUP_DAG])
@@ -164,7 +193,8 @@ def test_backup_and_recovery_through_pods(
     assert sync(snapshot) == 0
     rec = run_dag(dags()["stash-recovery.demo.to-new-claim"])
     assert task_states(rec) == {"restore": "success", "update_status": "success"}
-    assert tree_state(restored) == tree_state(source)
+    assert tree_state(restored, owners=True) == tree_state(source, owners=True)
+    assert {image for _, image in cluster.kubelet.started} == {AGENT_IMAGE}
     rstatus = cluster.get("recoveries", "to-new-claim", NS)["status"]
     assert rstatus["phase"] == "Succeeded" and rstatus["stats"][0]["path"] == "/source/data"
 

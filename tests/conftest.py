@@ -8,7 +8,14 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from containers import AGENT_IMAGE, Podman, build_image, podman_or_skip
+from containers import (
+    AGENT_IMAGE,
+    AIRFLOW_IMAGE,
+    Podman,
+    build_image,
+    pip_ca_flags,
+    podman_or_skip,
+)
 
 # Airflow reads its home when first imported: set it before anything imports airflow.
 _HOME = Path(tempfile.mkdtemp(prefix="stash-airflow-home-"))
@@ -54,4 +61,13 @@ def podman() -> Podman:
 def agent_image(podman: Podman) -> str:
     """The agent image built from ``Dockerfile.agent`` (layers cached between runs)."""
     tag, _ = build_image(podman, "Dockerfile.agent", AGENT_IMAGE)
+    return tag
+
+
+@pytest.fixture(scope="session")
+def airflow_image(podman: Podman) -> str:
+    """The Airflow image built from ``Dockerfile.airflow``. Its Airflow layer needs PyPI
+    (about 2.5 min from scratch here) and is cached between runs; a CA bundle this
+    machine trusts beyond Debian's is lent to the build, never stored in the image."""
+    tag, _ = build_image(podman, "Dockerfile.airflow", AIRFLOW_IMAGE, pip_ca_flags())
     return tag

@@ -464,7 +464,7 @@ def api_call(call: Call) -> tuple[str, str, str] | None:
 
 def chart_rules() -> dict[str, set[tuple[str, str, str]]]:
     """(group, resource, verb) each of the chart's service accounts may use."""
-    from chart.test_chart import render
+    from deploy.test_chart import render
 
     docs = render()
     values = {"sync": "stash-airflow-sync", "tasks": "stash-airflow-tasks"}

@@ -88,7 +88,10 @@ def test_agent_image_backs_up_and_restores_owners_and_modes(
     restored.mkdir()
 
     backup = agent_run(
-        [("/source/data", backup_args("/source/data", "app", TAGS))], "--init", "--unlock"
+        [("/source/data", backup_args("/source/data", "app", TAGS))],
+        "--init",
+        "--unlock",
+        "--within=/source/data",
     )
     result = run_agent(
         podman, agent_image, [f"{source}:/source/data:ro", f"{repo}:/repo"], list(backup), message

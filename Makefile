@@ -37,7 +37,7 @@ AIRFLOW_ENV := \
 	AIRFLOW__STASH__STATE_DIR="$(DEMO)/state" \
 	AIRFLOW__STASH__RUNTIME=local
 
-.PHONY: help run test test-fast lint system-packages airflow clean
+.PHONY: help run test test-fast lint system-packages airflow clean images images-local
 
 help:
 	@echo "make run        install, write the demo under demo/, start Airflow on http://localhost:8080"
@@ -45,6 +45,8 @@ help:
 	@echo "make test-fast  install (with test extras), pytest -m 'not slow'"
 	@echo "make lint       ruff format --check, ruff check, mypy"
 	@echo "make airflow ARGS='dags list'   any airflow command against the demo's Airflow"
+	@echo "make images     build the agent and Airflow images (ENGINE=docker or podman)"
+	@echo "make images-local  the same with podman, from a Debian base made here (no registry)"
 	@echo "make clean      remove demo/, airflow-home/ and .venv/"
 
 # --------------------------------------------------------------------------- install
@@ -53,9 +55,12 @@ help:
 # and only the missing ones are installed (with one `apt-get update` first).
 APT_TOOLS := restic:restic
 run: APT_TOOLS := restic:restic
-# promtool checks monitoring/alerts.yml; Chromium drives the Stash page test.
-test: APT_TOOLS := restic:restic rclone:rclone promtool:prometheus chromium:chromium
+# promtool checks monitoring/alerts.yml; Chromium drives the Stash page test. The image
+# tests build and run the images with podman (runc: crun fails on some machines'
+# cgroups; debootstrap: the Debian base image is made locally).
+test: APT_TOOLS := restic:restic rclone:rclone promtool:prometheus chromium:chromium podman:podman runc:runc debootstrap:debootstrap
 test-fast: APT_TOOLS := restic:restic rclone:rclone promtool:prometheus
+images-local: APT_TOOLS := restic:restic rclone:rclone podman:podman runc:runc debootstrap:debootstrap
 
 system-packages:
 	@missing=""; \
@@ -146,10 +151,27 @@ lint: $(VENV)/.installed-test
 	$(BIN)/mypy stash_plugin  # operators/ and sensors/ too, as stash_plugin.operators/.sensors
 
 test: system-packages lint
-	PATH="$(BIN):$$PATH" $(BIN)/pytest
+	PATH="$(BIN):$$PATH" STASH_REQUIRE_PODMAN=1 $(BIN)/pytest
 
 test-fast: system-packages $(VENV)/.installed-test
 	PATH="$(BIN):$$PATH" $(BIN)/pytest -m "not slow"
+
+# --------------------------------------------------------------------------- images
+
+ENGINE ?= podman
+AGENT_IMAGE ?= stash-airflow/agent:0.1.0
+AIRFLOW_IMAGE ?= stash-airflow/airflow:0.1.0
+
+# The two images, from the registry's debian:bookworm-slim.
+images:
+	$(ENGINE) build --network=host -f Dockerfile.agent -t $(AGENT_IMAGE) .
+	$(ENGINE) build --network=host -f Dockerfile.airflow -t $(AIRFLOW_IMAGE) .
+
+# The same on a machine that reaches no container registry: the base image is made
+# with debootstrap and both images are built into the test suite's podman store (the
+# one `make test` uses; see tests/containers.py).
+images-local: system-packages $(VENV)/.installed-test
+	$(BIN)/python tests/containers.py
 
 clean:
 	rm -rf demo airflow-home .venv

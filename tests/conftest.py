@@ -8,6 +8,14 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from containers import (
+    AGENT_IMAGE,
+    AIRFLOW_IMAGE,
+    Podman,
+    build_image,
+    pip_ca_flags,
+    podman_or_skip,
+)
 
 # Airflow reads its home when first imported: set it before anything imports airflow.
 _HOME = Path(tempfile.mkdtemp(prefix="stash-airflow-home-"))
@@ -41,3 +49,25 @@ def stash_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path
     monkeypatch.setenv("AIRFLOW__STASH__STATE_DIR", str(state))
     monkeypatch.setenv("AIRFLOW__STASH__RUNTIME", "local")
     return {"manifests": manifests, "state": state, "root": tmp_path}
+
+
+@pytest.fixture(scope="session")
+def podman() -> Podman:
+    """The suite's podman (own store and containers.conf); skips, naming why, without it."""
+    return podman_or_skip()
+
+
+@pytest.fixture(scope="session")
+def agent_image(podman: Podman) -> str:
+    """The agent image built from ``Dockerfile.agent`` (layers cached between runs)."""
+    tag, _ = build_image(podman, "Dockerfile.agent", AGENT_IMAGE)
+    return tag
+
+
+@pytest.fixture(scope="session")
+def airflow_image(podman: Podman) -> str:
+    """The Airflow image built from ``Dockerfile.airflow``. Its Airflow layer needs PyPI
+    (about 2.5 min from scratch here) and is cached between runs; a CA bundle this
+    machine trusts beyond Debian's is lent to the build, never stored in the image."""
+    tag, _ = build_image(podman, "Dockerfile.airflow", AIRFLOW_IMAGE, pip_ca_flags())
+    return tag

@@ -56,8 +56,9 @@ def make_tree(root: Path, seed: int = 1, small_files: int = 2000) -> Path:
     return root
 
 
-def tree_state(root: Path) -> dict[str, tuple[Any, ...]]:
-    """Everything a byte-identical restore must reproduce: type, mode, content, link target."""
+def tree_state(root: Path, owners: bool = False) -> dict[str, tuple[Any, ...]]:
+    """Everything a byte-identical restore must reproduce: type, mode, content, link target
+    (and with ``owners``, each entry's uid and gid)."""
     out: dict[str, tuple[Any, ...]] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
@@ -71,6 +72,8 @@ def tree_state(root: Path) -> dict[str, tuple[Any, ...]]:
                 out[rel] = ("dir", mode)
             else:
                 out[rel] = ("file", mode, hashlib.sha256(p.read_bytes()).hexdigest())
+            if owners:
+                out[rel] += (st.st_uid, st.st_gid)
     return out
 
 

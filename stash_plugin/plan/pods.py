@@ -8,6 +8,7 @@ in the container's termination message (read by the operator from the pod status
 from __future__ import annotations
 
 import hashlib
+from copy import deepcopy
 from typing import Any
 
 from .. import GROUP
@@ -19,6 +20,19 @@ GROUP_LABEL = GROUP
 #: Agent pod names (and so host names in restic locks) start with this: a lock of such
 #: a host whose pod is gone may be removed (``stash_plugin.agent.clear_dead_locks``).
 AGENT_POD_PREFIX = "stash-"
+
+#: The container's security context unless ``runtimeSettings.container.securityContext``
+#: sets one. The agent image runs as root so that a backup reads files of every owner
+#: (mode 0600 included) and a restore gives each file back its owner and mode; of
+#: root's powers it keeps only those: reading past permissions, changing owners, modes
+#: and times of files it does not own, and keeping set-group-id bits.
+AGENT_SECURITY_CONTEXT: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {
+        "drop": ["ALL"],
+        "add": ["CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID"],
+    },
+}
 
 
 def label_value(value: str) -> str:
@@ -78,9 +92,11 @@ def pod_manifest(step: Step, image: str) -> dict[str, Any]:
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    for key in ("resources", "securityContext"):
-        if container_settings.get(key):
-            container[key] = container_settings[key]
+    if container_settings.get("resources"):
+        container["resources"] = container_settings["resources"]
+    container["securityContext"] = container_settings.get("securityContext") or deepcopy(
+        AGENT_SECURITY_CONTEXT
+    )
     labels = {f"{GROUP_LABEL}/{k}": label_value(v) for k, v in step.labels}
     labels.update(pod_settings.get("labels") or {})
     spec: dict[str, Any] = {"restartPolicy": "Never", "containers": [container], "volumes": volumes}

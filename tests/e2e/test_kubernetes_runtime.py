@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from containers import AGENT_IMAGE, Podman
+from kube.fakeapi import Call
 from kube.harness import Cluster, start_cluster
 from stashtest import (
     PASSWORD,
@@ -37,9 +39,23 @@ BACKUP_DAG = "stash-backup.demo.app-backup.deployment.app"
 
 @pytest.fixture
 def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Agent pods as host processes (the venv's ``stash-agent``)."""
     c = start_cluster(tmp_path, monkeypatch, namespace=NS)
     yield c
     c.stop()
+    record_calls(c)
+
+
+@pytest.fixture
+def image_cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, podman: Podman, agent_image: str
+) -> Any:
+    """Agent pods as containers of the agent image built from ``Dockerfile.agent``."""
+    monkeypatch.setenv("AIRFLOW__STASH__AGENT_IMAGE", agent_image)
+    c = start_cluster(tmp_path, monkeypatch, namespace=NS, podman=podman)
+    yield c
+    c.stop()
+    record_calls(c)
 
 
 def deployment(claim: str) -> dict[str, Any]:
@@ -73,10 +89,26 @@ def recovery(name: str, claim: str, **restorer: Any) -> dict[str, Any]:
     }
 
 
-def sync(snapshot: Path) -> int:
+# The API calls the code made in this module's tests, by who makes them in a cluster:
+# `stash sync` or the Airflow tasks (and triggerer). The last test checks them
+# against the chart's RBAC rules.
+CALLS: dict[str, list[Call]] = {"sync": [], "tasks": []}
+
+
+def record_calls(cluster: Cluster) -> None:
+    """At the end of a test: every request that `sync()` did not make is the tasks'."""
+    synced = {id(c) for c in CALLS["sync"]}
+    CALLS["tasks"] += [c for c in cluster.requests if id(c) not in synced]
+
+
+def sync(snapshot: Path, cluster: Cluster) -> int:
     from stash_plugin.cli import main
 
-    return main(["sync", "--once", "--output", str(snapshot)])
+    start = len(cluster.requests)
+    try:
+        return main(["sync", "--once", "--output", str(snapshot)])
+    finally:
+        CALLS["sync"] += cluster.requests[start:]
 
 
 def dags() -> dict[str, Any]:
@@ -130,18 +162,34 @@ def seed(
     )
     cluster.apply(restic())
     cluster.wait_for(lambda: len(cluster.pods(NS, "app=app")) == 2, what="the workload's pods")
-    assert sync(snapshot) == 0
+    assert sync(snapshot, cluster) == 0
     return snapshot, source, repo_store
 
 
+def give_owners(source: Path) -> None:
+    """Files of several users, some only their owner may read (the agent reads them all)."""
+    for path, uid, gid, mode in (
+        ("private.key", 1000, 1000, 0o600),
+        ("readonly", 1001, 2000, 0o750),
+        ("readonly/ro.txt", 1001, 2000, 0o400),
+        ("big", 65534, 65534, 0o700),
+        ("big/blob0.bin", 65534, 65534, 0o600),
+    ):
+        os.chown(source / path, uid, gid)
+        os.chmod(source / path, mode)
+
+
 def test_backup_and_recovery_through_pods(
-    cluster: Cluster,
+    image_cluster: Cluster,
     airflow_db: None,
     stash_env: dict[str, Path],
     monkeypatch: pytest.MonkeyPatch,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
+    """Every agent pod runs the agent image (podman), as on a node."""
+    cluster = image_cluster
     snapshot, source, repo_store = seed(cluster, stash_env, monkeypatch)
+    give_owners(source)
 
     # Online backup: a pod mounts the claim, restic stores /source/data.
     run = run_dag(dags()[BACKUP_DAG])
@@ -161,16 +209,17 @@ def test_backup_and_recovery_through_pods(
     # Recovery into a new claim, byte-identical; the Recovery object's status says so.
     restored = cluster.pvc("restored", NS)
     cluster.apply(recovery("to-new-claim", "restored"))
-    assert sync(snapshot) == 0
+    assert sync(snapshot, cluster) == 0
     rec = run_dag(dags()["stash-recovery.demo.to-new-claim"])
     assert task_states(rec) == {"restore": "success", "update_status": "success"}
-    assert tree_state(restored) == tree_state(source)
+    assert tree_state(restored, owners=True) == tree_state(source, owners=True)
+    assert {image for _, image in cluster.kubelet.started} == {AGENT_IMAGE}
     rstatus = cluster.get("recoveries", "to-new-claim", NS)["status"]
     assert rstatus["phase"] == "Succeeded" and rstatus["stats"][0]["path"] == "/source/data"
 
     # Edited in the cluster -> a different DAG after sync: offline mode scales to zero and back.
     cluster.apply(restic(mode="Offline"))
-    assert sync(snapshot) == 0
+    assert sync(snapshot, cluster) == 0
     offline_dag = dags()[BACKUP_DAG]
     assert {"quiesce", "wait_quiesced", "resume", "wait_ready"} <= set(offline_dag.task_ids)
     (source / "offline.txt").write_text("written before the offline backup\n")
@@ -202,14 +251,14 @@ def test_backup_and_recovery_through_pods(
     # API server down: sync fails, the snapshot and every DAG stay.
     before = snapshot.read_text()
     cluster.down()
-    assert sync(snapshot) == 1
+    assert sync(snapshot, cluster) == 1
     assert snapshot.read_text() == before
     assert set(dags()) == {BACKUP_DAG, "stash-recovery.demo.to-new-claim"}
     cluster.up()
 
     # Deleted in the cluster -> its DAG goes away after sync.
     cluster.delete("restics", "app-backup", NS)
-    assert sync(snapshot) == 0
+    assert sync(snapshot, cluster) == 0
     assert set(dags()) == {"stash-recovery.demo.to-new-claim"}
 
     # The password is nowhere: not in pod specs (the failed pod is kept), logs or XCom.
@@ -254,7 +303,7 @@ def test_recovery_into_the_workloads_own_volume_deferrable(
             workload={"kind": "Deployment", "name": "app"},
         )
     )
-    assert sync(snapshot) == 0
+    assert sync(snapshot, cluster) == 0
     dag = dags()["stash-recovery.demo.in-place"]
     assert [t.task_id for t in dag.topological_sort()][:3] == [
         "quiesce",
@@ -343,7 +392,7 @@ def test_locks_of_deleted_agent_pods_are_removed_never_live_ones(
             runtimeSettings=short_wait,
         )
     )
-    assert sync(snapshot) == 0
+    assert sync(snapshot, cluster) == 0
     assert set(task_states(run_dag(dags()[BACKUP_DAG])).values()) == {"success"}
     repo = repo_store / "volumes" / "deployment" / "app"
     holder = "stash-backup-k7x2m9qd"
@@ -384,3 +433,74 @@ def _group_alive(pgid: int) -> bool:
         if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
             return True
     return False
+
+
+# --------------------------------------------------------------------------- RBAC
+
+
+def api_call(call: Call) -> tuple[str, str, str] | None:
+    """(API group, resource[/subresource], verb) of a request; None for discovery."""
+    parts = [p for p in call.path.split("/") if p]
+    if parts[:2] == ["api", "v1"]:
+        group, rest = "", parts[2:]
+    elif parts[:1] == ["apis"] and len(parts) > 3:
+        group, rest = parts[1], parts[3:]
+    else:
+        return None
+    if rest[:1] == ["namespaces"] and len(rest) > 2:
+        rest = rest[2:]
+    resource = rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "")
+    named = len(rest) > 1
+    watch = call.query.get("watch", "").lower() in ("true", "1")
+    verb = {
+        "GET": "watch" if watch else ("get" if named else "list"),
+        "POST": "create",
+        "PUT": "update",
+        "PATCH": "patch",
+        "DELETE": "delete" if named else "deletecollection",
+    }[call.method]
+    return group, resource, verb
+
+
+def chart_rules() -> dict[str, set[tuple[str, str, str]]]:
+    """(group, resource, verb) each of the chart's service accounts may use."""
+    from deploy.test_chart import render
+
+    docs = render()
+    values = {"sync": "stash-airflow-sync", "tasks": "stash-airflow-tasks"}
+    roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ClusterRole"}
+    out: dict[str, set[tuple[str, str, str]]] = {k: set() for k in values}
+    for binding in (d for d in docs if d["kind"] in ("ClusterRoleBinding", "RoleBinding")):
+        for who, account in values.items():
+            if any(s["name"] == account for s in binding["subjects"]):
+                for rule in roles[binding["roleRef"]["name"]]["rules"]:
+                    out[who] |= {
+                        (g, r, v)
+                        for g in rule["apiGroups"]
+                        for r in rule["resources"]
+                        for v in rule["verbs"]
+                    }
+    return out
+
+
+def test_chart_rbac_allows_every_call_made_above_and_nothing_unused() -> None:
+    """Runs after the tests above (same module): their calls, against the chart's roles."""
+    if not CALLS["sync"] or not CALLS["tasks"]:
+        pytest.fail("no API calls recorded: run this module's tests together")
+    from stash_plugin.runtime.kube import SCALABLE
+
+    rules = chart_rules()
+    # runtime.kube.Workloads calls the same way for every kind it scales; the tests
+    # above scale Deployments only, so their calls stand for every SCALABLE kind.
+    plurals = [f"{kind.lower()}s" for kind in SCALABLE]
+    for who, calls in CALLS.items():
+        made = {a for a in map(api_call, calls) if a is not None}
+        made |= {
+            (g, r.replace("deployments", plural, 1), v)
+            for g, r, v in made
+            if r.split("/")[0] == "deployments"
+            for plural in plurals
+        }
+        assert sorted(made - rules[who]) == [], f"{who}: calls its role does not allow"
+        unused = sorted(rules[who] - made)
+        assert unused == [], f"{who}: rules no call needs: {unused}"

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from containers import Podman
 from kube.fakeapi import ApiError, Call, FakeKubeServer, Obj
 from kube.kubelet import Kubelet
 
@@ -134,6 +135,7 @@ def start_cluster(
     monkeypatch: Any = None,
     namespace: str = "default",
     export_kubeconfig: bool = False,
+    podman: Podman | None = None,
 ) -> Cluster:
     """Start a fake API server and kubelet; call ``cluster.stop()`` at the end.
 
@@ -145,11 +147,13 @@ def start_cluster(
     "Options kube_config_path, kube_config, in_cluster, and config_dict are mutually
     exclusive" (the operator then only survives by reading the pod itself).
     ``cluster.env`` holds both variables for subprocesses such as ``kubectl``.
+    With ``podman``, the kubelet runs each container from its image (see
+    ``kube.kubelet``); without, as a process on this host.
     """
     root = tmp_path / "fakekube"
     (root / "kubelet").mkdir(parents=True, exist_ok=True)
     server = FakeKubeServer().start()
-    kubelet = Kubelet(server.store, root / "pv", root / "kubelet").start()
+    kubelet = Kubelet(server.store, root / "pv", root / "kubelet", podman).start()
     kubeconfig = root / "kubeconfig.yaml"
     kubeconfig.write_text(
         yaml.safe_dump(

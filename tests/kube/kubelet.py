@@ -24,6 +24,15 @@ the first container (not the operator's XCom sidecar) as a host process:
   host are removed afterwards when empty and unused;
 - stdout and stderr, interleaved, are the container log, served while it runs.
 
+With ``podman`` (``start_cluster(..., podman=...)``) each container runs instead from
+its image, as a kubelet runs it: ``podman run --pull=never --network=host`` with the
+image's entrypoint unless ``command`` is set, ``args``, the pod's env (values from
+Secrets passed by name in podman's environment, never in its argv), every volume
+bind-mounted at its ``mountPath`` (``ro`` where the pod says so), ``workingDir``, the
+termination message file, and the security context (``containers.security_flags``:
+user, groups, capabilities, no-new-privileges, read-only root). The image must be in
+the suite's podman store (``containers.build_image``).
+
 A missing Secret, ConfigMap, key or claim leaves the pod Pending with a waiting
 reason (``CreateContainerConfigError``) and a Warning event, as on a real node,
 and the kubelet retries until it appears or the pod is deleted (so an operator
@@ -39,6 +48,7 @@ the pod as Unsupported.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import shutil
@@ -51,6 +61,7 @@ import traceback
 import uuid
 from pathlib import Path
 
+from containers import Podman, security_flags
 from kube.fakeapi import (
     NO_KUBELET_ANNOTATION,
     START_DELAY_ANNOTATION,
@@ -97,10 +108,14 @@ class Unsupported(Exception):
 class Kubelet:
     """Runs pods from ``store`` on the host. ``workdir`` holds per-pod scratch dirs."""
 
-    def __init__(self, store: Store, pv_root: Path, workdir: Path) -> None:
+    def __init__(
+        self, store: Store, pv_root: Path, workdir: Path, podman: Podman | None = None
+    ) -> None:
         self.store, self.pv_root, self.workdir = store, pv_root, workdir
+        self.podman = podman  # None: containers run as host processes
         self.errors: list[str] = []  # crashes of this kubelet itself: a fixture asserts none
         self.procs: dict[str, subprocess.Popen[bytes]] = {}  # pod uid -> running container
+        self.started: list[tuple[str, str]] = []  # (pod name, image run, or "" on the host)
         self._mountpoints: dict[str, list[str]] = {}  # pod uid -> mount paths in use
         self._lock = threading.Lock()
         self._stopped = False
@@ -230,6 +245,7 @@ class Kubelet:
                 try:
                     volumes = self._volumes(pod, scratch)
                     env = self._env(pod, main)
+                    security = self._security(pod, main)
                     break
                 except NotReady as e:
                     waiting = {"waiting": {"reason": e.reason, "message": e.message}}
@@ -240,7 +256,7 @@ class Kubelet:
                     if not self._alive(pod) or self.store.stopping:
                         return
 
-            self._run_container(pod, main, env, volumes, scheduled)
+            self._run_container(pod, main, env, volumes, scheduled, security)
         except Unsupported as e:
             self._patch_status(pod, {"phase": "Failed", "reason": "Unsupported", "message": str(e)})
         finally:
@@ -258,6 +274,7 @@ class Kubelet:
         env: dict[str, str],
         volumes: dict[str, Path],
         scheduled: Obj,
+        security: list[str],
     ) -> None:
         """Run the container to the end (or until the pod is deleted).
 
@@ -266,7 +283,7 @@ class Kubelet:
         """
         uid = pod["metadata"]["uid"]
         argv = [_expand(a, env) for a in (c.get("command") or []) + (c.get("args") or [])]
-        if not argv:
+        if not argv and self.podman is None:
             raise Unsupported(f"container {c['name']}: no command (images have no entrypoint here)")
         mounts: list[str] = []  # SRC DST MODE triples for the wrapper
         for m in c.get("volumeMounts") or []:
@@ -286,30 +303,39 @@ class Kubelet:
             c.get("terminationMessagePath") or "/dev/termination-log",
             "rw",
         ]
-        unshare = [shutil.which("unshare") or "unshare", "--uts", "--mount", "--propagation"]
-        sh = [shutil.which("sh") or "sh", "-c", _MOUNT_AND_EXEC, "fakekube-kubelet"]
-        hostname = env["HOSTNAME"]
-        wrapper = [*unshare, "private", "--", *sh, hostname, c.get("workingDir", ""), *mounts]
-        wrapper += ["--", *argv]
+        if self.podman is not None:
+            wrapper, proc_env = self._podman_run(pod, c, env, mounts, security)
+        else:
+            unshare = [shutil.which("unshare") or "unshare", "--uts", "--mount", "--propagation"]
+            sh = [shutil.which("sh") or "sh", "-c", _MOUNT_AND_EXEC, "fakekube-kubelet"]
+            hostname = env["HOSTNAME"]
+            wrapper = [*unshare, "private", "--", *sh, hostname, c.get("workingDir", ""), *mounts]
+            wrapper += ["--", *argv]
+            proc_env = env
         started, log = now_rfc3339(), ContainerLog()
         with self._lock:
             if self._stopped or not self._alive(pod):
                 return
-            created = [
-                made
-                for src, dst in zip(mounts[0::3], mounts[1::3], strict=True)
-                for made in _make_mountpoint(Path(dst), directory=Path(src).is_dir())
-            ]
+            created = (
+                []
+                if self.podman is not None
+                else [
+                    made
+                    for src, dst in zip(mounts[0::3], mounts[1::3], strict=True)
+                    for made in _make_mountpoint(Path(dst), directory=Path(src).is_dir())
+                ]
+            )
             self._mountpoints[uid] = mounts[1::3]
             proc = subprocess.Popen(  # noqa: S603 - argv, never a shell string with values in it
                 wrapper,
-                env=env,
+                env=proc_env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
             self.procs[uid] = proc
+            self.started.append((pod["metadata"]["name"], c["image"] if self.podman else ""))
         threading.Thread(target=_reap, args=(proc,), daemon=True).start()
         with self.store.cond:
             self.store.logs[(uid, c["name"])] = log
@@ -326,6 +352,8 @@ class Kubelet:
                 log.lines.append((now_rfc3339(nanos=True), line))
                 self.store.cond.notify_all()
         code = proc.wait()
+        if self.podman is not None:  # the client may have been killed: the container goes too
+            self.podman.run("rm", "--force", "--time=0", _container_name(uid), check=False)
         with self._lock:
             self.procs.pop(uid, None)
             self._mountpoints.pop(uid, None)
@@ -385,23 +413,67 @@ class Kubelet:
             "CreateContainerConfigError", f"couldn't find key {key} in {kind} {ns}/{name}"
         )
 
+    def _podman_run(
+        self, pod: Obj, c: Obj, env: dict[str, str], mounts: list[str], security: list[str]
+    ) -> tuple[list[str], dict[str, str]]:
+        """``podman run`` argv for the container, and podman's environment, which carries
+        the container's values: the argv holds only their names."""
+        assert self.podman is not None
+        reserved = sorted(env.keys() & _PODMAN_OWN_ENV)
+        if reserved:
+            raise Unsupported(f"env {reserved}: names podman itself reads (test kubelet limit)")
+        flags = [
+            "run",
+            "--rm",
+            f"--name={_container_name(pod['metadata']['uid'])}",
+            "--pull=never",
+            "--network=host",
+            f"--hostname={_hostname(pod)}",
+            *security,
+            *(f"--env={name}" for name in env),
+            *(
+                f"--volume={src}:{dst}:{mode}"
+                for src, dst, mode in zip(mounts[0::3], mounts[1::3], mounts[2::3], strict=True)
+            ),
+        ]
+        if c.get("workingDir"):
+            flags.append(f"--workdir={c['workingDir']}")
+        command = [_expand(a, env) for a in c.get("command") or []]
+        if command:
+            flags.append("--entrypoint=" + json.dumps(command))
+        args = [_expand(a, env) for a in c.get("args") or []]
+        return self.podman.argv(*flags, c["image"], *args), {**self.podman.env, **env}
+
+    def _security(self, pod: Obj, c: Obj) -> list[str]:
+        """podman flags for the security context (podman mode only); a context the image
+        cannot meet keeps the pod Pending, as a kubelet does."""
+        if self.podman is None:
+            return []
+        try:
+            return security_flags(self.podman, c["image"], c, pod["spec"])
+        except PermissionError as e:
+            raise NotReady("CreateContainerConfigError", f"Error: {e}") from None
+        except ValueError as e:
+            raise Unsupported(str(e)) from None
+
     def _env(self, pod: Obj, c: Obj) -> dict[str, str]:
         ns, scratch = pod["metadata"]["namespace"], self.workdir / pod["metadata"]["uid"]
-        home = scratch / "home"
-        home.mkdir(parents=True, exist_ok=True)
-        path = os.pathsep.join(
-            [
-                str(Path(sys.executable).parent),
-                "/usr/local/sbin",
-                "/usr/local/bin",
-                "/usr/sbin",
-                "/usr/bin",
-                "/sbin",
-                "/bin",
-            ]
-        )
-        hostname = pod["spec"].get("hostname") or pod["metadata"]["name"][:63].rstrip("-.")
-        env = {"PATH": path, "HOME": str(home), "HOSTNAME": hostname}
+        env: dict[str, str] = {}
+        if self.podman is None:  # a container's own PATH and HOME (podman: the image's)
+            home = scratch / "home"
+            home.mkdir(parents=True, exist_ok=True)
+            path = os.pathsep.join(
+                [
+                    str(Path(sys.executable).parent),
+                    "/usr/local/sbin",
+                    "/usr/local/bin",
+                    "/usr/sbin",
+                    "/usr/bin",
+                    "/sbin",
+                    "/bin",
+                ]
+            )
+            env = {"PATH": path, "HOME": str(home), "HOSTNAME": _hostname(pod)}
         if c.get("envFrom"):
             raise Unsupported("envFrom is not supported by the test kubelet")
         for var in c.get("env") or []:
@@ -477,6 +549,26 @@ class Kubelet:
                     f"volume {name!r}: {kinds} volumes are not supported by the test kubelet"
                 )
         return out
+
+
+#: Variables the podman client itself reads: a container's value cannot travel in them.
+_PODMAN_OWN_ENV = {
+    "PATH",
+    "HOME",
+    "CONTAINERS_CONF",
+    "TMPDIR",
+    "XDG_RUNTIME_DIR",
+    "XDG_CONFIG_HOME",
+}
+
+
+def _hostname(pod: Obj) -> str:
+    """The pod's host name, as a kubelet sets it (restic records it in snapshots)."""
+    return str(pod["spec"].get("hostname") or pod["metadata"]["name"][:63].rstrip("-."))
+
+
+def _container_name(uid: str) -> str:
+    return f"fakekube-{uid}"
 
 
 def _status(c: Obj, state: Obj, ready: bool = False) -> Obj:

@@ -138,6 +138,14 @@ def test_pod_manifest_is_valid_and_carries_secrets_only_as_references() -> None:
         assert env["EXTRA"]["value"] == "1"
         assert container["resources"] == {"limits": {"memory": "256Mi"}}
         assert container["command"][0] == "stash-agent"
+        # root (the image's user) with only the capabilities files of every owner need
+        assert container["securityContext"] == {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {
+                "drop": ["ALL"],
+                "add": ["CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID"],
+            },
+        }
         assert pod["metadata"]["labels"]["team"] == "a"
         assert pod["metadata"]["labels"]["stash.appscode.com/restic"] == "bk"
         assert pod["spec"]["serviceAccountName"] == "stash-agent"
@@ -203,3 +211,18 @@ def test_long_names_make_valid_pod_labels() -> None:
     pod = pod_manifest(plan.backup, "agent:1")
     kubernetes_validate.validate(pod, kubernetes_validate.latest_version(), strict=True)
     assert all(len(v) <= 63 for v in pod["metadata"]["labels"].values())
+
+
+def test_a_restics_container_security_context_replaces_the_default() -> None:
+    dep = workload(
+        "Deployment",
+        "web",
+        [{"name": "data", "persistentVolumeClaim": {"claimName": "web-data"}}],
+        replicas=1,
+    )
+    own = {"runAsUser": 1000, "runAsNonRoot": True}
+    settings = {"container": {"securityContext": own}}
+    plans = make_plans(resources(*base("web", runtimeSettings=settings), dep), "kubernetes")
+    assert plans.errors == []
+    plan = plans.backups["stash-backup.prod.bk.deployment.web"]
+    assert pod_manifest(plan.backup, "a")["spec"]["containers"][0]["securityContext"] == own

@@ -1,0 +1,289 @@
+"""Throwaway database servers for tests: PostgreSQL, MariaDB and Redis on 127.0.0.1.
+
+Each server runs from the Debian packages' binaries with its data under a temporary
+folder, on a free loopback port, with password authentication for TCP clients, and is
+stopped (and its folder removed) by ``stop()``. As root, the servers run as the
+packages' own users (``postgres``, ``mysql``, ``redis``) through ``runuser``, since
+PostgreSQL and MariaDB refuse to run as root. Passwords never appear in a server's
+argv (they go through files or SQL), so ``ps`` checks see only what the agent does.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+USER = "stash"
+PASSWORD = "Db-pa55word-not-in-argv-7f3a"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pg_bin(name: str) -> str:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    if not found:
+        raise RuntimeError(f"PostgreSQL's {name} is not installed (Debian package postgresql)")
+    return found[-1]
+
+
+def _as(user: str, argv: Sequence[str]) -> list[str]:
+    """``argv`` run as ``user`` when we are root (the servers refuse root)."""
+    if os.geteuid() != 0:
+        return list(argv)
+    return ["runuser", "-u", user, "--", *argv]
+
+
+def _owned_tmp(user: str, prefix: str) -> Path:
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    if os.geteuid() == 0:
+        entry = pwd.getpwnam(user)
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+    os.chmod(path, 0o700)
+    return path
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode} while starting")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {timeout}s")
+
+
+@dataclass
+class Server:
+    engine: str
+    port: int
+    root: Path
+    proc: subprocess.Popen[bytes]
+    user: str = USER
+    password: str = PASSWORD
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def host(self) -> str:
+        return "127.0.0.1"
+
+    def url(self, database: str | None = None) -> str:
+        scheme = {"postgres": "postgres", "mariadb": "mysql", "redis": "redis"}[self.engine]
+        return f"{scheme}://127.0.0.1:{self.port}" + (f"/{database}" if database else "")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    # ------------------------------------------------------------------ clients
+
+    def client_env(self) -> dict[str, str]:
+        env = {**os.environ}
+        if self.engine == "postgres":
+            env["PGPASSWORD"] = self.password
+        elif self.engine == "mariadb":
+            env["MYSQL_PWD"] = self.password
+        else:
+            env["REDISCLI_AUTH"] = self.password
+        return env
+
+    def sql(self, script: str, database: str | None = None, check: bool = True) -> str:
+        """Run SQL as the test's superuser; tab-separated rows back."""
+        if self.engine == "postgres":
+            argv = [
+                "psql",
+                "-X",
+                "-At",
+                "-F",
+                "\t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                f"--dbname=host=127.0.0.1 port={self.port} user={self.user} "
+                f"dbname={database or 'postgres'}",
+            ]
+        elif self.engine == "mariadb":
+            argv = [
+                "mariadb",
+                "--batch",
+                "--skip-column-names",
+                "--host=127.0.0.1",
+                f"--port={self.port}",
+                f"--user={self.user}",
+                *([f"--database={database}"] if database else []),
+            ]
+        else:
+            raise ValueError("sql() is for PostgreSQL and MariaDB")
+        proc = subprocess.run(
+            argv, input=script, env=self.client_env(), capture_output=True, text=True
+        )
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"{self.engine} SQL failed: {proc.stderr}")
+        return proc.stdout
+
+    def redis(self, *args: str, db: int = 0) -> str:
+        argv = ["redis-cli", "-h", "127.0.0.1", "-p", str(self.port), "-n", str(db), *args]
+        proc = subprocess.run(argv, env=self.client_env(), capture_output=True, check=True)
+        return proc.stdout.decode("utf-8", "replace")
+
+
+# --------------------------------------------------------------------------- starters
+
+
+def start_postgres() -> Server:
+    root = _owned_tmp("postgres", "stash-test-pg-")
+    data, port = root / "data", free_port()
+    pwfile = root / "pw"
+    pwfile.write_text(PASSWORD + "\n")
+    if os.geteuid() == 0:
+        shutil.chown(pwfile, "postgres")
+    subprocess.run(
+        _as(
+            "postgres",
+            [
+                _pg_bin("initdb"),
+                "-D",
+                str(data),
+                f"--username={USER}",
+                f"--pwfile={pwfile}",
+                "--auth-host=scram-sha-256",
+                "--auth-local=peer",
+                "--encoding=UTF8",
+                "--locale=C.UTF-8",
+            ],
+        ),
+        check=True,
+        capture_output=True,
+    )
+    pwfile.unlink()
+    proc = subprocess.Popen(
+        _as(
+            "postgres",
+            [
+                _pg_bin("postgres"),
+                "-D",
+                str(data),
+                "-p",
+                str(port),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                f"unix_socket_directories={root}",
+                "-c",
+                "fsync=off",
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "synchronous_commit=off",
+            ],
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=open(root / "server.log", "wb"),  # noqa: SIM115 - kept for the server's life
+    )
+    server = Server("postgres", port, root, proc)
+    _wait_port(port, proc, "postgres")
+    for _ in range(100):  # listening comes slightly before accepting logins
+        if subprocess.run(
+            ["pg_isready", "-h", "127.0.0.1", "-p", str(port)], capture_output=True
+        ).returncode == 0:
+            break
+        time.sleep(0.1)
+    return server
+
+
+def start_mariadb() -> Server:
+    root = _owned_tmp("mysql", "stash-test-mariadb-")
+    data, port, sock = root / "data", free_port(), root / "mysqld.sock"
+    subprocess.run(
+        [
+            "mariadb-install-db",
+            "--no-defaults",
+            f"--datadir={data}",
+            "--user=mysql",
+            "--auth-root-authentication-method=socket",
+            "--skip-test-db",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    argv = [
+        "mariadbd",
+        "--no-defaults",
+        f"--datadir={data}",
+        f"--socket={sock}",
+        f"--port={port}",
+        "--bind-address=127.0.0.1",
+        f"--pid-file={root / 'mysqld.pid'}",
+        "--skip-log-bin",
+        "--innodb-flush-log-at-trx-commit=0",
+        "--innodb-doublewrite=0",
+        "--skip-name-resolve",
+        "--log-error=" + str(root / "server.log"),
+    ]
+    if os.geteuid() == 0:
+        argv.append("--user=mysql")
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = Server("mariadb", port, root, proc)
+    _wait_port(port, proc, "mariadbd")
+    quoted = PASSWORD.replace("'", "''")
+    setup = (
+        f"CREATE USER '{USER}'@'%' IDENTIFIED BY '{quoted}';"
+        f"GRANT ALL PRIVILEGES ON *.* TO '{USER}'@'%' WITH GRANT OPTION;"
+    )
+    subprocess.run(
+        ["mariadb", "--no-defaults", f"--socket={sock}", "--user=root"],
+        input=setup.encode(),
+        check=True,
+        capture_output=True,
+    )
+    return server
+
+
+def start_redis() -> Server:
+    root = _owned_tmp("redis", "stash-test-redis-") if _has_user("redis") else None
+    root = root or Path(tempfile.mkdtemp(prefix="stash-test-redis-"))
+    port = free_port()
+    conf = root / "redis.conf"
+    conf.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {root}\nsave \"\"\nappendonly no\n"
+        f"requirepass {PASSWORD}\nprotected-mode yes\n"
+    )
+    if os.geteuid() == 0 and _has_user("redis"):
+        shutil.chown(conf, "redis")
+        argv = _as("redis", ["redis-server", str(conf)])
+    else:
+        argv = ["redis-server", str(conf)]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = Server("redis", port, root, proc, user="")
+    _wait_port(port, proc, "redis-server")
+    return server
+
+
+def _has_user(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+STARTERS = {"postgres": start_postgres, "mariadb": start_mariadb, "redis": start_redis}

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stash_plugin.databases import conninfo
+
 USER = "stash"
 PASSWORD = "Db-pa55word-not-in-argv-7f3a"
 
@@ -118,8 +120,10 @@ class Server:
                 "\t",
                 "-v",
                 "ON_ERROR_STOP=1",
-                f"--dbname=host=127.0.0.1 port={self.port} user={self.user} "
-                f"dbname={database or 'postgres'}",
+                "--dbname="
+                + conninfo(
+                    host="127.0.0.1", port=self.port, user=self.user, dbname=database or "postgres"
+                ),
             ]
         elif self.engine == "mariadb":
             argv = [
@@ -202,9 +206,12 @@ def start_postgres() -> Server:
     server = Server("postgres", port, root, proc)
     _wait_port(port, proc, "postgres")
     for _ in range(100):  # listening comes slightly before accepting logins
-        if subprocess.run(
-            ["pg_isready", "-h", "127.0.0.1", "-p", str(port)], capture_output=True
-        ).returncode == 0:
+        if (
+            subprocess.run(
+                ["pg_isready", "-h", "127.0.0.1", "-p", str(port)], capture_output=True
+            ).returncode
+            == 0
+        ):
             break
         time.sleep(0.1)
     return server
@@ -264,7 +271,7 @@ def start_redis() -> Server:
     port = free_port()
     conf = root / "redis.conf"
     conf.write_text(
-        f"port {port}\nbind 127.0.0.1\ndir {root}\nsave \"\"\nappendonly no\n"
+        f'port {port}\nbind 127.0.0.1\ndir {root}\nsave ""\nappendonly no\n'
         f"requirepass {PASSWORD}\nprotected-mode yes\n"
     )
     if os.geteuid() == 0 and _has_user("redis"):
@@ -287,3 +294,55 @@ def _has_user(name: str) -> bool:
 
 
 STARTERS = {"postgres": start_postgres, "mariadb": start_mariadb, "redis": start_redis}
+
+
+# --------------------------------------------------------------------------- data
+
+PG_SEED = """
+CREATE TABLE customers (id int PRIMARY KEY, name text NOT NULL, email text);
+CREATE TABLE orders (
+  id bigint PRIMARY KEY, customer_id int REFERENCES customers(id), amount numeric(12,2),
+  note text);
+CREATE TABLE blobs (id int PRIMARY KEY, data bytea NOT NULL);
+CREATE TABLE audit (id serial PRIMARY KEY, order_id bigint, at_amount numeric(12,2));
+CREATE FUNCTION log_order() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO audit(order_id, at_amount) VALUES (NEW.id, NEW.amount); RETURN NEW; END $$;
+CREATE TRIGGER orders_audit AFTER INSERT ON orders FOR EACH ROW EXECUTE FUNCTION log_order();
+INSERT INTO customers
+  SELECT g, 'Kundin ' || g || ' Grüße 名前 ' || chr(1000 + g % 500), 'c' || g || '@example.org'
+  FROM generate_series(1, 20000) g;
+INSERT INTO orders
+  SELECT g, 1 + g % 20000, (g % 997) * 1.25, 'ñote ' || md5(g::text)
+  FROM generate_series(1, {rows}) g;
+INSERT INTO blobs
+  SELECT g, decode(repeat(md5(g::text), 16), 'hex') || '\\x00ff00'::bytea
+  FROM generate_series(1, 2000) g;
+CREATE VIEW big_orders AS SELECT o.id, c.name, o.amount
+  FROM orders o JOIN customers c ON c.id = o.customer_id WHERE o.amount > 1000;
+"""
+
+PG_TABLES = ("customers", "orders", "blobs", "audit")
+
+
+def seed_postgres(server: Server, database: str, rows: int = 300_000) -> None:
+    server.sql(f'CREATE DATABASE "{database}";')
+    server.sql(PG_SEED.replace("{rows}", str(rows)), database)
+
+
+def postgres_state(server: Server, database: str) -> dict[str, str]:
+    """Row count and checksum of every table, plus the view, trigger and function."""
+    out = {}
+    for table in PG_TABLES:
+        out[table] = server.sql(
+            f"SELECT count(*) || ':' || md5(coalesce(string_agg(t::text, '|' ORDER BY t.id), ''))"
+            f" FROM {table} t;",
+            database,
+        ).strip()
+    out["view"] = server.sql("SELECT count(*) FROM big_orders;", database).strip()
+    out["trigger"] = server.sql(
+        "SELECT string_agg(tgname, ',') FROM pg_trigger WHERE NOT tgisinternal;", database
+    ).strip()
+    out["function"] = server.sql(
+        "SELECT prosrc FROM pg_proc WHERE proname = 'log_order';", database
+    ).strip()
+    return out

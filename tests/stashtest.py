@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from stash_plugin.manifests import (  # noqa: F401 - the builders tests import from here
+    appbinding_doc,
+    database_recovery_doc,
+    database_restic_doc,
     deployment_doc,
     recovery_doc,
     repository_doc,

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from stash_plugin.databases import conninfo
 
-USER = "stash"
+USER = "dumper"
 PASSWORD = "Db-pa55word-not-in-argv-7f3a"
 
 

@@ -4,7 +4,8 @@
 #   make test   install what is missing (with the test extras), lint, type-check, test
 #
 # Both work on a fresh Debian machine as root, or as a user with sudo: Debian
-# packages (restic, rclone, python3-venv) come from apt-get, Python packages from
+# packages (restic, rclone, python3-venv; for the tests also postgresql,
+# mariadb-server and redis-server) come from apt-get, Python packages from
 # PyPI into .venv.
 
 SHELL := /bin/bash
@@ -53,7 +54,12 @@ help:
 # and only the missing ones are installed (with one `apt-get update` first).
 APT_TOOLS := restic:restic
 run: APT_TOOLS := restic:restic
-test test-fast: APT_TOOLS := restic:restic rclone:rclone
+# The database tests start their own PostgreSQL, MariaDB and Redis servers (with the
+# client tools the agent runs); `make run` needs none of them.
+test test-fast: APT_TOOLS := restic:restic rclone:rclone \
+	pg_ctlcluster:postgresql psql:postgresql-client \
+	mariadb-install-db:mariadb-server mariadb-dump:mariadb-client \
+	redis-server:redis-server redis-cli:redis-tools
 
 system-packages:
 	@missing=""; \

@@ -128,6 +128,7 @@ class Server:
         elif self.engine == "mariadb":
             argv = [
                 "mariadb",
+                "--default-character-set=utf8mb4",
                 "--batch",
                 "--skip-column-names",
                 "--host=127.0.0.1",
@@ -344,5 +345,54 @@ def postgres_state(server: Server, database: str) -> dict[str, str]:
     ).strip()
     out["function"] = server.sql(
         "SELECT prosrc FROM pg_proc WHERE proname = 'log_order';", database
+    ).strip()
+    return out
+
+
+MARIADB_SEED = """
+CREATE DATABASE `{db}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;
+USE `{db}`;
+CREATE TABLE customers (id INT PRIMARY KEY, name VARCHAR(200) NOT NULL, email VARCHAR(200));
+CREATE TABLE orders (id BIGINT PRIMARY KEY, customer_id INT, amount DECIMAL(12,2), note TEXT,
+  FOREIGN KEY (customer_id) REFERENCES customers(id)) ENGINE=InnoDB;
+CREATE TABLE blobs (id INT PRIMARY KEY, data LONGBLOB NOT NULL);
+CREATE TABLE audit (id INT AUTO_INCREMENT PRIMARY KEY, order_id BIGINT, at_amount DECIMAL(12,2));
+CREATE TRIGGER orders_audit AFTER INSERT ON orders FOR EACH ROW
+  INSERT INTO audit (order_id, at_amount) VALUES (NEW.id, NEW.amount);
+CREATE PROCEDURE order_total(IN c INT, OUT total DECIMAL(14,2))
+  SELECT COALESCE(SUM(amount), 0) INTO total FROM orders WHERE customer_id = c;
+INSERT INTO customers SELECT seq,
+  CONCAT('Kundin ', seq, ' Grüße 名前 ', ELT(1 + seq % 4, 'α', 'ß', '名', '😀')),
+  CONCAT('c', seq, '@example.org') FROM seq_1_to_20000;
+INSERT INTO orders SELECT seq, 1 + seq % 20000, (seq % 997) * 1.25, CONCAT('ñote ', MD5(seq))
+  FROM seq_1_to_{rows};
+INSERT INTO blobs SELECT seq, CONCAT(UNHEX(REPEAT(MD5(seq), 16)), X'00FF00') FROM seq_1_to_2000;
+CREATE VIEW big_orders AS SELECT o.id, c.name, o.amount
+  FROM orders o JOIN customers c ON c.id = o.customer_id WHERE o.amount > 1000;
+"""
+MARIADB_TABLES = ("customers", "orders", "blobs", "audit")
+
+
+def seed_mariadb(server: Server, database: str, rows: int = 300_000) -> None:
+    server.sql(MARIADB_SEED.replace("{db}", database).replace("{rows}", str(rows)))
+
+
+def mariadb_state(server: Server, database: str) -> dict[str, str]:
+    """Row count and checksum of every table, plus the view, trigger and procedure."""
+    db = database.replace("`", "``")
+    out = {}
+    for table in MARIADB_TABLES:
+        count = server.sql(f"SELECT COUNT(*) FROM `{db}`.{table};").strip()
+        checksum = server.sql(f"CHECKSUM TABLE `{db}`.{table} EXTENDED;").split("\t")[-1].strip()
+        out[table] = f"{count}:{checksum}"
+    out["view"] = server.sql(f"SELECT COUNT(*) FROM `{db}`.big_orders;").strip()
+    lit = database.replace("'", "''")
+    out["trigger"] = server.sql(
+        f"SELECT GROUP_CONCAT(trigger_name) FROM information_schema.triggers "
+        f"WHERE trigger_schema = '{lit}';"
+    ).strip()
+    out["routine"] = server.sql(
+        f"SELECT GROUP_CONCAT(CONCAT(routine_name, ':', MD5(routine_definition))) "
+        f"FROM information_schema.routines WHERE routine_schema = '{lit}';"
     ).strip()
     return out

@@ -37,6 +37,7 @@ SCHEMES = {
     "redis": "redis",
 }
 """URL scheme (or AppBinding type) -> engine."""
+DEFAULT_PORTS = {"postgres": 5432, "mysql": 3306, "mariadb": 3306, "redis": 6379}
 TOOL_PASSWORD = {"postgres": "PGPASSWORD", "mysql": "MYSQL_PWD", "mariadb": "MYSQL_PWD"}
 """The variable each engine's own tools read the password from (for a BackupAgent's
 commands; the default agent hands it over itself). Redis tools read REDISCLI_AUTH."""
@@ -82,9 +83,8 @@ class Endpoint:
         return f"{self.engine}://{self.host}{port}/{self.database}"
 
     def env(self) -> tuple[tuple[str, str], ...]:
-        out = [("DB_HOST", self.host)]
-        if self.port:
-            out.append(("DB_PORT", str(self.port)))
+        port = self.port or DEFAULT_PORTS[self.engine]
+        out = [("DB_HOST", self.host), ("DB_PORT", str(port))]
         out.append(("DB_NAME", "" if self.engine == "redis" else self.database))
         if self.user and not self.user_key:
             out.append(("DB_USER", self.user))

@@ -845,20 +845,20 @@ class RedisRestorer:
             cursor = b"0"
             while True:
                 cursor, keys = source.call("SCAN", cursor, "COUNT", 1000)
-                if keys:
-                    for key in keys:
-                        source.send("PTTL", key)
-                        source.send("DUMP", key)
+                if keys:  # pipelined: one round trip per batch each way
+                    source.sock.sendall(
+                        b"".join(Resp.encode("PTTL", k) + Resp.encode("DUMP", k) for k in keys)
+                    )
                     dumped = [(source.reply(), source.reply()) for _ in keys]
-                    sent = 0
-                    for key, (ttl, payload) in zip(keys, dumped, strict=True):
-                        if payload is None:  # expired meanwhile
-                            continue
-                        target.send("RESTORE", key, max(int(ttl), 0), payload, "REPLACE")
-                        sent += 1
-                    for _ in range(sent):
+                    batch = [
+                        Resp.encode("RESTORE", key, max(int(ttl), 0), payload, "REPLACE")
+                        for key, (ttl, payload) in zip(keys, dumped, strict=True)
+                        if payload is not None  # expired meanwhile
+                    ]
+                    target.sock.sendall(b"".join(batch))
+                    for _ in batch:
                         target.reply()
-                    copied += sent
+                    copied += len(batch)
                 if cursor == b"0":
                     break
         return copied

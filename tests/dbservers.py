@@ -11,6 +11,7 @@ argv (they go through files or SQL), so ``ps`` checks see only what the agent do
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import pwd
 import shutil
@@ -21,6 +22,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from stash_plugin.databases import conninfo
 
@@ -395,4 +397,90 @@ def mariadb_state(server: Server, database: str) -> dict[str, str]:
         f"SELECT GROUP_CONCAT(CONCAT(routine_name, ':', MD5(routine_definition))) "
         f"FROM information_schema.routines WHERE routine_schema = '{lit}';"
     ).strip()
+    return out
+
+
+def seed_redis(server: Server, keys: int = 100_000, db: int = 0, tag: str = "") -> None:
+    """Strings (binary and unicode), hashes, lists, sets, sorted sets, some with TTLs."""
+    out = bytearray()
+    from stash_plugin.databases import Resp
+
+    out += Resp.encode("SELECT", db)
+    for i in range(keys):
+        kind = i % 5
+        key = f"{tag}k:{i}:ключ"
+        if kind == 0:
+            out += Resp.encode("SET", key, bytes([i % 256, 0, 255]) + f"wert {i} 名".encode())
+        elif kind == 1:
+            out += Resp.encode("HSET", key, "a", i, "b", f"ü{i}")
+        elif kind == 2:
+            out += Resp.encode("RPUSH", key, "x", i, "z")
+        elif kind == 3:
+            out += Resp.encode("SADD", key, "m1", f"m{i}")
+        else:
+            out += Resp.encode("ZADD", key, i, "one", i * 2, "two")
+        if i % 10 == 0:
+            out += Resp.encode("EXPIRE", key, 86_400)
+    subprocess.run(
+        ["redis-cli", "-h", "127.0.0.1", "-p", str(server.port), "--pipe"],
+        input=bytes(out),
+        env=server.client_env(),
+        check=True,
+        capture_output=True,
+    )
+
+
+def _read(kind: bytes, key: bytes) -> bytes:
+    """The command that reads a whole value of ``kind``."""
+    from stash_plugin.databases import Resp
+
+    args: dict[bytes, tuple[Any, ...]] = {
+        b"string": ("GET", key),
+        b"hash": ("HGETALL", key),
+        b"list": ("LRANGE", key, 0, -1),
+        b"set": ("SMEMBERS", key),
+        b"zset": ("ZRANGE", key, 0, -1, "WITHSCORES"),
+    }
+    return Resp.encode(*args[kind])
+
+
+def redis_state(server: Server) -> dict[int, str]:
+    """Per database: key count and a checksum over every key's type, value and whether
+    it expires (values compared as sets where Redis keeps no order: set members, hash
+    fields)."""
+    from stash_plugin.databases import Resp
+
+    conn = Resp(("127.0.0.1", server.port))
+    conn.call("AUTH", server.password)
+    out = {}
+    info = conn.call("INFO", "keyspace").decode()
+    for line in info.splitlines():
+        if not line.startswith("db"):
+            continue
+        number = int(line.split(":", 1)[0][2:])
+        conn.call("SELECT", number)
+        digest = hashlib.sha256()
+        keys = []
+        cursor = b"0"
+        while True:
+            cursor, found = conn.call("SCAN", cursor, "COUNT", 5000)
+            keys += found
+            if cursor == b"0":
+                break
+        keys.sort()
+        for start in range(0, len(keys), 1000):  # pipelined: one round trip per batch
+            batch = keys[start : start + 1000]
+            conn.sock.sendall(b"".join(Resp.encode("TYPE", k) for k in batch))
+            types = [conn.reply() for _ in batch]
+            conn.sock.sendall(
+                b"".join(_read(t, k) for k, t in zip(batch, types, strict=True))
+                + b"".join(Resp.encode("PTTL", k) for k in batch)
+            )
+            values = [conn.reply() for _ in batch]
+            ttls = [int(conn.reply()) > 0 for _ in batch]
+            for key, kind, value, ttl in zip(batch, types, values, ttls, strict=True):
+                canonical = sorted(value) if kind in (b"set", b"hash") else value
+                digest.update(repr((key, kind, canonical, ttl)).encode())
+        out[number] = f"{len(keys)}:{digest.hexdigest()}"
+    conn.close()
     return out

@@ -131,8 +131,13 @@ def xcom(dagrun: Any, task_id: str, key: str = "return_value") -> Any:
     return value
 
 
-def restic_snapshots(repo: Path, password: str = PASSWORD) -> list[dict[str, Any]]:
-    """Every snapshot of the repository at ``repo``, as restic lists them."""
+def restic_snapshots(
+    repo: Path, password: str = PASSWORD, *, missing_ok: bool = False
+) -> list[dict[str, Any]]:
+    """Every snapshot of the repository at ``repo``, as restic lists them (none, with
+    ``missing_ok``, when no repository was ever made there)."""
+    if missing_ok and not (repo / "config").exists():
+        return []
     env = {**os.environ, "RESTIC_REPOSITORY": str(repo), "RESTIC_PASSWORD": password}
     out = subprocess.run(
         ["restic", "snapshots", "--json"], env=env, capture_output=True, text=True, check=True

@@ -556,6 +556,7 @@ def plan_database_recovery(
         "STASH_NAME": name,
         "STASH_REPO_DIR": dr.repo_dir,
         "STASH_SNAPSHOT": snapshot,
+        "STASH_SNAPSHOT_TAGS": f"namespace={ns}",
     }
     try:
         step = agent_step(step, agent, "recovery", values)

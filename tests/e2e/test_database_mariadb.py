@@ -10,9 +10,6 @@ compared table by table (row count and ``CHECKSUM TABLE``).
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,9 +21,11 @@ from dbservers import USER, Server, mariadb_state, seed_mariadb, start_mariadb
 from stashtest import (
     PASSWORD,
     appbinding_doc,
+    build_dag,
     database_recovery_doc,
     database_restic_doc,
     repository_doc,
+    restic_snapshots,
     run_dag,
     secret_doc,
     task_states,
@@ -72,25 +71,6 @@ def url(server: Server, database: str) -> dict[str, Any]:
     }
 
 
-def build(dag_id: str) -> Any:
-    from stash_plugin.factory import build_dags
-    from stash_plugin.settings import load_settings
-
-    dags, errors = build_dags(load_settings())
-    assert dag_id in dags, [str(e) for e in errors]
-    return dags[dag_id]
-
-
-def snapshots(repo: Path) -> list[dict[str, Any]]:
-    if not (repo / "config").exists():
-        return []
-    env = {**os.environ, "RESTIC_REPOSITORY": str(repo), "RESTIC_PASSWORD": PASSWORD}
-    out = subprocess.run(
-        ["restic", "snapshots", "--json"], env=env, capture_output=True, text=True, check=True
-    )
-    return json.loads(out.stdout)  # type: ignore[no-any-return]
-
-
 def user_databases(server: Server) -> list[str]:
     system = {"mysql", "information_schema", "performance_schema", "sys"}
     return [d for d in server.sql("SHOW DATABASES;").splitlines() if d not in system]
@@ -119,12 +99,12 @@ def test_mariadb_backup_and_recovery(
         ),
     ]
     write_manifests(manifests, docs)
-    run = run_dag(build(f"stash-backup.{NS}.shop-backup.{label}.shop"))
+    run = run_dag(build_dag(f"stash-backup.{NS}.shop-backup.{label}.shop"))
     assert set(task_states(run).values()) == {"success"}
-    (snap,) = snapshots(backend / "databases" / label / "shop")
+    (snap,) = restic_snapshots(backend / "databases" / label / "shop")
     assert snap["paths"] == ["/shop.sql"] and "engine=mysql" in snap["tags"]
     server.sql("DROP DATABASE shop;")
-    run = run_dag(build(f"stash-recovery.{NS}.shop-restore"))
+    run = run_dag(build_dag(f"stash-recovery.{NS}.shop-restore"))
     assert task_states(run) == {"restore": "success", "update_status": "success"}
     assert mariadb_state(server, "shop") == seeded
 
@@ -150,9 +130,9 @@ def test_mariadb_backup_and_recovery(
         ),
     ]
     write_manifests(manifests, docs)
-    run = run_dag(build(f"stash-backup.{NS}.agent-backup.appbinding.shop"))
+    run = run_dag(build_dag(f"stash-backup.{NS}.agent-backup.appbinding.shop"))
     assert set(task_states(run).values()) == {"success"}
-    (snap,) = snapshots(backend / "databases" / "appbinding" / "shop")
+    (snap,) = restic_snapshots(backend / "databases" / "appbinding" / "shop")
     assert snap["paths"] == ["/shop.sql"] and snap["hostname"] == "shop"
     capfd.readouterr()
     from stash_plugin.factory import build_dags
@@ -168,7 +148,9 @@ def test_mariadb_backup_and_recovery(
     assert f"dump of mysql database '{hostile}'" in logged and "no snapshot was made" in logged
     assert not (cwd / "pwned").exists() and "uid=" not in logged
     assert not any(
-        snapshots(p) for p in (backend / "databases" / label).iterdir() if p.name != "shop"
+        restic_snapshots(p, missing_ok=True)
+        for p in (backend / "databases" / label).iterdir()
+        if p.name != "shop"
     )
 
     # 3. Every database at once, recovered into an emptied server.
@@ -184,11 +166,11 @@ def test_mariadb_backup_and_recovery(
         ),
     ]
     write_manifests(manifests, docs)
-    run = run_dag(build(f"stash-backup.{NS}.all-backup.{label}.all"))
+    run = run_dag(build_dag(f"stash-backup.{NS}.all-backup.{label}.all"))
     assert set(task_states(run).values()) == {"success"}
     for name in user_databases(server):
         server.sql(f"DROP DATABASE `{name}`;")
-    run = run_dag(build(f"stash-recovery.{NS}.all-restore"))
+    run = run_dag(build_dag(f"stash-recovery.{NS}.all-restore"))
     assert task_states(run) == {"restore": "success", "update_status": "success"}
     assert sorted(user_databases(server)) == ["second db", "shop"]
     assert mariadb_state(server, "shop") == seeded

@@ -26,13 +26,16 @@ from dbservers import USER, Server, postgres_state, seed_postgres, start_postgre
 from stashtest import (
     PASSWORD,
     appbinding_doc,
+    build_dag,
     database_recovery_doc,
     database_restic_doc,
     repository_doc,
+    restic_snapshots,
     run_dag,
     secret_doc,
     task_states,
     write_manifests,
+    xcom,
 )
 
 pytestmark = pytest.mark.slow
@@ -69,15 +72,6 @@ def url_accessor(server: Server, database: str) -> dict[str, Any]:
     }
 
 
-def build(dag_id: str) -> Any:
-    from stash_plugin.factory import build_dags
-    from stash_plugin.settings import load_settings
-
-    dags, errors = build_dags(load_settings())
-    assert dag_id in dags, [str(e) for e in errors]
-    return dags[dag_id]
-
-
 def xcom_values() -> list[Any]:
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
@@ -85,32 +79,6 @@ def xcom_values() -> list[Any]:
 
     with create_session() as session:
         return [row.value for row in session.scalars(select(XComModel))]
-
-
-def xcom(dagrun: Any, task_id: str) -> Any:
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    with create_session() as session:
-        row = session.scalars(
-            select(XComModel).where(
-                XComModel.dag_id == dagrun.dag_id,
-                XComModel.run_id == dagrun.run_id,
-                XComModel.task_id == task_id,
-                XComModel.key == "return_value",
-            )
-        ).first()
-        value = row.value if row else None
-    return json.loads(value) if isinstance(value, str) else value
-
-
-def restic_snapshots(repo: Path) -> list[dict[str, Any]]:
-    env = {**os.environ, "RESTIC_REPOSITORY": str(repo), "RESTIC_PASSWORD": PASSWORD}
-    out = subprocess.run(
-        ["restic", "snapshots", "--json"], env=env, capture_output=True, text=True, check=True
-    )
-    return json.loads(out.stdout)
 
 
 def repo_status(state: Path) -> list[dict[str, Any]]:
@@ -159,7 +127,7 @@ def test_postgres_backup_and_recovery_by_url(
     # 1. First backup, with ps sampled all along: the dump streams into restic.
     state_1 = postgres_state(server, "app")
     with PsWatch() as ps:
-        first = run_dag(build(dag_id))
+        first = run_dag(build_dag(dag_id))
     assert task_states(first) == {
         k: "success" for k in ("backup", "retention", "verify", "update_status")
     }
@@ -190,7 +158,7 @@ def test_postgres_backup_and_recovery_by_url(
     )
     state_2 = postgres_state(server, "app")
     assert state_2 != state_1
-    second = run_dag(build(dag_id))
+    second = run_dag(build_dag(dag_id))
     assert task_states(second)["update_status"] == "success"
     older_id = snaps[0]["id"]
 
@@ -212,21 +180,21 @@ def test_postgres_backup_and_recovery_by_url(
         ),
     ]
     write_manifests(manifests, docs)
-    run = run_dag(build(f"stash-recovery.{NS}.latest"))
+    run = run_dag(build_dag(f"stash-recovery.{NS}.latest"))
     assert task_states(run) == {"restore": "success", "update_status": "success"}
     assert postgres_state(server, "app") == state_2
     rec = json.loads((state / "recoveries" / NS / "latest.json").read_text())["status"]
     assert rec["phase"] == "Succeeded" and rec["stats"][0]["path"] == "/app.sql"
 
     # 4. An older snapshot, named by id, into another database.
-    run = run_dag(build(f"stash-recovery.{NS}.older"))
+    run = run_dag(build_dag(f"stash-recovery.{NS}.older"))
     assert task_states(run) == {"restore": "success", "update_status": "success"}
     assert postgres_state(server, "app_older") == state_1
 
     # 5. Recovering into a database that holds data is refused, and nothing changes.
     server.sql("INSERT INTO customers VALUES (999999, 'keep me', NULL);", "app")
     busy = postgres_state(server, "app")
-    run = run_dag(build(f"stash-recovery.{NS}.latest"))
+    run = run_dag(build_dag(f"stash-recovery.{NS}.latest"))
     assert task_states(run) == {"restore": "failed", "update_status": "failed"}
     rec = json.loads((state / "recoveries" / NS / "latest.json").read_text())["status"]
     assert rec["phase"] == "Failed"
@@ -237,7 +205,7 @@ def test_postgres_backup_and_recovery_by_url(
     # 6. ... unless the Recovery says overwrite.
     docs[-2]["spec"]["databaseRestorer"]["overwrite"] = True
     write_manifests(manifests, docs)
-    run = run_dag(build(f"stash-recovery.{NS}.latest"))
+    run = run_dag(build_dag(f"stash-recovery.{NS}.latest"))
     assert task_states(run) == {"restore": "success", "update_status": "success"}
     assert postgres_state(server, "app") == state_2
 
@@ -272,7 +240,7 @@ def test_postgres_every_database_through_an_appbinding(
         ),
     ]
     write_manifests(manifests, docs)
-    run = run_dag(build(f"stash-backup.{NS}.pg-all.appbinding.pg"))
+    run = run_dag(build_dag(f"stash-backup.{NS}.pg-all.appbinding.pg"))
     assert set(task_states(run).values()) == {"success"}
     snaps = restic_snapshots(pg["backend"] / "databases" / "appbinding" / "pg")
     assert [s["paths"] for s in snaps] == [["/all.sql"]] and "dump=all" in snaps[0]["tags"]
@@ -284,7 +252,7 @@ def test_postgres_every_database_through_an_appbinding(
     assert "second db" in names
     for name in names:
         server.sql(f'DROP DATABASE "{name}" WITH (FORCE);')
-    run = run_dag(build(f"stash-recovery.{NS}.all"))
+    run = run_dag(build_dag(f"stash-recovery.{NS}.all"))
     assert task_states(run) == {"restore": "success", "update_status": "success"}
     assert {db: postgres_state(server, db) for db in ("app",)} == before
     assert server.sql("SELECT * FROM t;", "second db") == second

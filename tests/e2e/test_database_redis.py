@@ -10,9 +10,6 @@ server is refused, and the latest is recovered over it through an AppBinding wit
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,9 +20,11 @@ from dbservers import Server, redis_state, seed_redis, start_redis
 from stashtest import (
     PASSWORD,
     appbinding_doc,
+    build_dag,
     database_recovery_doc,
     database_restic_doc,
     repository_doc,
+    restic_snapshots,
     run_dag,
     secret_doc,
     task_states,
@@ -47,23 +46,6 @@ def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         yield {"server": server, "backend": root / "backend"}
     finally:
         server.stop()
-
-
-def build(dag_id: str) -> Any:
-    from stash_plugin.factory import build_dags
-    from stash_plugin.settings import load_settings
-
-    dags, errors = build_dags(load_settings())
-    assert dag_id in dags, [str(e) for e in errors]
-    return dags[dag_id]
-
-
-def snapshots(repo: Path) -> list[dict[str, Any]]:
-    env = {**os.environ, "RESTIC_REPOSITORY": str(repo), "RESTIC_PASSWORD": PASSWORD}
-    out = subprocess.run(
-        ["restic", "snapshots", "--json"], env=env, capture_output=True, text=True, check=True
-    )
-    return json.loads(out.stdout)  # type: ignore[no-any-return]
 
 
 def test_redis_backup_and_recovery(
@@ -93,15 +75,16 @@ def test_redis_backup_and_recovery(
     write_manifests(stash_env["manifests"], docs)
     dag_id = f"stash-backup.{NS}.cache-backup.{label}.all"
     state_1 = redis_state(server)
-    run = run_dag(build(dag_id))
+    run = run_dag(build_dag(dag_id))
     assert set(task_states(run).values()) == {"success"}
     server.redis("SET", "added-later", "zwei")
     server.redis("DEL", "k:1:ключ", db=3)
     state_2 = redis_state(server)
-    run = run_dag(build(dag_id))
+    run = run_dag(build_dag(dag_id))
     assert set(task_states(run).values()) == {"success"}
     repo_dir = f"/databases/{label}/all"
-    snaps = sorted(snapshots(redis["backend"] / repo_dir.lstrip("/")), key=lambda s: s["time"])
+    repo = redis["backend"] / repo_dir.lstrip("/")
+    snaps = sorted(restic_snapshots(repo), key=lambda s: s["time"])
     assert [s["paths"] for s in snaps] == [["/dump.rdb"], ["/dump.rdb"]]
     assert "engine=redis" in snaps[0]["tags"]
 
@@ -116,16 +99,16 @@ def test_redis_backup_and_recovery(
         database_recovery_doc("refused", NS, "repo", repo_dir, {"connectionURL": url}),
     ]
     write_manifests(stash_env["manifests"], docs)
-    run = run_dag(build(f"stash-recovery.{NS}.older"))
+    run = run_dag(build_dag(f"stash-recovery.{NS}.older"))
     assert task_states(run) == {"restore": "success", "update_status": "success"}
     assert redis_state(server) == state_1
 
-    run = run_dag(build(f"stash-recovery.{NS}.refused"))
+    run = run_dag(build_dag(f"stash-recovery.{NS}.refused"))
     assert task_states(run) == {"restore": "failed", "update_status": "failed"}
     assert "is not empty (101000 keys)" in caplog.text
     assert redis_state(server) == state_1
 
-    run = run_dag(build(f"stash-recovery.{NS}.latest"))
+    run = run_dag(build_dag(f"stash-recovery.{NS}.latest"))
     assert task_states(run) == {"restore": "success", "update_status": "success"}
     assert redis_state(server) == state_2
     out, err = capfd.readouterr()

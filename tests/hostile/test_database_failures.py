@@ -24,6 +24,7 @@ from stashtest import (
     PASSWORD,
     database_restic_doc,
     repository_doc,
+    restic_snapshots,
     run_dag,
     secret_doc,
     task_states,
@@ -53,16 +54,6 @@ def accessor(port: int, database: str, secret: str = "pg-login") -> dict[str, An
             "credentials": {"secretName": secret},
         }
     }
-
-
-def snapshots(repo: Path) -> list[dict[str, Any]]:
-    if not (repo / "config").exists():
-        return []
-    env = {**os.environ, "RESTIC_REPOSITORY": str(repo), "RESTIC_PASSWORD": PASSWORD}
-    out = subprocess.run(
-        ["restic", "snapshots", "--json"], env=env, capture_output=True, text=True, check=True
-    )
-    return json.loads(out.stdout)  # type: ignore[no-any-return]
 
 
 def test_failed_dumps_leave_no_snapshot_and_run_nothing(
@@ -147,7 +138,7 @@ def test_failed_dumps_leave_no_snapshot_and_run_nothing(
 
     # No snapshot anywhere, and every status entry is a failure with its reason.
     for repo in backend.glob("databases/*/*"):
-        assert snapshots(repo) == [], repo
+        assert restic_snapshots(repo, missing_ok=True) == [], repo
     status = json.loads((stash_env["state"] / "repositories" / NS / "repo.json").read_text())
     entries = status["status"]["backupRepos"]
     assert len(entries) == 5

@@ -37,13 +37,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import quote
 
 from stash_plugin.credentials import credential_files, tls_problem
 from stash_plugin.databases import (
     Database,
     DatabaseError,
+    ProcessSource,
     Source,
     StdinSource,
     complete_marker,
@@ -1015,6 +1016,8 @@ def _stream_backup(cmd: Command, source: Source, what: str) -> BackupResult:
     """Stream ``source`` into ``restic backup --stdin``. restic finishes its snapshot
     only when the dump was complete; otherwise it is interrupted before it writes one
     (and any snapshot it made anyway is removed)."""
+    if isinstance(source, ProcessSource):
+        return _stream_direct(cmd, source, what)
     argv = [_restic(), *RESTIC_OPTIONS, *cmd.args[1:]]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(  # noqa: S603 - argv list, no shell
@@ -1037,18 +1040,7 @@ def _stream_backup(cmd: Command, source: Source, what: str) -> BackupResult:
             raise
         if broken:
             source.stop()
-            proc.wait()
-            stderr = _read(err)
-            sys.stderr.write(stderr)
-            if WRONG_PASSWORD in stderr:
-                raise AgentError(
-                    "wrong repository password (RESTIC_PASSWORD of the storage Secret)"
-                )
-            if LOCKED in stderr:
-                raise _Retry("locked")
-            if NO_REPOSITORY in stderr:
-                raise _Retry("no repository", stderr)
-            raise AgentError(f"backup of {what} failed (restic exit {proc.returncode})")
+            _restic_gave_up(proc, err, what)
         if problem is not None:
             stop_process(proc, signal.SIGINT, RESTIC_STOP_GRACE)
             removed = _forget_made(proc, out)
@@ -1058,11 +1050,71 @@ def _stream_backup(cmd: Command, source: Source, what: str) -> BackupResult:
         proc.stdin.close()
         code = proc.wait()
         done = subprocess.CompletedProcess(argv, code, _read(out), _read(err))
+    return _finished_backup(cmd, done)
+
+
+def _restic_gave_up(proc: subprocess.Popen[bytes], err: Any, what: str) -> NoReturn:
+    """restic ended before the dump did: why, as an error or a reason to start again."""
+    proc.wait()
+    stderr = _read(err)
+    sys.stderr.write(stderr)
+    if WRONG_PASSWORD in stderr:
+        raise AgentError("wrong repository password (RESTIC_PASSWORD of the storage Secret)")
+    if LOCKED in stderr:
+        raise _Retry("locked")
+    if NO_REPOSITORY in stderr:
+        raise _Retry("no repository", stderr)
+    raise AgentError(f"backup of {what} failed (restic exit {proc.returncode})")
+
+
+def _stream_direct(cmd: Command, source: ProcessSource, what: str) -> BackupResult:
+    """The dump program writes straight into restic's input; the agent holds the pipe's
+    write end too, and closes it (so restic finishes its snapshot) only after the
+    program exited 0. Otherwise restic is interrupted before it writes a snapshot."""
+    argv = [_restic(), *RESTIC_OPTIONS, *cmd.args[1:]]
+    read_end, write_end = os.pipe()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.Popen(  # noqa: S603 - argv list, no shell
+                argv, stdin=read_end, stdout=out, stderr=err, preexec_fn=_die_with_agent()
+            )
+        finally:
+            os.close(read_end)
+        try:
+            source.start(write_end)
+            while source.proc.poll() is None and proc.poll() is None:
+                time.sleep(0.05)
+            time.sleep(0.05)  # restic ending makes the dump fail: let restic's exit show
+            if proc.poll() is not None:  # before its input ended: it gave up (no repository...)
+                source.stop()
+                _restic_gave_up(proc, err, what)
+            problem = source.problem()
+            if problem is not None:
+                stop_process(proc, signal.SIGINT, RESTIC_STOP_GRACE)
+                removed = _forget_made(proc, out)
+                sys.stderr.write(_read(err))
+                kept = f"; snapshot {removed} was removed" if removed else "; no snapshot was made"
+                raise AgentError(f"dump of {what} failed: {problem}{kept}")
+        except (AgentError, _Retry):
+            raise
+        except BaseException:  # interrupted
+            source.stop()
+            stop_process(proc, signal.SIGINT, RESTIC_STOP_GRACE)
+            _forget_made(proc, out)
+            raise
+        finally:
+            os.close(write_end)
+        code = proc.wait()
+        done = subprocess.CompletedProcess(argv, code, _read(out), _read(err))
+    return _finished_backup(cmd, done)
+
+
+def _finished_backup(cmd: Command, done: subprocess.CompletedProcess[str]) -> BackupResult:
     if done.stderr:
         sys.stderr.write(done.stderr)
-    if code != 0 and WRONG_PASSWORD in done.stderr:
+    if done.returncode != 0 and WRONG_PASSWORD in done.stderr:
         raise AgentError("wrong repository password (RESTIC_PASSWORD of the storage Secret)")
-    if code != 0 and not _backup_result(cmd.path, done).snapshot_id:
+    if done.returncode != 0 and not _backup_result(cmd.path, done).snapshot_id:
         if LOCKED in done.stderr:
             raise _Retry("locked")
         if NO_REPOSITORY in done.stderr:
@@ -1088,11 +1140,15 @@ def dump_backup(
     guard: BackupGuard | None = None,
 ) -> RunResult:
     """Back up one database: its dump (run here, or piped to the agent by a
-    BackupAgent's command) streamed into ``restic backup --stdin``."""
+    BackupAgent's command) streamed into ``restic backup --stdin``.
+
+    Stale locks (``unlock``) are cleared only when the backup finds the repository
+    locked, and the repository is created (``init``) only when it finds none: each
+    restic command costs a key derivation (a second here), which would otherwise be
+    a fifth of a small database's backup. A dump the agent runs itself is simply
+    started again; a piped dump cannot be, so the repository is made sure of first."""
     if "--stdin" not in cmd.args or cmd.verb != "backup":
         raise AgentError("a database backup is one 'restic backup --stdin ...' command")
-    if unlock:
-        unlock_stale()
     if init and from_stdin:  # a piped dump cannot be read twice: make sure first
         probe = restic(["restic", "cat", "config"], echo=False)
         if probe.returncode != 0 and NO_REPOSITORY in probe.stderr:
@@ -1121,6 +1177,10 @@ def dump_backup(
                         raise AgentError(f"no repository at {os.environ[ENV_REPOSITORY]}") from None
                     ensure_repository()
                     init = False
+                    continue
+                if unlock:  # a killed run's stale lock: cleared once, then start again
+                    unlock_stale()
+                    unlock = False
                     continue
                 if clear_dead_locks():  # a deleted agent pod's lock: gone, start again
                     continue

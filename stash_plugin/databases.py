@@ -145,23 +145,40 @@ def _first_error(text: str) -> str:
 
 
 class ProcessSource:
-    """A dump program's standard output; its standard error goes to ``log`` afterwards."""
+    """A dump program's standard output; its standard error goes to the log afterwards.
+
+    The agent either reads it (``chunks``) or hands the program the write end of
+    restic's own input pipe (``start``) and keeps a copy of that end open, so restic
+    sees the end of its input only when the agent closes it, after the program exited
+    well: no copy through Python for the dumps the agent runs itself."""
 
     def __init__(
         self, argv: Sequence[str], env: Mapping[str, str], complete: bytes, tool: str
     ) -> None:
+        self.argv, self.env = list(argv), dict(env)
         self.tool, self.complete = tool, complete
         self.err = tempfile.TemporaryFile()
         self.tail = bytearray()
-        self.proc = subprocess.Popen(  # noqa: S603 - argv list, no shell
-            list(argv),
-            env=dict(env),
+        self.read = False
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        assert self._proc is not None, "the dump was not started"
+        return self._proc
+
+    def start(self, stdout: int) -> None:
+        self._proc = subprocess.Popen(  # noqa: S603 - argv list, no shell
+            self.argv,
+            env=self.env,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
+            stdout=stdout,
             stderr=self.err,
         )
 
     def chunks(self) -> Iterator[bytes]:
+        self.start(subprocess.PIPE)
+        self.read = True
         assert self.proc.stdout is not None
         yield from read_chunks(self.proc.stdout.fileno(), self.tail)
 
@@ -178,12 +195,12 @@ class ProcessSource:
             reason = _first_error(text) or "no error output"
             how = f"killed by signal {-code}" if code < 0 else f"exit {code}"
             return f"{self.tool} failed ({how}): {reason}"
-        if self.complete not in self.tail:
+        if self.read and self.complete not in self.tail:
             return f"{self.tool} output ended before its end-of-dump marker"
         return None
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
+        if self._proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
                 self.proc.wait(timeout=10)

@@ -106,7 +106,7 @@ def by_hand(server: Any, repo: Path, cache: Path, init: bool) -> float:
 
     env = {
         "PATH": os.environ["PATH"],
-        "HOME": os.environ.get("HOME", "/root"),
+        "HOME": str(cache.parent),  # the work folder: nothing of the user's is read
         "XDG_CACHE_HOME": str(cache),
         "TMPDIR": os.environ["TMPDIR"],
         "RESTIC_REPOSITORY": str(repo),

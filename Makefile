@@ -4,7 +4,8 @@
 #   make test   install what is missing (with the test extras), lint, type-check, test
 #
 # Both work on a fresh Debian machine as root, or as a user with sudo: Debian
-# packages (restic, rclone, python3-venv) come from apt-get, Python packages from
+# packages (restic, rclone, python3-venv; for the tests also postgresql,
+# mariadb-server and redis-server) come from apt-get, Python packages from
 # PyPI into .venv.
 
 SHELL := /bin/bash
@@ -57,9 +58,14 @@ APT_TOOLS := restic:restic
 run: APT_TOOLS := restic:restic
 # promtool checks monitoring/alerts.yml; Chromium drives the Stash page test. The image
 # tests build and run the images with podman (runc: crun fails on some machines'
-# cgroups; debootstrap: the Debian base image is made locally).
-test: APT_TOOLS := restic:restic rclone:rclone promtool:prometheus chromium:chromium podman:podman runc:runc debootstrap:debootstrap
-test-fast: APT_TOOLS := restic:restic rclone:rclone promtool:prometheus
+# cgroups; debootstrap: the Debian base image is made locally). The database tests
+# start their own PostgreSQL, MariaDB and Redis servers (with the client tools the
+# agent runs). `make run` needs none of them.
+DB_TOOLS := pg_ctlcluster:postgresql psql:postgresql-client \
+	mariadb-install-db:mariadb-server mariadb-dump:mariadb-client \
+	redis-server:redis-server redis-cli:redis-tools
+test: APT_TOOLS := restic:restic rclone:rclone promtool:prometheus chromium:chromium podman:podman runc:runc debootstrap:debootstrap $(DB_TOOLS)
+test-fast: APT_TOOLS := restic:restic rclone:rclone promtool:prometheus $(DB_TOOLS)
 images-local: APT_TOOLS := restic:restic rclone:rclone podman:podman runc:runc debootstrap:debootstrap
 
 system-packages:

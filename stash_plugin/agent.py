@@ -37,13 +37,27 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import quote
 
 from stash_plugin.credentials import credential_files, tls_problem
+from stash_plugin.databases import (
+    Database,
+    DatabaseError,
+    ProcessSource,
+    Source,
+    StdinSource,
+    complete_marker,
+    database_from_env,
+    engine_for,
+    read_chunks,
+    stop_process,
+    write_all,
+)
 from stash_plugin.protocol import (
     BEFORE_DROP_TAG,
     END_OF_OPTIONS,
+    ENGINES,
     ENV_AGENT_POD_PREFIX,
     ENV_BACKUP_GUARD,
     ENV_DEAD_LOCK_BEFORE,
@@ -1024,10 +1038,306 @@ def maintain(read_data_subset: str | None = None) -> MaintenanceResult:
     )
 
 
+# ----------------------------------------------------------------------------- databases
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_agent() -> Any:
+    """A ``preexec_fn`` that kills restic when the agent dies, however it dies: a
+    ``restic backup --stdin`` whose input closes early would otherwise save the
+    partial dump as a snapshot."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux: the agent's own signal handling remains
+        return None
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+    return preexec
+
+
+def _read(file: Any) -> str:
+    file.seek(0)
+    return str(file.read().decode("utf-8", "replace"))
+
+
+class _Retry(Exception):
+    """restic gave up before reading the dump (locked, no repository yet): start again."""
+
+    def __init__(self, reason: str, stderr: str = "") -> None:
+        super().__init__(reason)
+        self.reason, self.stderr = reason, stderr
+
+
+def _stream_backup(cmd: Command, source: Source, what: str) -> BackupResult:
+    """Stream ``source`` into ``restic backup --stdin``. restic finishes its snapshot
+    only when the dump was complete; otherwise it is interrupted before it writes one
+    (and any snapshot it made anyway is removed)."""
+    if isinstance(source, ProcessSource):
+        return _stream_direct(cmd, source, what)
+    argv = [_restic(), *RESTIC_OPTIONS, *cmd.args[1:]]
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(  # noqa: S603 - argv list, no shell
+            argv, stdin=subprocess.PIPE, stdout=out, stderr=err, preexec_fn=_die_with_agent()
+        )
+        assert proc.stdin is not None
+        broken = False
+        try:
+            for chunk in source.chunks():
+                try:
+                    write_all(proc.stdin.fileno(), chunk)
+                except BrokenPipeError:
+                    broken = True
+                    break
+            problem = None if broken else source.problem()
+        except BaseException:  # interrupted, or the database connection failed
+            source.stop()
+            stop_process(proc, signal.SIGINT, RESTIC_STOP_GRACE)
+            _forget_made(proc, out)
+            raise
+        if broken:
+            source.stop()
+            _restic_gave_up(proc, err, what)
+        if problem is not None:
+            stop_process(proc, signal.SIGINT, RESTIC_STOP_GRACE)
+            removed = _forget_made(proc, out)
+            sys.stderr.write(_read(err))
+            kept = f"; snapshot {removed} was removed" if removed else "; no snapshot was made"
+            raise AgentError(f"dump of {what} failed: {problem}{kept}")
+        proc.stdin.close()
+        code = proc.wait()
+        done = subprocess.CompletedProcess(argv, code, _read(out), _read(err))
+    return _finished_backup(cmd, done)
+
+
+def _restic_gave_up(proc: subprocess.Popen[bytes], err: Any, what: str) -> NoReturn:
+    """restic ended before the dump did: why, as an error or a reason to start again."""
+    proc.wait()
+    stderr = _read(err)
+    sys.stderr.write(stderr)
+    if WRONG_PASSWORD in stderr:
+        raise AgentError("wrong repository password (RESTIC_PASSWORD of the storage Secret)")
+    if LOCKED in stderr:
+        raise _Retry("locked")
+    if NO_REPOSITORY in stderr:
+        raise _Retry("no repository", stderr)
+    raise AgentError(f"backup of {what} failed (restic exit {proc.returncode})")
+
+
+def _stream_direct(cmd: Command, source: ProcessSource, what: str) -> BackupResult:
+    """The dump program writes straight into restic's input; the agent holds the pipe's
+    write end too, and closes it (so restic finishes its snapshot) only after the
+    program exited 0. Otherwise restic is interrupted before it writes a snapshot."""
+    argv = [_restic(), *RESTIC_OPTIONS, *cmd.args[1:]]
+    read_end, write_end = os.pipe()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.Popen(  # noqa: S603 - argv list, no shell
+                argv, stdin=read_end, stdout=out, stderr=err, preexec_fn=_die_with_agent()
+            )
+        finally:
+            os.close(read_end)
+        try:
+            source.start(write_end)
+            while source.proc.poll() is None and proc.poll() is None:
+                time.sleep(0.05)
+            time.sleep(0.05)  # restic ending makes the dump fail: let restic's exit show
+            if proc.poll() is not None:  # before its input ended: it gave up (no repository...)
+                source.stop()
+                _restic_gave_up(proc, err, what)
+            problem = source.problem()
+            if problem is not None:
+                stop_process(proc, signal.SIGINT, RESTIC_STOP_GRACE)
+                removed = _forget_made(proc, out)
+                sys.stderr.write(_read(err))
+                kept = f"; snapshot {removed} was removed" if removed else "; no snapshot was made"
+                raise AgentError(f"dump of {what} failed: {problem}{kept}")
+        except (AgentError, _Retry):
+            raise
+        except BaseException:  # interrupted
+            source.stop()
+            stop_process(proc, signal.SIGINT, RESTIC_STOP_GRACE)
+            _forget_made(proc, out)
+            raise
+        finally:
+            os.close(write_end)
+        code = proc.wait()
+        done = subprocess.CompletedProcess(argv, code, _read(out), _read(err))
+    return _finished_backup(cmd, done)
+
+
+def _finished_backup(cmd: Command, done: subprocess.CompletedProcess[str]) -> BackupResult:
+    if done.stderr:
+        sys.stderr.write(done.stderr)
+    if done.returncode != 0 and WRONG_PASSWORD in done.stderr:
+        raise AgentError("wrong repository password (RESTIC_PASSWORD of the storage Secret)")
+    if done.returncode != 0 and not _backup_result(cmd.path, done).snapshot_id:
+        if LOCKED in done.stderr:
+            raise _Retry("locked")
+        if NO_REPOSITORY in done.stderr:
+            raise _Retry("no repository", done.stderr)
+    return _checked_backup(cmd, done, 0)
+
+
+def _forget_made(proc: subprocess.Popen[bytes], out: Any) -> str | None:
+    """If restic saved a snapshot although it was stopped, remove it; its id or None."""
+    made = _backup_result("", subprocess.CompletedProcess([], 0, _read(out), "")).snapshot_id
+    if made:
+        restic(["restic", "forget", END_OF_OPTIONS, made], lock_wait=60)
+    return made
+
+
+def dump_backup(
+    cmd: Command,
+    db: Database,
+    from_stdin: bool,
+    lock_wait: float,
+    init: bool,
+    unlock: bool,
+    guard: BackupGuard | None = None,
+) -> RunResult:
+    """Back up one database: its dump (run here, or piped to the agent by a
+    BackupAgent's command) streamed into ``restic backup --stdin``.
+
+    Stale locks (``unlock``) are cleared only when the backup finds the repository
+    locked, and the repository is created (``init``) only when it finds none: each
+    restic command costs a key derivation (a second here), which would otherwise be
+    a fifth of a small database's backup. A dump the agent runs itself is simply
+    started again; a piped dump cannot be, so the repository is made sure of first."""
+    if "--stdin" not in cmd.args or cmd.verb != "backup":
+        raise AgentError("a database backup is one 'restic backup --stdin ...' command")
+    if init and from_stdin:  # a piped dump cannot be read twice: make sure first
+        probe = restic(["restic", "cat", "config"], echo=False)
+        if probe.returncode != 0 and NO_REPOSITORY in probe.stderr:
+            _refuse_new_repository(guard, probe.stderr)
+        ensure_repository()
+    what = db.describe()
+    deadline = time.monotonic() + lock_wait
+    delay = 2.0
+    with engine_for(db) as engine:
+        while True:
+            if from_stdin:
+                source: Source = StdinSource(complete_marker(db.engine, db.everything), "dump")
+            else:
+                source = engine.dump()
+            try:
+                entry = _stream_backup(cmd, source, what)
+                return RunResult(backups=[_flag_drop(cmd, entry, guard, lock_wait)])
+            except _Retry as retry:
+                if from_stdin:
+                    raise AgentError(
+                        f"backup of {what} failed: the repository is {retry.reason}"
+                    ) from None
+                if retry.reason == "no repository":
+                    _refuse_new_repository(guard, retry.stderr)
+                    if not init:
+                        raise AgentError(f"no repository at {os.environ[ENV_REPOSITORY]}") from None
+                    ensure_repository()
+                    init = False
+                    continue
+                if unlock:  # a killed run's stale lock: cleared once, then start again
+                    unlock_stale()
+                    unlock = False
+                    continue
+                if clear_dead_locks():  # a deleted agent pod's lock: gone, start again
+                    continue
+                if time.monotonic() >= deadline:
+                    raise AgentError(
+                        f"backup of {what} failed: the repository stayed locked"
+                    ) from None
+                log(f"repository is locked by another run; starting the dump again in {delay:.0f}s")
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+
+def _engine_of(snap: dict[str, Any]) -> str | None:
+    return next(
+        (t[len("engine=") :] for t in snap.get("tags") or [] if t.startswith("engine=")), None
+    )
+
+
+def _same_family(a: str | None, b: str) -> bool:
+    mysql = ("mysql", "mariadb")
+    return a == b or (a in mysql and b in mysql)
+
+
+def _database_snapshot(ref: str, tags: list[str], engine: str) -> dict[str, Any]:
+    """The snapshot to restore: ``latest`` or an id, among this namespace's database
+    snapshots of the right engine."""
+    args = ["restic", "snapshots", "--json", *[f"--tag={t}" for t in tags]]
+    proc = restic(args, lock_wait=300)
+    if proc.returncode != 0:
+        if WRONG_PASSWORD in proc.stderr:
+            raise AgentError("wrong repository password (RESTIC_PASSWORD of the storage Secret)")
+        raise AgentError(f"cannot list snapshots (restic exit {proc.returncode})")
+    snaps: list[dict[str, Any]] = next(iter(_json_lines(proc.stdout)), []) or []
+    dumps = [s for s in snaps if s.get("paths") and _engine_of(s)]
+    if ref != "latest":
+        dumps = [s for s in dumps if str(s.get("id", "")).startswith(ref)]
+    if not dumps:
+        scope = f" with tags {', '.join(tags)}" if tags else ""
+        raise AgentError(f"no database snapshot {ref} in the repository{scope}")
+    snap = max(dumps, key=lambda s: s.get("time", ""))
+    if not _same_family(_engine_of(snap), engine):
+        raise AgentError(
+            f"snapshot {snap.get('short_id')} is a {_engine_of(snap)} dump; it cannot be "
+            f"restored into {engine}"
+        )
+    return snap
+
+
+def restore_database(db: Database, ref: str, tags: list[str], overwrite: bool) -> RestoreRunResult:
+    """``restic dump`` of the snapshot streamed into the database's restore tool; a
+    stream that fails or ends early is never committed."""
+    snap = _database_snapshot(ref, tags, db.engine)
+    path = snap["paths"][0]
+    started = time.monotonic()
+    with engine_for(db) as engine:
+        engine.check_empty(overwrite)
+        engine.prepare(overwrite)
+        restorer = engine.restore()
+        argv = [_restic(), *RESTIC_OPTIONS, "dump", END_OF_OPTIONS, str(snap["id"]), path]
+        with tempfile.TemporaryFile() as err:
+            proc = subprocess.Popen(  # noqa: S603 - argv list, no shell
+                argv, stdout=subprocess.PIPE, stderr=err, preexec_fn=_die_with_agent()
+            )
+            assert proc.stdout is not None
+            tail = bytearray()
+            try:
+                for chunk in read_chunks(proc.stdout.fileno(), tail):
+                    restorer.write(chunk)
+                code = proc.wait()
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                restorer.abort()
+                raise
+            sys.stderr.write(_read(err))
+        marker = complete_marker(_engine_of(snap) or db.engine, "all" in path.rsplit("/", 1)[-1])
+        if code != 0 or (marker is not None and marker not in tail):
+            restorer.abort()
+            why = f"restic exit {code}" if code != 0 else "the dump in the snapshot is incomplete"
+            raise AgentError(f"restore of {db.describe()} failed ({why}); nothing was committed")
+        restorer.finish()
+    took = time.monotonic() - started
+    log(f"restored {db.describe()} from snapshot {snap['short_id']} in {took:.2f}s")
+    return RestoreRunResult(
+        restores=[
+            RestoreResult(
+                path=path, target=db.describe(), snapshot_ids=[snap["id"]], duration_seconds=took
+            )
+        ]
+    )
+
+
 # ----------------------------------------------------------------------------- main
 
 
-def _split_commands(rest: list[str]) -> list[Command]:
+def _split_commands(rest: list[str], stdin: bool = False) -> list[Command]:
     """``:: PATH restic ARGS... :: PATH restic ARGS...``: each command names the folder
     it is about (as the workload sees it) before its restic argv, so results never have
     to be guessed back from the arguments. What a backup reads comes after restic's
@@ -1047,7 +1357,10 @@ def _split_commands(rest: list[str]) -> list[Command]:
                 f"each command is '{SEPARATOR} PATH restic VERB ...' with a clean absolute PATH"
             )
         command = Command(group[0], group[1:])
-        if command.verb == "backup" and (
+        if stdin:  # a database dump: restic reads its standard input and no path
+            if command.verb != "backup" or "--stdin" not in command.args or command.positional:
+                raise AgentError("a database backup is 'restic backup --stdin ...' with no path")
+        elif command.verb == "backup" and (
             not command.positional or not all(_clean(p) for p in command.positional)
         ):
             raise AgentError(f"a backup reads clean absolute paths given after '{END_OF_OPTIONS}'")
@@ -1137,6 +1450,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     res_p.add_argument("--tag", action="append", default=[], help="a tag snapshots must carry")
     main_p = sub.add_parser("maintain", help="check the repository, clear stale locks, measure it")
     main_p.add_argument("--read-data-subset", default=None, help="restic check's data subset")
+    dump_p = sub.add_parser("dump", help="stream a database dump into restic backup --stdin")
+    dump_p.add_argument("--engine", choices=ENGINES, required=True)
+    dump_p.add_argument("--init", action="store_true", help="create the repository if missing")
+    dump_p.add_argument("--unlock", action="store_true", help="clear stale locks first")
+    dump_p.add_argument("--lock-wait", type=float, default=os.environ.get(ENV_LOCK_WAIT) or "600")
+    dump_p.add_argument("--stdin", action="store_true", help="the dump is piped to the agent")
+    rdb_p = sub.add_parser("restore-database", help="restore a database dump snapshot")
+    rdb_p.add_argument("--engine", choices=ENGINES, required=True)
+    rdb_p.add_argument("--snapshot", default="latest")
+    rdb_p.add_argument("--tag", action="append", default=[])
+    rdb_p.add_argument("--overwrite", action="store_true")
     head = argv[: argv.index(SEPARATOR)] if SEPARATOR in argv else argv
     tail = argv[len(head) :]
     args = parser.parse_args(head)
@@ -1146,11 +1470,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ENV_REPOSITORY not in os.environ or ENV_PASSWORD not in os.environ:
             raise AgentError(f"{ENV_REPOSITORY} and {ENV_PASSWORD} must be set")
         _rest_credentials()
+        db = database_from_env(args.engine, os.environ) if hasattr(args, "engine") else None
+        result: RunResult | RestoreRunResult | MaintenanceResult
         with credential_files(os.environ) as options:
             RESTIC_OPTIONS[:] = options
-            if args.verb == "run":
+            if args.verb == "dump":
+                assert db is not None
+                commands = _split_commands(tail, stdin=True)
+                if len(commands) != 1:
+                    raise AgentError("a database backup is exactly one restic command")
+                result = dump_backup(
+                    commands[0],
+                    db,
+                    args.stdin,
+                    args.lock_wait,
+                    args.init,
+                    args.unlock,
+                    _guard_from_env(),
+                )
+            elif args.verb == "restore-database":
+                assert db is not None
+                result = restore_database(db, args.snapshot, args.tag, args.overwrite)
+            elif args.verb == "run":
                 commands = _split_commands(tail)
-                result: RunResult | RestoreRunResult | MaintenanceResult = run_commands(
+                result = run_commands(
                     commands,
                     args.lock_wait,
                     args.init,
@@ -1170,7 +1513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     args.overwrite,
                     args.tag,
                 )
-    except AgentError as exc:
+    except (AgentError, DatabaseError) as exc:
         print(error_line(str(exc)), file=sys.stderr, flush=True)
         _write_error(str(exc))
         return 1

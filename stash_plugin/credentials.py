@@ -27,7 +27,7 @@ CA_CERT_FILE = "ca.crt"
 GCS_KEY_FILE = "gcs-service-account.json"
 
 
-def _write_private(folder: Path, name: str, value: str) -> Path:
+def write_private(folder: Path, name: str, value: str) -> Path:
     """Create ``folder/name`` readable by its owner only; never follows or reuses a file."""
     path = folder / name
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
@@ -56,9 +56,9 @@ def credential_files(environ: MutableMapping[str, str]) -> Iterator[list[str]]:
     try:
         options: list[str] = []
         if ca_cert:
-            options.append(f"--cacert={_write_private(folder, CA_CERT_FILE, ca_cert)}")
+            options.append(f"--cacert={write_private(folder, CA_CERT_FILE, ca_cert)}")
         if gcs_key:
-            key_file = _write_private(folder, GCS_KEY_FILE, gcs_key)
+            key_file = write_private(folder, GCS_KEY_FILE, gcs_key)
             environ[GOOGLE_APPLICATION_CREDENTIALS] = str(key_file)
         yield options
     finally:

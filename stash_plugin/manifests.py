@@ -140,6 +140,75 @@ def recovery_doc(
     }
 
 
+def appbinding_doc(
+    name: str, namespace: str, url: str, db_type: str, secret: str | None = None
+) -> dict[str, Any]:
+    """An AppBinding as KubeDB publishes one: type, address, login Secret."""
+    spec: dict[str, Any] = {"type": db_type, "clientConfig": {"url": url}}
+    if secret:
+        spec["secret"] = {"name": secret}
+    return {
+        "apiVersion": "appcatalog.appscode.com/v1alpha1",
+        "kind": "AppBinding",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }
+
+
+def database_restic_doc(
+    name: str,
+    namespace: str,
+    repository: str,
+    accessor: dict[str, Any],
+    *,
+    schedule: str = "@every 1h",
+    policy: dict[str, Any] | None = None,
+    **spec: Any,
+) -> dict[str, Any]:
+    """A database Restic; ``accessor`` is ``{"connectionURL": {...}}`` or ``{"AppRef": {...}}``
+    (or ``{"databaseAccessors": [...]}``)."""
+    policy = policy if policy is not None else {"keepLast": 5, "prune": True}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "Restic",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "targetType": "Database",
+            "schedule": schedule,
+            "repository": {"name": repository},
+            "databaseSelector": {**accessor, "retentionPolicyName": "policy"},
+            "retentionPolicies": [{"name": "policy", **policy}],
+            **spec,
+        },
+    }
+
+
+def database_recovery_doc(
+    name: str,
+    namespace: str,
+    repository: str,
+    repo_dir: str,
+    recover_to: dict[str, Any],
+    *,
+    snapshot: str | None = None,
+    **restorer: Any,
+) -> dict[str, Any]:
+    """A Database Recovery of ``repo_dir`` into ``recover_to`` (an AppRef or connectionURL)."""
+    dr: dict[str, Any] = {"repoDir": repo_dir, "recoverTo": recover_to, **restorer}
+    if snapshot:
+        dr["snapshot"] = snapshot
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "Recovery",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "targetType": "Database",
+            "repository": {"name": repository},
+            "databaseRestorer": dr,
+        },
+    }
+
+
 def write_manifests(folder: Path, docs: list[dict[str, Any]], filename: str = "all.yaml") -> Path:
     """All ``docs`` as one multi-document YAML file in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)

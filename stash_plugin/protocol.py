@@ -37,6 +37,19 @@ ENV_BACKUP_GUARD = "STASH_BACKUP_GUARD"
 """A backup step: the target's history the agent cannot see (a :class:`BackupGuard`
 as JSON), added by the runtime when the step runs."""
 
+# Database targets: where the database is and who logs in. The plan sets them (the
+# user and password from Secret references only); the agent hands the password to the
+# database tool as its own variable or a private option file, never as an argument.
+ENV_DB_HOST = "DB_HOST"
+ENV_DB_PORT = "DB_PORT"
+ENV_DB_NAME = "DB_NAME"
+"""One database, or ``all`` (every database of the server)."""
+ENV_DB_USER = "DB_USER"
+ENV_DB_PASSWORD = "DB_PASSWORD"
+ALL_DATABASES = "all"
+ENGINES = ("postgres", "mysql", "mariadb", "redis")
+"""Database engines the default agent dumps and restores."""
+
 AGENT = "stash-agent"
 """The agent program, first item of every default step's argv."""
 SEPARATOR = "::"

@@ -36,6 +36,9 @@ WORKLOAD_LISTS = {
     "ReplicationController": ("core", "list_replication_controller_for_all_namespaces"),
 }
 _DROP_METADATA = ("managedFields",)
+APPBINDINGS = ("appcatalog.appscode.com", "v1alpha1", "appbindings")
+"""KubeDB's AppBindings, which a database Restic's AppRef names; optional (a cluster
+without KubeDB has no such type, and that is no reason to keep the last snapshot)."""
 
 
 def _clean(obj: dict[str, Any], kind: str, api_version: str) -> dict[str, Any]:
@@ -59,6 +62,7 @@ def collect(api_client: Any) -> list[dict[str, Any]]:
     for kind, plural in STASH_PLURALS.items():
         listing = custom.list_cluster_custom_object(GROUP, VERSION, plural)
         items += [_clean(o, kind, f"{GROUP}/{VERSION}") for o in listing.get("items", [])]
+    items += _appbindings(custom)
     for kind, (api, method) in WORKLOAD_LISTS.items():
         listing = getattr(apis[api], method)()
         version = "v1" if api == "core" else "apps/v1"
@@ -78,6 +82,19 @@ def collect(api_client: Any) -> list[dict[str, Any]]:
         key=lambda o: (o["kind"], o["metadata"].get("namespace") or "", o["metadata"]["name"])
     )
     return items
+
+
+def _appbindings(custom: Any) -> list[dict[str, Any]]:
+    from kubernetes.client.exceptions import ApiException
+
+    group, version, plural = APPBINDINGS
+    try:
+        listing = custom.list_cluster_custom_object(group, version, plural)
+    except ApiException as exc:
+        if exc.status == 404:  # the type is not installed
+            return []
+        raise
+    return [_clean(o, "AppBinding", f"{group}/{version}") for o in listing.get("items", [])]
 
 
 def write_snapshot(items: list[dict[str, Any]], path: Path) -> bool:

@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from stash_plugin.manifests import (  # noqa: F401 - the builders tests import from here
+    appbinding_doc,
+    database_recovery_doc,
+    database_restic_doc,
     deployment_doc,
     recovery_doc,
     repository_doc,
@@ -131,8 +134,13 @@ def xcom(dagrun: Any, task_id: str, key: str = "return_value") -> Any:
     return value
 
 
-def restic_snapshots(repo: Path, password: str = PASSWORD) -> list[dict[str, Any]]:
-    """Every snapshot of the repository at ``repo``, as restic lists them."""
+def restic_snapshots(
+    repo: Path, password: str = PASSWORD, *, missing_ok: bool = False
+) -> list[dict[str, Any]]:
+    """Every snapshot of the repository at ``repo``, as restic lists them (none, with
+    ``missing_ok``, when no repository was ever made there)."""
+    if missing_ok and not (repo / "config").exists():
+        return []
     env = {**os.environ, "RESTIC_REPOSITORY": str(repo), "RESTIC_PASSWORD": password}
     out = subprocess.run(
         ["restic", "snapshots", "--json"], env=env, capture_output=True, text=True, check=True

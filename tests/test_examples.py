@@ -1,6 +1,6 @@
 """examples/: what each file plans into today, under both runtimes, as its README says.
 
-The table below is the contract. When Database or Cluster targets become available,
+The table below is the contract. When Cluster targets become available,
 their rows change from an error to a DAG id, and this test is what says so.
 """
 
@@ -32,7 +32,9 @@ class Today:
 
 def _not_yet(kind: str, name: str, what: str, file: str) -> str:
     target = "backup" if kind == "Restic" else "recovery"
-    available = "Volume backup is" if kind == "Restic" else "volume recovery is"
+    available = (
+        "Volume and Database backup are" if kind == "Restic" else "Volume and Database recovery are"
+    )
     return (
         f"{kind} demo/{name}: spec.targetType: {what} {target} is not available yet "
         f"({available}) ({file})"
@@ -47,7 +49,7 @@ EXPECTED: dict[str, Today] = {
     "repository-local-nfs.yaml": NOTHING,
     "repository-local-pvc.yaml": NOTHING,
     "repository-s3.yaml": NOTHING,
-    "repository-gcs.yaml": NOTHING,
+    "repository-gcs.yaml": Today(dags=("stash-maintenance.demo.gcs-repo",)),
     "repository-azure.yaml": NOTHING,
     "repository-swift.yaml": NOTHING,
     "repository-b2.yaml": NOTHING,
@@ -60,37 +62,30 @@ EXPECTED: dict[str, Today] = {
     ),
     "recovery-volume.yaml": Today(dags=("stash-recovery.demo.stash-demo-restore",)),
     "restic-database-appref.yaml": Today(
-        errors=(
-            _not_yet("Restic", "quick-mysql-backup", "Database", "restic-database-appref.yaml"),
-        )
+        dags=("stash-backup.demo.quick-mysql-backup.appbinding.quick-mysql",)
     ),
     "restic-database-connectionurl.yaml": Today(
-        errors=(
-            _not_yet("Restic", "shop-db-backup", "Database", "restic-database-connectionurl.yaml"),
-        )
+        dags=("stash-backup.demo.shop-db-backup.quick-mysql.demo.svc-3306.shop",)
     ),
     "restic-database-accessors.yaml": Today(
-        errors=(
-            _not_yet("Restic", "databases-backup", "Database", "restic-database-accessors.yaml"),
+        dags=(
+            "stash-backup.demo.databases-backup.appbinding.quick-mysql",
+            "stash-backup.demo.databases-backup.reports-mysql.demo.svc-3306.reports",
         )
     ),
     "restic-cluster.yaml": Today(
         errors=(_not_yet("Restic", "cluster-backup", "Cluster", "restic-cluster.yaml"),)
     ),
-    "recovery-database-appref.yaml": Today(
-        errors=(
-            _not_yet(
-                "Recovery", "quick-mysql-restore", "Database", "recovery-database-appref.yaml"
-            ),
+    "recovery-database-appref.yaml": Today(dags=("stash-recovery.demo.quick-mysql-restore",)),
+    "recovery-database-connectionurl.yaml": Today(dags=("stash-recovery.demo.shop-db-restore",)),
+    "appbinding-quick-mysql.yaml": NOTHING,
+    "database-postgres.yaml": Today(
+        dags=(
+            "stash-backup.demo.app-db-backup.127.0.0.1-5432.app",
+            "stash-recovery.demo.app-db-restore",
         )
     ),
-    "recovery-database-connectionurl.yaml": Today(
-        errors=(
-            _not_yet(
-                "Recovery", "shop-db-restore", "Database", "recovery-database-connectionurl.yaml"
-            ),
-        )
-    ),
+    "database-mariadb.yaml": Today(dags=("stash-backup.demo.shop-db-nightly.appbinding.shop-db",)),
 }
 
 

@@ -238,6 +238,15 @@ def test_dagbag_over_the_examples(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         "stash-backup.demo.stash-demo-backup.deployment.stash-demo",
         "stash-recovery.demo.stash-demo-restore",
         "stash-maintenance.demo.local-repo",
+        "stash-maintenance.demo.gcs-repo",
+        "stash-backup.demo.app-db-backup.127.0.0.1-5432.app",
+        "stash-recovery.demo.app-db-restore",
+        "stash-backup.demo.databases-backup.appbinding.quick-mysql",
+        "stash-backup.demo.databases-backup.reports-mysql.demo.svc-3306.reports",
+        "stash-backup.demo.shop-db-backup.quick-mysql.demo.svc-3306.shop",
+        "stash-backup.demo.shop-db-nightly.appbinding.shop-db",
+        "stash-recovery.demo.quick-mysql-restore",
+        "stash-recovery.demo.shop-db-restore",
     }
 
     bag = dagbag(folder, monkeypatch)

@@ -20,6 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
         "stash_plugin.runtime",
         "stash_plugin.agent",
         "stash_plugin.credentials",
+        "stash_plugin.databases",
         "stash_plugin.settings",
         "stash_plugin.sync",
     ),
@@ -40,6 +41,7 @@ PURE = (
     "stash_plugin.source",
     "stash_plugin.agent",
     "stash_plugin.credentials",
+    "stash_plugin.databases",
 )
 # Airflow-facing classes are thin adapters: they never read the manifests themselves
 # (the runtime resolves what a step needs) and sensors run steps through the runtime's
@@ -124,6 +126,7 @@ def test_the_agent_needs_only_the_standard_library_and_the_protocol() -> None:
     assert {n.rsplit(".", 1)[0] if n.count(".") > 1 else n for n in ours} <= {
         "stash_plugin.protocol",
         "stash_plugin.credentials",
+        "stash_plugin.databases",
     }
     credentials = _imports("stash_plugin.credentials", MODULES["stash_plugin.credentials"])
     assert not [n for n in credentials if n.startswith("stash_plugin")]

@@ -8,6 +8,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from .. import API_VERSION, GROUP
+from .appbinding import APPBINDING_API_VERSION, AppBinding, parse_appbinding
+from .common import dns_subdomain
 from .errors import FieldError, ResourceError, field_path
 from .kubeobjects import (
     WORKLOAD_KINDS,
@@ -35,7 +37,7 @@ _LEGACY_MARKERS = {
     "Recovery": {"snapshot", "paths", "recoveredVolumes", "nodeSelector"},
 }
 
-Parsed = StashResource | Secret | Workload | Node
+Parsed = StashResource | Secret | Workload | Node | AppBinding
 
 
 def _ident(doc: Mapping[str, Any]) -> tuple[str, str | None, str | None]:
@@ -106,6 +108,16 @@ def parse_document(doc: Any, origin: str | None = None) -> Parsed | list[Resourc
             return parse_node(doc, name)
         except FieldError as exc:
             return error(exc.field, exc.message)
+    if kind == "AppBinding" and api_version == APPBINDING_API_VERSION:
+        if name is None:
+            return error("metadata.name", "missing")
+        try:
+            dns_subdomain(name)  # it becomes part of DAG ids and repository folders
+            return parse_appbinding(doc, ns or "default", name)
+        except FieldError as exc:
+            return error(exc.field, exc.message)
+        except ValueError as exc:
+            return error("metadata.name", str(exc))
     if kind in WORKLOAD_KINDS:
         if name is None:
             return error("metadata.name", "missing")

@@ -330,6 +330,9 @@ class DatabaseRestorer(Model):
     repo_dir: AbsolutePath
     snapshot: str | None = None
     recover_to: DatabaseRecoverTo
+    overwrite: bool = False
+    """Restore into a database that holds data, replacing it. Off by default: a
+    Recovery never clobbers a database unless it says so."""
 
 
 class RecoveryPathStats(Model):

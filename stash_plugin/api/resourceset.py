@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .appbinding import AppBinding
 from .errors import ResourceError
 from .kubeobjects import Node, Secret, Workload
 from .parse import Parsed
@@ -28,6 +29,7 @@ class ResourceSet:
     secrets: dict[Key, Secret] = field(default_factory=dict)
     workloads: dict[tuple[str, str, str], Workload] = field(default_factory=dict)
     nodes: dict[str, Node] = field(default_factory=dict)
+    appbindings: dict[Key, AppBinding] = field(default_factory=dict)
     errors: list[ResourceError] = field(default_factory=list)
     origins: dict[tuple[str, str | None, str], str] = field(default_factory=dict)
     _duplicates: set[tuple[str, str | None, str]] = field(default_factory=set)
@@ -35,6 +37,8 @@ class ResourceSet:
     def add(self, obj: Parsed, origin: str | None = None) -> None:
         if isinstance(obj, Node):
             self._put("Node", None, obj.name, self.nodes, obj, origin, obj.name)
+        elif isinstance(obj, AppBinding):
+            self._put("AppBinding", obj.namespace, obj.name, self.appbindings, obj, origin)
         elif isinstance(obj, Secret):
             self._put("Secret", obj.namespace, obj.name, self.secrets, obj, origin)
         elif isinstance(obj, Workload):

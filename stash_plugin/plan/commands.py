@@ -223,3 +223,52 @@ def agent_step(step: Step, agent: Agent, operation: str, values: Mapping[str, st
         env=(*step.env, *extra),
         image=agent.image,
     )
+
+
+_RESTIC_BACKUP = re.compile(r"\brestic\b[^|;&]*?\bbackup\b(?P<rest>[^|;&]*)")
+_RESTIC_RESTORE = re.compile(r"\brestic\b[^|;&]*?\brestore\b[^|;&]*\|")
+_SECRET_VARIABLE = re.compile(
+    r"\$\{?(?P<name>(?:DB_PASSWORD|RESTIC_PASSWORD|PGPASSWORD|MYSQL_PWD|REDISCLI_AUTH))\}?"
+)
+_ASSIGNED = re.compile(r"(?:^|[\s;&|(])(?:export\s+)?[A-Za-z_][A-Za-z0-9_]*=\S*$")
+
+
+def database_command_problems(items: Sequence[str], operation: str) -> list[str]:
+    """Why a BackupAgent's shell commands cannot back up or restore a database, with
+    the fix: the checks the specification's ``mysqldump`` sample fails.
+
+    - ``restic backup`` without ``--stdin`` ignores the dump piped into it and backs up
+      the files its arguments name (here: the arguments of ``"$@"``);
+    - ``restic restore`` writes files, not standard output, so nothing reaches the pipe;
+    - a password variable as a command argument (``--password=${DB_PASSWORD}``) is
+      visible to anyone who runs ``ps`` on the node; only ``NAME=$VAR`` assignments
+      (environment) are accepted.
+    """
+    problems = []
+    for index, line in enumerate(join_items(items)):
+        where = f"[{index}]"
+        if operation == "backup":
+            found = _RESTIC_BACKUP.search(line)
+            if found and "--stdin" not in found.group("rest"):
+                problems.append(
+                    f"{where} runs `restic backup` without --stdin, so restic ignores the "
+                    'dump piped into it; pipe the dump into `stash-agent "$@"` instead (it '
+                    "runs restic backup --stdin with this target's host and tags and removes "
+                    "the snapshot of a dump that did not finish)"
+                )
+        if operation == "recovery" and _RESTIC_RESTORE.search(line):
+            problems.append(
+                f"{where} pipes `restic restore`, which writes files and nothing to its "
+                "output; leave spec.commands.recovery out (the default agent streams "
+                "`restic dump` into the database) or use `restic dump`"
+            )
+        for ref in _SECRET_VARIABLE.finditer(line):
+            if not _ASSIGNED.search(line[: ref.start()]):
+                problems.append(
+                    f"{where} puts ${ref.group('name')} on the command line, where `ps` "
+                    "shows it to every user of the node; drop it: the MySQL and MariaDB "
+                    "tools read MYSQL_PWD, PostgreSQL's PGPASSWORD and redis-cli "
+                    "REDISCLI_AUTH, which Stash sets from the same Secret"
+                )
+                break
+    return problems

@@ -6,6 +6,9 @@ host and tags), so they live in one place and follow Stash 0.8's layout.
 
 from __future__ import annotations
 
+import hashlib
+import re
+
 from ..api.kubeobjects import Workload
 
 
@@ -48,7 +51,7 @@ def daemonset_node_target(workload: Workload, node: str, prefix: str | None) -> 
     )
 
 
-RESERVED_TAG_KEYS = ("namespace", "restic", "target", "path")
+RESERVED_TAG_KEYS = ("namespace", "restic", "target", "path", "engine", "dump")
 """Tag keys (``KEY=value``) that Stash sets itself and selects snapshots by: a user's tag
 that spells one could make another tenant's retention or restore pick its snapshots."""
 
@@ -69,3 +72,53 @@ def snapshot_tags(namespace: str, restic: str, target: str, path: str) -> list[s
         if not value or "," in value:
             raise ValueError(f"{key} {value!r} cannot be a snapshot tag (empty or has a comma)")
     return [f"{key}={value}" for key, value in values.items()]
+
+
+# --------------------------------------------------------------------------- databases
+
+_SAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def safe_component(value: str) -> str:
+    """``value`` as one safe name component (DAG id, tag, folder, file name).
+
+    A database name is a tenant's free text (``x; touch pwned``, ``../..``): anything
+    but letters, digits, ``_`` and ``-`` becomes ``-``, and a name that had to change
+    gets a short hash of the original, so two names never meet in one folder.
+    """
+    clean = _SAFE.sub("-", value).strip("-")[:80]
+    if clean == value and clean:
+        return clean
+    digest = hashlib.sha256(value.encode()).hexdigest()[:8]
+    return f"{clean}-{digest}" if clean else f"db-{digest}"
+
+
+def database_host_label(host: str, port: int | None) -> str:
+    """``db.demo.svc`` or ``127.0.0.1-5433``: the server part of a connection URL's names."""
+    return f"{host}-{port}" if port else host
+
+
+def appbinding_target(name: str, prefix: str | None) -> tuple[str, str, str]:
+    """(target, repoDir, restic host) of a database named by an AppBinding."""
+    return (
+        f"appbinding.{name}",
+        f"/{(prefix or 'databases').strip('/')}/appbinding/{name}",
+        name,
+    )
+
+
+def url_target(host_label: str, database: str, prefix: str | None) -> tuple[str, str, str]:
+    """(target, repoDir, restic host) of a database reached by connection URL."""
+    db = safe_component(database)
+    return (
+        f"{host_label}.{db}",
+        f"/{(prefix or 'databases').strip('/')}/{host_label}/{db}",
+        host_label,
+    )
+
+
+def dump_file(engine: str, database: str) -> str:
+    """The file name the dump has in its snapshot (``restic --stdin-filename``)."""
+    if engine == "redis":
+        return "dump.rdb"
+    return f"{safe_component(database)}.sql"

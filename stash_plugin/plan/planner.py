@@ -6,6 +6,7 @@ from ..api.errors import ResourceError
 from ..api.resources import Recovery, Repository, Restic
 from ..api.resourceset import ResourceSet
 from .commands import DEFAULT_AGENT, Agent
+from .database import plan_database_backups, plan_database_recovery
 from .maintenance import MaintenanceOptions, plan_maintenance
 from .model import PlanError, PlanSet, Runtime
 from .naming import maintenance_dag_id
@@ -136,15 +137,18 @@ def make_plans(
         ):
             continue
         try:
-            if restic.spec.target_type != "Volume":
+            if restic.spec.target_type == "Cluster":
                 raise PlanError(
                     "spec.targetType",
-                    f"{restic.spec.target_type} backup is not available yet (Volume backup is)",
+                    "Cluster backup is not available yet (Volume and Database backup are)",
                 )
             repo = resolve_repository(resources, restic, placement)
             agent = _agent(resources, restic.spec.backup_agent, "spec.backupAgent")
-            index = index or WorkloadIndex(resources)
-            made = plan_volume_backups(restic, repo, resources, placement, agent, index=index)
+            if restic.spec.target_type == "Database":
+                made = plan_database_backups(restic, repo, resources, placement, agent)
+            else:
+                index = index or WorkloadIndex(resources)
+                made = plan_volume_backups(restic, repo, resources, placement, agent, index=index)
             # Names may hold dots, so two Restics can spell the same DAG id (Restic
             # "a.deployment" + Deployment "x", Restic "a" + Deployment "deployment.x"):
             # refuse the second rather than silently drop one target's backups.
@@ -167,7 +171,10 @@ def make_plans(
         try:
             repo = resolve_repository(resources, recovery, placement)
             agent = _agent(resources, recovery.spec.recovery_agent, "spec.recoveryAgent")
-            rplan = plan_recovery(recovery, repo, placement, agent, resources)
+            if recovery.spec.target_type == "Database":
+                rplan = plan_database_recovery(recovery, repo, placement, agent, resources)
+            else:
+                rplan = plan_recovery(recovery, repo, placement, agent, resources)
             _check_dag_id(rplan.dag_id)
             plans.recoveries[rplan.dag_id] = rplan
         except PlanError as exc:

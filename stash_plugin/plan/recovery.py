@@ -89,7 +89,7 @@ def plan_recovery(
     if spec.target_type != "Volume" or spec.volume_restorer is None:
         raise PlanError(
             "spec.targetType",
-            f"{spec.target_type} recovery is not available yet (volume recovery is)",
+            f"{spec.target_type} recovery is not available yet (Volume and Database recovery are)",
         )
     ns = recovery.metadata.namespace or "default"
     vr = spec.volume_restorer

@@ -161,7 +161,7 @@ def test_missing_storage_secret() -> None:
     assert err.field == "spec.repository" and "no Secret demo/repo-secret" in err.message
 
 
-def test_database_recovery_is_not_available_yet() -> None:
+def test_database_recovery_into_a_missing_appbinding_is_named() -> None:
     docs = docs_with()
     docs[2]["spec"] = {
         "targetType": "Database",
@@ -169,7 +169,8 @@ def test_database_recovery_is_not_available_yet() -> None:
         "databaseRestorer": {"repoDir": "/databases/x", "recoverTo": {"AppRef": {"name": "db"}}},
     }
     err = one_error(*docs)
-    assert err.field == "spec.targetType" and "Database" in err.message
+    assert err.field == "spec.databaseRestorer.recoverTo.AppRef"
+    assert "AppBinding demo/db not found" in err.message
 
 
 def test_no_secret_value_in_a_recovery_plan() -> None:

@@ -312,7 +312,10 @@ def test_dag_run_over_a_corrupt_status_file_ends_with_a_good_status(
     capsys.readouterr()
 
     dags, errors = build_dags(load_settings())
-    assert errors == [] and set(dags) == {"stash-backup.demo.app-backup.deployment.app"}
+    assert errors == [] and set(dags) == {
+        "stash-backup.demo.app-backup.deployment.app",
+        "stash-maintenance.demo.repo",
+    }
     with caplog.at_level(logging.WARNING, logger="stash_plugin.runtime.status"):
         run = run_dag(dags["stash-backup.demo.app-backup.deployment.app"])
 

@@ -190,3 +190,52 @@ def parse_statsd(datagram: str) -> list[tuple[str, float, str]]:
         value, _, kind = rest.partition("|")
         out.append((name, float(value), STATSD_KINDS[kind.split("|")[0]]))
     return out
+
+
+# Runs a command in a child of this small launcher and reports the child's own peak
+# RSS. Measuring a direct child of pytest would not do: Linux carries the forking
+# process's peak into a child's ru_maxrss across exec, and pytest grows large.
+_PEAK_LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[1], sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+sys.stderr.write("\\nstash-test-peak-kib %d\\n" % usage.ru_maxrss)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+_PEAK = "stash-test-peak-kib "
+
+
+def run_with_peak(
+    argv: list[str], env: dict[str, str], cwd: Path, timeout: float = 120
+) -> tuple[int, str, str, float, float]:
+    """Run ``argv``; its exit code, standard output and error, wall seconds and peak RSS
+    in MiB. A hang is killed after ``timeout`` (the test fails, never the suite)."""
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    out, err = cwd / "child.out", cwd / "child.err"
+    start = time.monotonic()
+    with out.open("w") as fout, err.open("w") as ferr:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _PEAK_LAUNCHER, *argv],
+            stdout=fout,
+            stderr=ferr,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+        )
+        killer = threading.Timer(timeout, lambda: os.killpg(proc.pid, 9))
+        killer.start()
+        code = proc.wait()
+        killer.cancel()
+    seconds = time.monotonic() - start
+    text = err.read_text()
+    lines = text.splitlines()
+    peak = next((int(ln[len(_PEAK) :]) for ln in reversed(lines) if ln.startswith(_PEAK)), 0)
+    text = "\n".join(ln for ln in lines if not ln.startswith(_PEAK)).rstrip("\n") + "\n"
+    return code, out.read_text(), text, seconds, peak / 1024

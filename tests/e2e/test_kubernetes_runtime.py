@@ -253,7 +253,11 @@ def test_backup_and_recovery_through_pods(
     cluster.down()
     assert sync(snapshot, cluster) == 1
     assert snapshot.read_text() == before
-    assert set(dags()) == {BACKUP_DAG, "stash-recovery.demo.to-new-claim"}
+    assert set(dags()) == {
+        BACKUP_DAG,
+        "stash-recovery.demo.to-new-claim",
+        "stash-maintenance.demo.repo",
+    }
     cluster.up()
 
     # Deleted in the cluster -> its DAG goes away after sync.

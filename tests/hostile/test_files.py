@@ -20,8 +20,6 @@ import socket
 import stat
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ from stashtest import (
     repository_doc,
     restic_doc,
     run_dag,
+    run_with_peak,
     secret_doc,
     task_states,
 )
@@ -253,17 +252,7 @@ def listing(root: Path) -> dict[str, tuple[int, int, int]]:
 
 def measured(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str, str, float, float]:
     """Run a child; its exit code, output, wall seconds and peak RSS in MiB."""
-    out, err = cwd / "child.out", cwd / "child.err"
-    start = time.monotonic()
-    with out.open("w") as fout, err.open("w") as ferr:
-        proc = subprocess.Popen(argv, stdout=fout, stderr=ferr, env=env, cwd=cwd)
-        killer = threading.Timer(120, proc.kill)  # a hang fails the test, never the suite
-        killer.start()
-        _, status, usage = os.wait4(proc.pid, 0)
-        killer.cancel()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    seconds = time.monotonic() - start
-    return proc.returncode, out.read_text(), err.read_text(), seconds, usage.ru_maxrss / 1024
+    return run_with_peak(argv, env, cwd)
 
 
 def child_env(folder: Path, state: Path) -> dict[str, str]:

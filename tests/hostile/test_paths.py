@@ -15,7 +15,6 @@ import os
 import resource
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +28,7 @@ from stashtest import (
     repository_doc,
     restic_doc,
     run_dag,
+    run_with_peak,
     secret_doc,
     task_states,
     tree_state,
@@ -301,30 +301,17 @@ def test_every_hostile_value_is_a_named_error_of_stash_validate(
     folder, expected = hostile_folder
     stash = Path(sys.executable).parent / "stash"
     env = {**os.environ, "AIRFLOW__STASH__RUNTIME": "local"}
-    out_file, err_file = tmp_path / "out.txt", tmp_path / "err.txt"
-    started = time.monotonic()
-    with out_file.open("w") as out_fd, err_file.open("w") as err_fd:
-        proc = subprocess.Popen(
-            [str(stash), "validate", str(folder)],
-            stdout=out_fd,
-            stderr=err_fd,
-            stdin=subprocess.DEVNULL,
-            env=env,
-        )
-    guard = threading.Timer(120, proc.kill)
-    guard.start()
-    _, status, usage = os.wait4(proc.pid, 0)  # the child's own peak memory
-    guard.cancel()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    took = time.monotonic() - started
-    out, err = out_file.read_text(), err_file.read_text()
-    assert proc.returncode == 1, err
+    code, out, err, took, peak_mib = run_with_peak(
+        [str(stash), "validate", str(folder)], env, tmp_path
+    )
+    proc_returncode = code
+    assert proc_returncode == 1, err
     missing = [e for e in expected if e not in err]
     assert missing == [], missing[:5]
     assert f"1 backup DAG(s), 1 recovery DAG(s), {len(expected)} error(s)" in out
     assert not (tmp_path / MARKER).exists()
     assert took < 60, took
-    assert usage.ru_maxrss < 400 * 1024, usage.ru_maxrss  # KiB: a few hundred objects
+    assert peak_mib < 400, peak_mib  # a few hundred objects
 
 
 def test_the_dag_folder_keeps_every_good_dag_and_names_each_hostile_object(

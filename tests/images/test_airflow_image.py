@@ -79,7 +79,7 @@ def test_the_image_parses_a_dag_folder_like_the_project(
         monkeypatch.setenv(key, value)
     expected, _ = build_dags(load_settings())
     assert parsed == {"dags": sorted(expected), "errors": []}
-    assert len(parsed["dags"]) == 2  # the demo's backup and recovery
+    assert len(parsed["dags"]) == 3  # the demo's backup, recovery and repository maintenance
 
 
 def test_nothing_secret_or_borrowed_is_in_the_image(podman: Podman, airflow_image: str) -> None:

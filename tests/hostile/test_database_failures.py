@@ -95,7 +95,9 @@ def test_failed_dumps_leave_no_snapshot_and_run_nothing(
     write_manifests(stash_env["manifests"], docs)
     dags, errors = build_dags(load_settings())
     assert errors == [], [str(e) for e in errors]
-    by_target = {d.split(".bad.", 1)[1]: dag for d, dag in dags.items()}
+    backups = {d: dag for d, dag in dags.items() if d.startswith("stash-backup.")}
+    assert set(dags) - set(backups) == {"stash-maintenance.demo.repo"}
+    by_target = {d.split(".bad.", 1)[1]: dag for d, dag in backups.items()}
     assert len(by_target) == 5
     cwd = tmp_path / "cwd"
     cwd.mkdir()

@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import random
+import secrets
 import shutil
 import subprocess
 import sys
@@ -35,7 +36,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 NS = "bench"
-PASSWORD = "bench-Restic-Pa55word"
+# The throwaway repositories this run creates get a password of their own.
+PASSWORD = secrets.token_urlsafe(24)
 sys.path.insert(0, str(ROOT / "tests"))
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -38,7 +39,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 NS = "bench"
-PASSWORD = "bench-Restic-Pa55word"
+# The throwaway repositories this run creates get a password of their own.
+PASSWORD = secrets.token_urlsafe(24)
 ROW_BYTES = 150
 """About what one row of the table below takes in a plain dump."""
 

@@ -272,40 +272,32 @@ def _build(
     resources: ResourceSet | None = None,
 ) -> dict[str, DAG]:
     """The DAGs of ``plans`` (only ``wanted`` if set); refusals go to ``plans.errors``."""
+    # Each plan with the object that owns its DAG (named when Airflow refuses it).
+    owned: list[tuple[str, Any, str, str, str, Any]] = [
+        *(
+            (i, p, "Restic", p.target.restic_namespace, p.target.restic_name, backup_dag)
+            for i, p in plans.backups.items()
+        ),
+        *(
+            (i, p, "Recovery", p.namespace, p.name, recovery_dag)
+            for i, p in plans.recoveries.items()
+        ),
+        *(
+            (i, p, "Repository", p.namespace, p.name, maintenance_dag)
+            for i, p in plans.maintenance.items()
+        ),
+    ]
     dags: dict[str, DAG] = {}
-    for dag_id, bplan in plans.backups.items():
-        if not wanted or dag_id == wanted:
-            t = bplan.target
-            _guarded(
-                dags,
-                plans,
-                dag_id,
-                "Restic",
-                t.restic_namespace,
-                t.restic_name,
-                lambda p=bplan: backup_dag(p, settings, resources),
-            )  # type: ignore[misc]
-    for dag_id, rplan in plans.recoveries.items():
+    for dag_id, plan, kind, namespace, name, make in owned:
         if not wanted or dag_id == wanted:
             _guarded(
                 dags,
                 plans,
                 dag_id,
-                "Recovery",
-                rplan.namespace,
-                rplan.name,
-                lambda p=rplan: recovery_dag(p, settings, resources),
-            )  # type: ignore[misc]
-    for dag_id, mplan in plans.maintenance.items():
-        if not wanted or dag_id == wanted:
-            _guarded(
-                dags,
-                plans,
-                dag_id,
-                "Repository",
-                mplan.namespace,
-                mplan.name,
-                lambda p=mplan: maintenance_dag(p, settings, resources),
+                kind,
+                namespace,
+                name,
+                lambda p=plan, m=make: m(p, settings, resources),
             )  # type: ignore[misc]
     return dags
 

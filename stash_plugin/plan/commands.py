@@ -207,14 +207,20 @@ def agent_step(step: Step, agent: Agent, operation: str, values: Mapping[str, st
     An agent's commands take over the operations they name, in the agent's image. An
     agent without commands is an image of the default agent: every step runs in it.
     Steps an agent with commands does not name (retention, verify) stay with the
-    default agent, whose image has restic and ``stash-agent``."""
+    default agent, whose image has restic and ``stash-agent``. A command the target
+    cannot run is an error of the field that names the agent (``spec.recoveryAgent``
+    for a recovery, ``spec.backupAgent`` otherwise)."""
     items = agent.commands.get(operation)
     if not items:
         return replace(step, image=None if agent.commands else agent.image)
     provided = {k for k, _ in step.env} | {s.name for s in step.secret_env} | set(values)
     where = f"BackupAgent {agent.name}: spec.commands.{operation}"
     assert step.argv[:1] == (AGENT,), step.argv
-    rendered = render(items, step.argv[1:], provided, where)
+    try:
+        rendered = render(items, step.argv[1:], provided, where)
+    except PlanError as exc:
+        owner = "spec.recoveryAgent" if operation == "recovery" else "spec.backupAgent"
+        raise PlanError(owner, f"{exc.field}: {exc}") from None
     extra = tuple((k, v) for k, v in sorted(values.items()) if k in rendered.variables)
     return replace(
         step,

@@ -452,10 +452,7 @@ def _plan_one(
     }
 
     def as_agent_runs(s: Step, operation: str) -> Step:
-        try:
-            return agent_step(s, agent, operation, values)
-        except PlanError as exc:
-            raise PlanError("spec.backupAgent", f"{exc.field}: {exc}") from None
+        return agent_step(s, agent, operation, values)
 
     host = endpoint.restic_host
     backup = as_agent_runs(step("backup", argv, True, tools=custom), "backup")
@@ -558,10 +555,7 @@ def plan_database_recovery(
         "STASH_SNAPSHOT": snapshot,
         "STASH_SNAPSHOT_TAGS": f"namespace={ns}",
     }
-    try:
-        step = agent_step(step, agent, "recovery", values)
-    except PlanError as exc:
-        raise PlanError("spec.recoveryAgent", f"{exc.field}: {exc}") from None
+    step = agent_step(step, agent, "recovery", values)
     return RecoveryPlan(
         dag_id=naming.recovery_dag_id(ns, name),
         namespace=ns,

@@ -138,10 +138,7 @@ def plan_recovery(
         # its `latest` to this Recovery's snapshots, as stash-agent's own restore does.
         "STASH_SNAPSHOT_TAGS": ",".join(selection),
     }
-    try:
-        step = agent_step(step, agent, "recovery", values)
-    except PlanError as exc:
-        raise PlanError("spec.recoveryAgent", f"{exc.field}: {exc}") from None
+    step = agent_step(step, agent, "recovery", values)
     return RecoveryPlan(
         dag_id=naming.recovery_dag_id(ns, name),
         namespace=ns,

@@ -259,10 +259,7 @@ def _plan_instance(
     }
 
     def as_agent_runs(s: Step, operation: str) -> Step:
-        try:
-            return agent_step(s, t.agent, operation, values)
-        except PlanError as exc:
-            raise PlanError("spec.backupAgent", f"{exc.field}: {exc}") from None
+        return agent_step(s, t.agent, operation, values)
 
     within = [f"--within={r}" for r in sorted({d.root for d in dirs})]
     backup = step(

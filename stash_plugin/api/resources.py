@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, model_validator
 
+from ..protocol import ENV_LOCK_WAIT
 from .backend import Backend, HostPathSource, PVCSource
 from .common import (
     AbsolutePath,
@@ -115,6 +116,63 @@ class Repository(Model):
 # --------------------------------------------------------------------------- pod settings
 
 
+#: The powers of root the agent container keeps (``plan.pods.AGENT_SECURITY_CONTEXT``):
+#: reading past permissions, changing owners, modes and times of files it does not own,
+#: keeping set-group-id bits. A Restic may ask for fewer, never for more.
+AGENT_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID")
+
+#: Environment names the agent and restic read (repository, credentials, the agent's own
+#: switches, the loader and interpreter): a tenant's ``container.env`` setting one of
+#: them would point the agent at another repository or run code of its choosing.
+RESERVED_ENV_PREFIXES = (
+    "RESTIC_",
+    "STASH_",
+    "AWS_",
+    "GOOGLE_",
+    "AZURE_",
+    "B2_",
+    "OS_",
+    "ST_",
+    "DB_",
+    "LD_",
+    "PYTHON",
+)
+RESERVED_ENV_NAMES = frozenset({"PATH", "CA_CERT_DATA"})
+#: The agent's switches a tenant may tune for its own runs.
+TENANT_ENV_NAMES = frozenset({ENV_LOCK_WAIT})
+
+
+def _host_process(settings: dict[str, Any] | None) -> bool:
+    return bool(((settings or {}).get("windowsOptions") or {}).get("hostProcess"))
+
+
+def _container_security_problem(context: dict[str, Any]) -> str | None:
+    """Why a tenant's container ``securityContext`` would give the agent more than it has.
+
+    The agent pod runs in the tenant's namespace but from the administrator's image,
+    with the tenant's volumes and the repository's credentials: a privileged or
+    escalating container there is a way onto the node, so only narrowing is allowed.
+    """
+    if context.get("privileged"):
+        return "privileged: true is not allowed for the agent container"
+    if context.get("allowPrivilegeEscalation"):
+        return "allowPrivilegeEscalation: true is not allowed for the agent container"
+    added = (context.get("capabilities") or {}).get("add") or []
+    extra = sorted(
+        str(c) for c in added if str(c).upper().removeprefix("CAP_") not in AGENT_CAPABILITIES
+    )
+    if extra:
+        return (
+            f"capabilities.add {extra} goes beyond the agent's own "
+            f"({', '.join(AGENT_CAPABILITIES)})"
+        )
+    if context.get("procMount") not in (None, "Default"):
+        return "procMount: only Default is allowed for the agent container"
+    if _host_process(context):
+        return "windowsOptions.hostProcess: true is not allowed for the agent container"
+    return None
+
+
 class PodRuntimeSettings(Model):
     """Pod-level settings for the agent pod (Stash issue 621), passed through as given."""
 
@@ -128,13 +186,38 @@ class PodRuntimeSettings(Model):
     image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list)
     priority_class_name: str | None = None
 
+    @model_validator(mode="after")
+    def _no_host_process(self) -> PodRuntimeSettings:
+        if _host_process(self.security_context):
+            raise ValueError(
+                "securityContext.windowsOptions.hostProcess: true is not allowed for agent pods"
+            )
+        return self
+
 
 class ContainerRuntimeSettings(Model):
-    """Container-level settings for the agent container."""
+    """Container-level settings for the agent container: a tenant may narrow the agent's
+    powers and add its own environment, never widen the one or override the other."""
 
     env: list[dict[str, Any]] = Field(default_factory=list)
     resources: dict[str, Any] | None = None
     security_context: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _only_narrower(self) -> ContainerRuntimeSettings:
+        problem = _container_security_problem(self.security_context or {})
+        if problem:
+            raise ValueError(f"securityContext.{problem}")
+        for i, entry in enumerate(self.env):
+            name = str(entry.get("name", ""))
+            if name in TENANT_ENV_NAMES:
+                continue
+            if name in RESERVED_ENV_NAMES or name.startswith(RESERVED_ENV_PREFIXES):
+                raise ValueError(
+                    f"env[{i}].name: {name!r} is set by Stash for the agent "
+                    "(repository, credentials, agent settings): choose another name"
+                )
+        return self
 
 
 class RuntimeSettings(Model):

@@ -12,6 +12,7 @@ from copy import deepcopy
 from typing import Any
 
 from .. import GROUP
+from ..api.resources import AGENT_CAPABILITIES
 from .model import Step
 
 CONTAINER = "base"  # the name KubernetesPodOperator follows for logs and exit codes
@@ -30,7 +31,7 @@ AGENT_SECURITY_CONTEXT: dict[str, Any] = {
     "allowPrivilegeEscalation": False,
     "capabilities": {
         "drop": ["ALL"],
-        "add": ["CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID"],
+        "add": list(AGENT_CAPABILITIES),
     },
 }
 
@@ -42,6 +43,24 @@ def label_value(value: str) -> str:
         return value
     digest = hashlib.sha256(value.encode()).hexdigest()[:8]
     return f"{value[:54].rstrip('-._')}-{digest}"
+
+
+def security_context(tenant: dict[str, Any] | None) -> dict[str, Any]:
+    """The agent's own context with a Restic's settings laid over it.
+
+    Replacing it outright would hand the container the runtime's default capabilities
+    (``NET_RAW``, ``SETUID``, ...) as soon as a Restic sets, say, ``runAsUser``. The API
+    refuses settings that widen it; here every capability stays dropped but those the
+    tenant keeps of the agent's own.
+    """
+    context = deepcopy(AGENT_SECURITY_CONTEXT)
+    for key, value in (tenant or {}).items():
+        if key != "capabilities":
+            context[key] = deepcopy(value)
+            continue
+        if "add" in (value or {}):
+            context["capabilities"]["add"] = list(value["add"] or [])
+    return context
 
 
 def _env(step: Step) -> list[dict[str, Any]]:
@@ -94,9 +113,7 @@ def pod_manifest(step: Step, image: str) -> dict[str, Any]:
     }
     if container_settings.get("resources"):
         container["resources"] = container_settings["resources"]
-    container["securityContext"] = container_settings.get("securityContext") or deepcopy(
-        AGENT_SECURITY_CONTEXT
-    )
+    container["securityContext"] = security_context(container_settings.get("securityContext"))
     labels = {f"{GROUP_LABEL}/{k}": label_value(v) for k, v in step.labels}
     labels.update(pod_settings.get("labels") or {})
     spec: dict[str, Any] = {"restartPolicy": "Never", "containers": [container], "volumes": volumes}

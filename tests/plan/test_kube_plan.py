@@ -213,16 +213,74 @@ def test_long_names_make_valid_pod_labels() -> None:
     assert all(len(v) <= 63 for v in pod["metadata"]["labels"].values())
 
 
-def test_a_restics_container_security_context_replaces_the_default() -> None:
+def _planned_context(container_settings: dict[str, Any]) -> tuple[dict[str, Any] | None, list[str]]:
     dep = workload(
         "Deployment",
         "web",
         [{"name": "data", "persistentVolumeClaim": {"claimName": "web-data"}}],
         replicas=1,
     )
-    own = {"runAsUser": 1000, "runAsNonRoot": True}
-    settings = {"container": {"securityContext": own}}
-    plans = make_plans(resources(*base("web", runtimeSettings=settings), dep), "kubernetes")
+    settings = {"container": container_settings}
+    docs = [*base("web", runtimeSettings=settings), dep]
+    refused = [parse_document(doc, f"doc#{i}") for i, doc in enumerate(docs)]
+    errors = [str(e) for parsed in refused if isinstance(parsed, list) for e in parsed]
+    if errors:
+        return None, errors
+    plans = make_plans(resources(*docs), "kubernetes")
     assert plans.errors == []
     plan = plans.backups["stash-backup.prod.bk.deployment.web"]
-    assert pod_manifest(plan.backup, "a")["spec"]["containers"][0]["securityContext"] == own
+    return pod_manifest(plan.backup, "a")["spec"]["containers"][0]["securityContext"], []
+
+
+def test_a_restics_container_security_context_narrows_the_agents_own() -> None:
+    own = {"runAsUser": 1000, "runAsNonRoot": True, "capabilities": {"add": ["DAC_READ_SEARCH"]}}
+    # the lock wait is the agent's one switch a tenant may tune
+    wait = [{"name": "STASH_LOCK_WAIT", "value": "3"}]
+    context, errors = _planned_context({"securityContext": own, "env": wait})
+    assert errors == []
+    # the tenant's user, and of the agent's capabilities only the one it kept: setting
+    # runAsUser must not hand the container the runtime's default capabilities
+    assert context == {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"], "add": ["DAC_READ_SEARCH"]},
+        "runAsUser": 1000,
+        "runAsNonRoot": True,
+    }
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"securityContext": {"privileged": True}}, "securityContext.privileged: true"),
+        (
+            {"securityContext": {"allowPrivilegeEscalation": True}},
+            "securityContext.allowPrivilegeEscalation: true",
+        ),
+        (
+            {"securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}},
+            "securityContext.capabilities.add ['SYS_ADMIN']",
+        ),
+        ({"securityContext": {"procMount": "Unmasked"}}, "securityContext.procMount"),
+        (
+            {"env": [{"name": "RESTIC_REPOSITORY", "value": "/x"}]},
+            "env[0].name: 'RESTIC_REPOSITORY'",
+        ),
+        (
+            {"env": [{"name": "A", "value": "1"}, {"name": "LD_PRELOAD", "value": "/x.so"}]},
+            "env[1].name: 'LD_PRELOAD'",
+        ),
+        (
+            {"env": [{"name": "AWS_ACCESS_KEY_ID", "value": "x"}]},
+            "env[0].name: 'AWS_ACCESS_KEY_ID'",
+        ),
+    ],
+)
+def test_a_restic_cannot_widen_the_agent_or_override_its_environment(
+    settings: dict[str, Any], named: str
+) -> None:
+    context, errors = _planned_context(settings)
+    assert context is None
+    (error,) = errors
+    assert "Restic prod/bk" in error
+    assert "runtimeSettings.container" in error
+    assert named in error

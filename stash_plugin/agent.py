@@ -508,7 +508,7 @@ def _refuse_new_repository(guard: BackupGuard | None, stderr: str) -> None:
     repository would make the run green while every earlier snapshot is out of reach.
     restic says "Is there a repository" for a backend it cannot reach too: that is
     told apart, so the message points at the right cause."""
-    if guard is None or guard.backups_on_record <= 0:
+    if guard is None or (guard.backups_on_record <= 0 and not guard.history_lost):
         return
     url = public_url(os.environ.get(ENV_REPOSITORY, ""))
     said = stderr.lower()
@@ -518,6 +518,13 @@ def _refuse_new_repository(guard: BackupGuard | None, stderr: str) -> None:
         )
     if any(marker in said for marker in _DENIED):
         raise AgentError(f"access to the repository {url} is denied; check the credentials")
+    if guard.backups_on_record <= 0:
+        raise AgentError(
+            f"repository {url} is missing and whether this target was backed up before is "
+            f"unknown ({guard.history_lost}); not creating a new one. If this is its first "
+            "backup or a new repository is intended, trigger the backup with "
+            "new_repository=true"
+        )
     raise AgentError(
         f"repository {url} is missing but this target has {guard.backups_on_record} "
         "backups on record; not creating a new one (an unmounted disk or a wrong bucket?). "

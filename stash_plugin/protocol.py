@@ -154,6 +154,10 @@ class BackupGuard(Record):
     """A drop of more than this share of the files or of the bytes flags the backup."""
     keep_before_drop: int = 1
     """How many snapshots before a flagged drop get :data:`BEFORE_DROP_TAG`."""
+    history_lost: str = ""
+    """Why the target's history is unknown (its status was unreadable and set aside):
+    with no backups on record, a missing repository is then an error too, since it may
+    as well be a lost disk as a first backup."""
 
     @classmethod
     def from_dict(cls, data: Any) -> BackupGuard:
@@ -166,6 +170,7 @@ class BackupGuard(Record):
             previous=previous,
             shrink_threshold=float(base.shrink_threshold),
             keep_before_drop=int(base.keep_before_drop),
+            history_lost=str(base.history_lost),
         )
 
     def baseline(self, path: str) -> SourceSize | None:

@@ -18,12 +18,17 @@ from .status import StatusStore, status_store
 
 
 def backup_guard(
-    entry: BackupRepo | None, settings: Settings, *, new_repository: bool = False
+    entry: BackupRepo | None,
+    settings: Settings,
+    *,
+    new_repository: bool = False,
+    history_lost: str = "",
 ) -> BackupGuard:
     """The guard for a target whose status entry is ``entry``.
 
-    ``new_repository`` (a manual run's param) lets a target with backups on record
-    start a new repository on purpose, after a deliberate move or wipe."""
+    ``new_repository`` (a manual run's param) lets a target with backups on record, or
+    whose history was lost with an unreadable status, start a new repository on
+    purpose, after a deliberate move or wipe."""
     on_record = entry.backup_count if entry is not None else 0
     previous = [
         SourceSize(path=s.path, files=s.files, bytes=s.bytes)
@@ -34,6 +39,7 @@ def backup_guard(
         previous=previous,
         shrink_threshold=settings.shrink_threshold,
         keep_before_drop=settings.shrink_keep,
+        history_lost="" if new_repository or on_record else history_lost,
     )
 
 
@@ -47,7 +53,9 @@ def guarded_backup(
     """The plan's backup step with its guard in the environment, read from the status
     when the step runs (not when the DAG is parsed: the history changes every run)."""
     store = store or status_store(plan.runtime, settings.state_dir, settings.kubernetes_conn_id)
-    guard = backup_guard(store.backup_entry(plan.target), settings, new_repository=new_repository)
+    entry = store.backup_entry(plan.target)
+    lost = "" if entry is not None and entry.backup_count else store.lost_history(plan.target)
+    guard = backup_guard(entry, settings, new_repository=new_repository, history_lost=lost)
     step = plan.backup
     env = tuple((k, v) for k, v in step.env if k != ENV_BACKUP_GUARD)
     return replace(step, env=(*env, (ENV_BACKUP_GUARD, encode(guard))))

@@ -74,6 +74,10 @@ class KubeStatusStore:
         )
         return entry_of(status, target)
 
+    def lost_history(self, target: TargetRef) -> str:
+        """A Repository's status is read whole or not at all (a bad one fails the step)."""
+        return ""
+
     def record_backup(self, target: TargetRef, outcome: BackupOutcome) -> BackupRepo:
         def change(status: dict[str, Any]) -> tuple[dict[str, Any], BackupRepo]:
             # Only our entries are read: other fields (Stash 0.8's backupCount, a

@@ -37,6 +37,10 @@ class StatusStore(Protocol):
         """The target's current entry (None before its first recorded run)."""
         ...
 
+    def lost_history(self, target: TargetRef) -> str:
+        """Why the target's history may have been lost ("" when nothing says so)."""
+        ...
+
     def record_recovery(self, namespace: str, name: str, status: RecoveryStatus) -> None: ...
 
     def record_check(
@@ -162,6 +166,21 @@ class LocalStatusStore:
             log.warning("%s; this backup runs without the target's history", bad)
             return None
         return entry_of(status, target)
+
+    def lost_history(self, target: TargetRef) -> str:
+        """A Repository status file that is unreadable now or was set aside before may
+        have held this target's backups: until a backup succeeds, or a run starts a new
+        repository on purpose, nobody can tell a first backup from a lost disk."""
+        path = self.repository_file(target.repository_namespace, target.repository_name)
+        repository = f"Repository {target.repository_namespace}/{target.repository_name}"
+        try:
+            self._read(path, RepositoryStatus)
+        except BadStatusFile as bad:
+            return f"the status of {repository} is unreadable: {bad.reason}"
+        aside = sorted(path.parent.glob(f"{path.name}.bad-*"))
+        if aside:
+            return f"the status of {repository} was unreadable and is kept aside as {aside[-1]}"
+        return ""
 
     def record_backup(self, target: TargetRef, outcome: BackupOutcome) -> BackupRepo:
         path = self.repository_file(target.repository_namespace, target.repository_name)

@@ -316,14 +316,29 @@ def test_dag_run_over_a_corrupt_status_file_ends_with_a_good_status(
         "stash-backup.demo.app-backup.deployment.app",
         "stash-maintenance.demo.repo",
     }
+    dag = dags["stash-backup.demo.app-backup.deployment.app"]
     with caplog.at_level(logging.WARNING, logger="stash_plugin.runtime.status"):
-        run = run_dag(dags["stash-backup.demo.app-backup.deployment.app"])
+        refused = run_dag(dag)
 
+    # The bad file may have held this target's backups: with its repository missing,
+    # a first backup cannot be told from a lost disk, so nothing is created.
+    assert task_states(refused)["backup"] == "failed", task_states(refused)
+    assert not (root / "backend").exists()
+    [kept] = aside(corrupt)
+    [entry] = json.loads(corrupt.read_text())["status"]["backupRepos"]
+    assert entry["backupCount"] == 0 and entry["failedBackupCount"] == 1
+    assert "whether this target was backed up before is unknown" in entry["lastFailure"]
+    assert f"kept aside as {kept}" in entry["lastFailure"] or "unreadable" in entry["lastFailure"]
+    assert "new_repository=true" in entry["lastFailure"]
+    # The next scheduled run is still refused: the kept-aside file is the evidence.
+    assert task_states(run_dag(dag))["backup"] == "failed"
+
+    run = run_dag(dag, conf={"new_repository": True})
     assert set(task_states(run).values()) == {"success"}, task_states(run)
     [entry] = json.loads(corrupt.read_text())["status"]["backupRepos"]
     assert entry["resticName"] == "app-backup" and entry["backupCount"] == 1
     assert entry["lastSnapshotId"]
-    [kept] = aside(corrupt)
+    assert aside(corrupt) == [kept]
     assert kept.read_bytes() == b'{"status": {"backupRepos": {"not": "a list"}}'
     assert f"kept aside as {kept}" in caplog.text
     assert store.repository_file(NS, "other").read_bytes() == other

@@ -56,6 +56,31 @@ def test_the_guard_is_read_from_the_status_when_the_step_runs(tmp_path: Path) ->
     assert [k for k, _ in again.env].count(ENV_BACKUP_GUARD) == 1
 
 
+def test_an_unreadable_status_leaves_the_history_unknown_until_a_backup_succeeds(
+    tmp_path: Path,
+) -> None:
+    plan = _backup_plan()
+    store = LocalStatusStore(tmp_path)
+
+    def guard() -> BackupGuard:
+        step = guarded_backup(plan, SETTINGS, store=store)
+        return BackupGuard.from_dict(json.loads(dict(step.env)[ENV_BACKUP_GUARD]))
+
+    assert guard().history_lost == ""  # nothing on record, nothing lost: a first backup
+    path = store.repository_file(plan.target.repository_namespace, plan.target.repository_name)
+    path.parent.mkdir(parents=True)
+    path.write_text('{"status": ')
+    assert "is unreadable: not JSON" in guard().history_lost
+    # A failed run records afresh and keeps the bad file aside: still unknown after it.
+    store.record_backup(plan.target, backup_report(plan, {}, STARTED, 0.0).outcome)
+    assert "was unreadable and is kept aside as" in guard().history_lost
+    new = guarded_backup(plan, SETTINGS, store=store, new_repository=True)
+    assert BackupGuard.from_dict(json.loads(dict(new.env)[ENV_BACKUP_GUARD])).history_lost == ""
+    # A good backup on record settles it.
+    store.record_backup(plan.target, backup_report(plan, _reports(plan), STARTED, 0.0).outcome)
+    assert guard().history_lost == "" and guard().backups_on_record == 1
+
+
 @pytest.mark.parametrize(
     ("previous", "files", "size", "flagged"),
     [

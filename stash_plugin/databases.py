@@ -77,6 +77,18 @@ class Database:
         return f"{self.engine} {what} at {where}"
 
 
+def not_empty(db: Database, databases: str = "") -> DatabaseError:
+    """The refusal of a restore into a database that holds data, and the way past it."""
+    if databases:
+        return DatabaseError(
+            f"{db.describe()} is not empty (databases: {databases}); set "
+            "databaseRestorer.overwrite: true to replace them"
+        )
+    return DatabaseError(
+        f"{db.describe()} is not empty; set databaseRestorer.overwrite: true to replace it"
+    )
+
+
 def database_from_env(engine: str, environ: MutableMapping[str, str]) -> Database:
     """The database of this step; the password leaves ``environ`` (restic never sees it)."""
     host = environ.get(ENV_DB_HOST, "")
@@ -434,17 +446,10 @@ class Postgres:
         if self.db.everything:
             busy = self._user_databases()
             if busy or self._objects("postgres"):
-                raise DatabaseError(
-                    f"{self.db.describe()} is not empty (databases: "
-                    f"{', '.join(busy) or 'postgres has tables'}); set databaseRestorer."
-                    "overwrite: true to replace them"
-                )
+                raise not_empty(self.db, ", ".join(busy) or "postgres has tables")
             return
         if self.db.name in self._databases() and self._objects(self.db.name):
-            raise DatabaseError(
-                f"{self.db.describe()} is not empty; set databaseRestorer.overwrite: true "
-                "to replace it"
-            )
+            raise not_empty(self.db)
 
     def prepare(self, overwrite: bool) -> None:
         if self.db.everything:
@@ -568,15 +573,9 @@ class Mysql:
         if self.db.everything:
             busy = self._user_databases()
             if busy:
-                raise DatabaseError(
-                    f"{self.db.describe()} is not empty (databases: {', '.join(busy)}); set "
-                    "databaseRestorer.overwrite: true to replace them"
-                )
+                raise not_empty(self.db, ", ".join(busy))
         elif self._objects(self.db.name):
-            raise DatabaseError(
-                f"{self.db.describe()} is not empty; set databaseRestorer.overwrite: true "
-                "to replace it"
-            )
+            raise not_empty(self.db)
 
     def prepare(self, overwrite: bool) -> None:
         if self.db.everything:

@@ -48,6 +48,9 @@ the pod as Unsupported.
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import re
@@ -55,11 +58,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from containers import Podman, security_flags
 from kube.fakeapi import (
@@ -316,6 +322,7 @@ class Kubelet:
         with self._lock:
             if self._stopped or not self._alive(pod):
                 return
+            hold = _hold_mountpoints(mounts[1::3]) if self.podman is None else []
             created = (
                 []
                 if self.podman is not None
@@ -358,9 +365,13 @@ class Kubelet:
             self.procs.pop(uid, None)
             self._mountpoints.pop(uid, None)
             in_use = [p for paths in self._mountpoints.values() for p in paths]
+            for handle in hold:
+                handle.close()
             for path in reversed(created):  # deepest first; only if empty and nobody mounts there
                 if not any(u == str(path) or u.startswith(f"{path}/") for u in in_use):
-                    _remove_if_empty(path)
+                    with _sole_user_of(path) as alone:
+                        if alone:
+                            _remove_if_empty(path)
         state = {
             "exitCode": code if code >= 0 else 128 - code,
             "reason": "Completed" if code == 0 else "Error",
@@ -613,6 +624,42 @@ def _termination_message(c: Obj, path: Path, log: ContainerLog, code: int) -> st
         tail = b"".join(line for _, line in log.lines[-80:])[-2048:]
         text = tail.decode(errors="replace")
     return text
+
+
+#: Host mount points (``/source/data``) are shared by every test process on the
+#: machine: a pod here must not lose its bind mount because a kubelet of another
+#: process removed the empty folder under it (the mount would vanish with it). A
+#: running host pod holds a lock file of each of its mount points and their parents
+#: shared; a kubelet removes a mount point it made only when it can take that one's
+#: lock exclusively, that is when no pod anywhere mounts there or below.
+MOUNTPOINT_LOCKS = Path(tempfile.gettempdir()) / "fakekube-kubelet-mountpoints"
+
+
+def _lock_file(path: Path) -> Any:
+    MOUNTPOINT_LOCKS.mkdir(mode=0o700, exist_ok=True)
+    name = hashlib.sha256(str(path).encode()).hexdigest()[:32]
+    return open(MOUNTPOINT_LOCKS / name, "a")  # noqa: SIM115 - the caller closes it
+
+
+def _hold_mountpoints(targets: list[str]) -> list[Any]:
+    paths = {p for t in targets for p in (Path(t), *Path(t).parents) if p != p.parent}
+    handles = []
+    for path in sorted(paths):  # one order everywhere
+        handle = _lock_file(path)
+        fcntl.flock(handle, fcntl.LOCK_SH)
+        handles.append(handle)
+    return handles
+
+
+@contextlib.contextmanager
+def _sole_user_of(path: Path) -> Iterator[bool]:
+    with _lock_file(path) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
 
 
 def _remove_if_empty(path: Path) -> None:

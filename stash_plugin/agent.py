@@ -88,6 +88,7 @@ from stash_plugin.protocol import (
     is_record,
     record_digest,
     source_drop,
+    target_key,
 )
 
 LOCKED = "repository is already locked"
@@ -1060,13 +1061,9 @@ def restore(
 
 # ----------------------------------------------------------------------------- maintain
 
-_TARGET_TAGS = ("namespace=", "restic=", "target=")
-
 
 def _target_key(snap: dict[str, Any]) -> str | None:
-    tags = snap.get("tags") or []
-    parts = [next((t for t in tags if t.startswith(p)), None) for p in _TARGET_TAGS]
-    return ",".join(p for p in parts if p) if all(parts) else None
+    return target_key(snap.get("tags") or [])
 
 
 def maintain(read_data_subset: str | None = None) -> MaintenanceResult:

@@ -149,6 +149,16 @@ def record_digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+TARGET_TAG_KEYS = ("namespace=", "restic=", "target=")
+
+
+def target_key(tags: list[str]) -> str | None:
+    """``namespace=N,restic=R,target=T``: which target a snapshot belongs to, from the
+    tags Stash gives every backup; None for a snapshot without them (Stash 0.8's)."""
+    parts = [next((t for t in tags if t.startswith(p)), None) for p in TARGET_TAG_KEYS]
+    return ",".join(p for p in parts if p) if all(parts) else None
+
+
 def is_record(snapshot: dict[str, Any]) -> bool:
     """Whether a snapshot (as restic lists it) is a Repository record, not a backup."""
     return REPOSITORY_RECORD_TAG in (snapshot.get("tags") or [])

@@ -28,7 +28,9 @@ def repository_manifest(repository: Repository) -> dict[str, Any]:
         "apiVersion": repository.api_version,
         "kind": "Repository",
         "metadata": meta,
-        "spec": repository.spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+        "spec": repository.spec.model_dump(
+            mode="json", by_alias=True, exclude_none=True, exclude_defaults=True
+        ),
     }
 
 

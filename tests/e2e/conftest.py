@@ -17,7 +17,7 @@ S3_POLICY = {
 }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def moto_s3() -> Iterator[dict[str, Any]]:
     """moto's S3 on a free loopback port that checks access keys, with the bucket created.
 
@@ -25,6 +25,8 @@ def moto_s3() -> Iterator[dict[str, Any]]:
     the Secret's AWS keys never reached restic. So an IAM user with an S3 policy and
     an access key are made first, then authentication is switched on
     (``/moto-api/reset-auth``): from then on only that key's signed requests succeed.
+    One server per session: moto keeps its accounts process-wide, so a second server
+    would find the IAM user made already. Tests keep apart by prefix.
     """
     import boto3
     import requests

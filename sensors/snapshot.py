@@ -41,6 +41,15 @@ class SnapshotSensor(BaseSensorOperator):
         if missing:
             self.log.info("snapshots %s not listed yet", ", ".join(missing))
             return PokeReturnValue(is_done=False)
+        times = [g.oldest_time for g in listed if g.oldest_time]
         return PokeReturnValue(
-            is_done=True, xcom_value={"snapshot_count": count, "confirmed": sorted(wanted)}
+            is_done=True,
+            xcom_value={
+                "snapshot_count": count,
+                "confirmed": sorted(wanted),
+                # each run makes one snapshot per folder: the target's past runs, for a
+                # status that lost its entry (runtime.outcomes.SnapshotHistory)
+                "backups_found": max((g.count for g in listed), default=0),
+                "oldest_time": min(times) if times else None,
+            },
         )

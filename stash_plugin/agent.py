@@ -65,9 +65,12 @@ from stash_plugin.protocol import (
     ENV_LOCK_WAIT,
     ENV_PASSWORD,
     ENV_REPOSITORY,
+    ENV_REPOSITORY_RECORD,
     ENV_RESTIC_BINARY,
     ENV_RESULT_FILE,
     ENV_TERMINATION_MESSAGE,
+    REPOSITORY_RECORD_FILE,
+    REPOSITORY_RECORD_TAG,
     SEPARATOR,
     TERMINATION_MESSAGE_LIMIT,
     BackupGuard,
@@ -82,7 +85,10 @@ from stash_plugin.protocol import (
     encode,
     error_line,
     fit_termination_message,
+    is_record,
+    record_digest,
     source_drop,
+    target_key,
 )
 
 LOCKED = "repository is already locked"
@@ -123,19 +129,20 @@ RESTIC_STOP_GRACE = 30.0
 """Seconds restic gets to remove its lock after being interrupted."""
 
 
-def _run_restic(argv: list[str]) -> subprocess.CompletedProcess[str]:
+def _run_restic(argv: list[str], given: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run restic with no terminal and no standard input (it must never wait for a
-    password or confirmation). When the agent is told to stop, restic gets SIGINT, the
-    one signal on which restic 0.14 removes its lock, and some time to do so."""
+    password or confirmation), or with ``given`` as its whole input. When the agent is
+    told to stop, restic gets SIGINT, the one signal on which restic 0.14 removes its
+    lock, and some time to do so."""
     proc = subprocess.Popen(  # noqa: S603 - argv list, no shell
         argv,
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL if given is None else subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        out, err = proc.communicate()
+        out, err = proc.communicate(given)
     except Interrupted:
         proc.send_signal(signal.SIGINT)
         try:
@@ -148,7 +155,12 @@ def _run_restic(argv: list[str]) -> subprocess.CompletedProcess[str]:
 
 
 def restic(
-    args: Sequence[str], *, lock_wait: float = 0.0, echo: bool = True, clear_dead: bool = True
+    args: Sequence[str],
+    *,
+    lock_wait: float = 0.0,
+    echo: bool = True,
+    clear_dead: bool = True,
+    given: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run one restic command, waiting (with backoff) while another run holds the lock;
     locks of deleted agent pods are removed first (``clear_dead_locks``)."""
@@ -157,7 +169,7 @@ def restic(
     deadline = time.monotonic() + lock_wait
     delay, clears = 2.0, 0
     while True:
-        proc = _run_restic(argv)
+        proc = _run_restic(argv, given)
         if proc.stderr and echo:
             sys.stderr.write(proc.stderr)
             sys.stderr.flush()
@@ -439,8 +451,11 @@ def run_commands(
             result.forgets.append(_forget_result(cmd, proc))
         elif cmd.verb == "snapshots":
             snaps: list[dict[str, Any]] = next(iter(_json_lines(proc.stdout)), []) or []
-            infos = [_snapshot_info(s) for s in snaps]
-            result.snapshots.append(SnapshotList(path=cmd.path, count=len(infos), snapshots=infos))
+            infos = [_snapshot_info(s) for s in snaps if not is_record(s)]
+            oldest = min((i.time for i in infos if i.time), default=None)
+            result.snapshots.append(
+                SnapshotList(path=cmd.path, count=len(infos), snapshots=infos, oldest_time=oldest)
+            )
     return result
 
 
@@ -629,6 +644,59 @@ def _snapshots_json(selector: list[str]) -> list[dict[str, Any]]:
     return snaps
 
 
+# ----------------------------------------------------------------------------- repository record
+
+
+def store_record(guard: BackupGuard | None, lock_wait: float) -> str | None:
+    """Keep the Repository object this backup ran for in the repository, so that a
+    cluster that lost the object can get it back (``stash discover``).
+
+    Called after a good backup, in the same agent process. It costs nothing when the
+    status says the same record is stored already; otherwise one ``restic backup
+    --stdin`` of a few hundred bytes (host and tag :data:`REPOSITORY_RECORD_TAG`, so
+    that no selection of backups ever sees it) and a ``forget`` of the older record.
+    A record that cannot be written only costs the next run another try: the backup
+    itself is good. Returns the digest of the record the repository now holds."""
+    text = os.environ.get(ENV_REPOSITORY_RECORD)
+    if not text:
+        return None
+    digest = record_digest(text)
+    if guard is not None and guard.record_stored == digest:
+        return digest
+    stored = restic(
+        [
+            "restic",
+            "backup",
+            "--json",
+            "--quiet",
+            "--stdin",
+            f"--stdin-filename={REPOSITORY_RECORD_FILE}",
+            f"--host={REPOSITORY_RECORD_TAG}",
+            f"--tag={REPOSITORY_RECORD_TAG}",
+        ],
+        lock_wait=min(lock_wait, 60.0),
+        given=text,
+    )
+    if stored.returncode != 0:
+        log(f"could not keep the Repository record (restic exit {stored.returncode}); next run")
+        return None
+    older = restic(
+        [
+            "restic",
+            "forget",
+            f"--host={REPOSITORY_RECORD_TAG}",
+            f"--tag={REPOSITORY_RECORD_TAG}",
+            "--keep-last=1",
+        ],
+        lock_wait=min(lock_wait, 60.0),
+        echo=False,
+    )
+    if older.returncode != 0:
+        log(f"could not remove the older Repository record (restic exit {older.returncode})")
+    log("kept the Repository object in the repository (tag " + REPOSITORY_RECORD_TAG + ")")
+    return digest
+
+
 # ----------------------------------------------------------------------------- restore
 
 
@@ -666,10 +734,11 @@ def _target_of(snap: dict[str, Any]) -> str:
 def _latest_candidates(tags: list[str]) -> list[dict[str, Any]]:
     """Every snapshot carrying all ``tags``; none found is explained (nothing yet, only
     Stash 0.8 snapshots, or only other targets'), never answered with someone else's."""
-    snaps = _restic_snapshots([f"--tag={','.join(tags)}"] if tags else [], "latest")
+    found = _restic_snapshots([f"--tag={','.join(tags)}"] if tags else [], "latest")
+    snaps = [s for s in found if not is_record(s)]
     if snaps:
         return snaps
-    everything = _restic_snapshots([], "latest") if tags else []
+    everything = [s for s in _restic_snapshots([], "latest") if not is_record(s)] if tags else []
     if not everything:
         raise AgentError("no snapshot latest in the repository")
     wanted = ",".join(tags)
@@ -723,6 +792,11 @@ def _select_snapshots(ref: str, tags: list[str]) -> list[dict[str, Any]]:
         snaps = _restic_snapshots([END_OF_OPTIONS, ref], ref)
         if not snaps:
             raise AgentError(f"no snapshot {ref} in the repository")
+        if any(is_record(s) for s in snaps):
+            raise AgentError(
+                f"snapshot {ref} is Stash's record of the Repository object (tag "
+                f"{REPOSITORY_RECORD_TAG}), not a backup"
+            )
         _check_explicit(snaps, tags, ref)
     return [s for s in snaps if s.get("paths")]
 
@@ -987,13 +1061,9 @@ def restore(
 
 # ----------------------------------------------------------------------------- maintain
 
-_TARGET_TAGS = ("namespace=", "restic=", "target=")
-
 
 def _target_key(snap: dict[str, Any]) -> str | None:
-    tags = snap.get("tags") or []
-    parts = [next((t for t in tags if t.startswith(p)), None) for p in _TARGET_TAGS]
-    return ",".join(p for p in parts if p) if all(parts) else None
+    return target_key(snap.get("tags") or [])
 
 
 def maintain(read_data_subset: str | None = None) -> MaintenanceResult:
@@ -1025,7 +1095,7 @@ def maintain(read_data_subset: str | None = None) -> MaintenanceResult:
         None if check.returncode == 0 else f"restic check failed (restic exit {check.returncode})"
     )
     log("restic check: " + (error or "no errors found"))
-    snaps = _restic_snapshots(["--no-lock"], "of the repository")
+    snaps = [s for s in _restic_snapshots(["--no-lock"], "of the repository") if not is_record(s)]
     counts: dict[str, int] = {}
     for snap in snaps:
         key = _target_key(snap)
@@ -1486,6 +1556,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 commands = _split_commands(tail, stdin=True)
                 if len(commands) != 1:
                     raise AgentError("a database backup is exactly one restic command")
+                guard = _guard_from_env()
                 result = dump_backup(
                     commands[0],
                     db,
@@ -1493,21 +1564,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                     args.lock_wait,
                     args.init,
                     args.unlock,
-                    _guard_from_env(),
+                    guard,
                 )
+                result = replace(result, record_digest=store_record(guard, args.lock_wait))
             elif args.verb == "restore-database":
                 assert db is not None
                 result = restore_database(db, args.snapshot, args.tag, args.overwrite)
             elif args.verb == "run":
                 commands = _split_commands(tail)
+                guard = _guard_from_env()
                 result = run_commands(
                     commands,
                     args.lock_wait,
                     args.init,
                     args.unlock,
                     args.within,
-                    guard=_guard_from_env(),
+                    guard=guard,
                 )
+                if result.backups:
+                    result = replace(result, record_digest=store_record(guard, args.lock_wait))
             elif args.verb == "maintain":
                 result = maintain(args.read_data_subset)
             else:

@@ -125,6 +125,56 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_discover(args: argparse.Namespace) -> int:
+    """Repositories found under a backend prefix on stderr; the Repository objects to
+    recreate on stdout, in ``--out``, or created in the cluster with ``--apply``."""
+    import os
+
+    import yaml
+
+    from .discover import (
+        DiscoverError,
+        apply_objects,
+        discover,
+        manifest_file_name,
+        report_lines,
+        secret_env,
+    )
+
+    try:
+        env = secret_env(Path(args.secret) if args.secret else None, os.environ)
+        found = discover(args.url, env)
+    except DiscoverError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+    for line in report_lines(found):
+        print(line, file=sys.stderr)
+    ok = not found.failed
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        for (ns, name), manifest in sorted(found.objects.items()):
+            path = out / manifest_file_name(ns, name)
+            path.write_text(yaml.safe_dump(manifest, sort_keys=False))
+            print(f"wrote {path}", file=sys.stderr)
+    elif not args.apply:
+        docs = [m for _, m in sorted(found.objects.items())]
+        if docs:
+            sys.stdout.write(yaml.safe_dump_all(docs, sort_keys=False))
+    if args.apply:
+        from .runtime.kube import hook
+
+        kube = hook(args.conn_id or _settings().kubernetes_conn_id)
+        lines, applied = apply_objects(
+            found.objects, set(args.namespace), kube.custom_object_client, kube.core_v1_client
+        )
+        for line in lines:
+            print(line, file=sys.stderr)
+        ok = ok and applied
+    return 0 if ok else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import write_demo
 
@@ -159,6 +209,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--once", action="store_true", help="sync once and exit")
     p.add_argument("--interval", type=float, default=10.0, help="seconds between listings")
     p.set_defaults(func=cmd_sync)
+    p = sub.add_parser(
+        "discover",
+        help="find the repositories under a backend prefix and the Repository objects to "
+        "recreate (disaster recovery)",
+    )
+    p.add_argument("url", help="a folder, s3:[http(s)://]HOST/BUCKET[/PREFIX], or one repository")
+    p.add_argument(
+        "--secret",
+        help="a Secret manifest with RESTIC_PASSWORD and the backend's keys "
+        "(default: the same variables from the environment)",
+    )
+    p.add_argument("--out", help="write one file per Repository into this folder")
+    p.add_argument("--apply", action="store_true", help="create the Repositories in the cluster")
+    p.add_argument(
+        "--namespace",
+        action="append",
+        default=[],
+        help="with --apply: a namespace whose Repositories may be created (repeatable)",
+    )
+    p.add_argument("--conn-id", help="Airflow Kubernetes connection (default: kubernetes_default)")
+    p.set_defaults(func=cmd_discover)
     p = sub.add_parser("demo", help="write the demo manifests and data under a folder")
     p.add_argument("folder")
     p.add_argument("--schedule", default="@every 1m")

@@ -9,6 +9,7 @@ the Go-style ``3.2s`` text of Stash's status is made only where status is writte
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypeVar
@@ -33,6 +34,10 @@ ENV_AGENT_POD_PREFIX = "STASH_AGENT_POD_PREFIX"
 ENV_DEAD_LOCK_BEFORE = "STASH_DEAD_LOCK_BEFORE"
 """Pods: the listing time less the allowed clock skew (Unix seconds); only a lock older
 than this can be judged by the listing."""
+ENV_REPOSITORY_RECORD = "STASH_REPOSITORY_RECORD"
+"""A backup step: the Repository object it backs up for, sanitised (no status, no
+Secret data; see ``plan.records``), as JSON. The agent keeps it in the repository
+(:data:`REPOSITORY_RECORD_TAG`) so that ``stash discover`` can recreate the object."""
 ENV_BACKUP_GUARD = "STASH_BACKUP_GUARD"
 """A backup step: the target's history the agent cannot see (a :class:`BackupGuard`
 as JSON), added by the runtime when the step runs."""
@@ -127,6 +132,37 @@ BEFORE_DROP_TAG = "stash-before-drop"
 """Reserved snapshot tag: the last snapshots before a flagged drop carry it, and
 retention always keeps snapshots that carry it (until someone removes the tag)."""
 
+REPOSITORY_RECORD_TAG = "stash-repository"
+"""Reserved snapshot tag (and host) of the tiny snapshot that holds the Repository
+object a target backs up for: how a lost object is found again from the backend. It is
+never a backup: it carries none of the tags that retention, ``latest``, verification
+and status counts select by, and restore refuses it by id."""
+REPOSITORY_RECORD_FILE = "stash-repository.json"
+"""The record's file name inside its snapshot (``restic --stdin-filename``)."""
+RESERVED_TAGS = (BEFORE_DROP_TAG, REPOSITORY_RECORD_TAG)
+"""Tags only Stash sets; a user's tag may not spell one."""
+
+
+def record_digest(text: str) -> str:
+    """Short digest of a Repository record: the status keeps the stored one, so the
+    agent writes the record again only when the object changed."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+TARGET_TAG_KEYS = ("namespace=", "restic=", "target=")
+
+
+def target_key(tags: list[str]) -> str | None:
+    """``namespace=N,restic=R,target=T``: which target a snapshot belongs to, from the
+    tags Stash gives every backup; None for a snapshot without them (Stash 0.8's)."""
+    parts = [next((t for t in tags if t.startswith(p)), None) for p in TARGET_TAG_KEYS]
+    return ",".join(p for p in parts if p) if all(parts) else None
+
+
+def is_record(snapshot: dict[str, Any]) -> bool:
+    """Whether a snapshot (as restic lists it) is a Repository record, not a backup."""
+    return REPOSITORY_RECORD_TAG in (snapshot.get("tags") or [])
+
 
 @dataclass(frozen=True)
 class SourceSize(Record):
@@ -158,6 +194,9 @@ class BackupGuard(Record):
     """Why the target's history is unknown (its status was unreadable and set aside):
     with no backups on record, a missing repository is then an error too, since it may
     as well be a lost disk as a first backup."""
+    record_stored: str | None = None
+    """Digest of the Repository record the status says the repository holds; the
+    agent writes the record only when it differs (no cost on an ordinary run)."""
 
     @classmethod
     def from_dict(cls, data: Any) -> BackupGuard:
@@ -171,6 +210,7 @@ class BackupGuard(Record):
             shrink_threshold=float(base.shrink_threshold),
             keep_before_drop=int(base.keep_before_drop),
             history_lost=str(base.history_lost),
+            record_stored=str(base.record_stored) if base.record_stored else None,
         )
 
     def baseline(self, path: str) -> SourceSize | None:
@@ -228,6 +268,9 @@ class SnapshotList(Record):
     snapshots: list[SnapshotInfo] = field(default_factory=list)
     """The newest ones; all of them unless the list had to be cut to fit a pod's
     termination message (``count`` stays the real number)."""
+    oldest_time: str | None = None
+    """When the oldest of them was taken (kept when the list is cut): with ``count``,
+    what a target's lost status is rebuilt from."""
 
     @classmethod
     def from_dict(cls, data: Any) -> SnapshotList:
@@ -235,7 +278,10 @@ class SnapshotList(Record):
         snaps = [
             s if isinstance(s, SnapshotInfo) else SnapshotInfo.from_dict(s) for s in base.snapshots
         ]
-        return cls(path=base.path, count=base.count or len(snaps), snapshots=snaps)
+        oldest = base.oldest_time or min((s.time for s in snaps if s.time), default=None)
+        return cls(
+            path=base.path, count=base.count or len(snaps), snapshots=snaps, oldest_time=oldest
+        )
 
 
 @dataclass(frozen=True)
@@ -245,14 +291,19 @@ class RunResult(Record):
     backups: list[BackupResult] = field(default_factory=list)
     forgets: list[ForgetResult] = field(default_factory=list)
     snapshots: list[SnapshotList] = field(default_factory=list)
+    record_digest: str | None = None
+    """Digest of the Repository record the repository holds after this run (set by a
+    backup that was given one and found it stored or stored it)."""
 
     @classmethod
     def from_dict(cls, data: Any) -> RunResult:
         data = data if isinstance(data, dict) else {}
+        digest = data.get("record_digest")
         return cls(
             backups=[BackupResult.from_dict(b) for b in data.get("backups") or []],
             forgets=[ForgetResult.from_dict(f) for f in data.get("forgets") or []],
             snapshots=[SnapshotList.from_dict(s) for s in data.get("snapshots") or []],
+            record_digest=digest if isinstance(digest, str) else None,
         )
 
 
@@ -308,13 +359,14 @@ def fit_termination_message(result: RunResult | RestoreRunResult | MaintenanceRe
             SnapshotList(
                 path=g.path,
                 count=g.count,
+                oldest_time=g.oldest_time,
                 snapshots=[SnapshotInfo(id=s.id, short_id=s.short_id) for s in g.snapshots[-keep:]]
                 if keep
                 else [],
             )
             for g in result.snapshots
         ]
-        text = encode(RunResult(result.backups, result.forgets, lists))
+        text = encode(RunResult(result.backups, result.forgets, lists, result.record_digest))
         if len(text) <= TERMINATION_MESSAGE_LIMIT:
             break
     return text

@@ -23,6 +23,7 @@ from stash_plugin.manifests import (  # noqa: F401 - the builders tests import f
     secret_doc,
     write_manifests,
 )
+from stash_plugin.protocol import is_record
 
 PASSWORD = "s3cr3t-Restic-Pa55word-do-not-leak"
 
@@ -135,17 +136,20 @@ def xcom(dagrun: Any, task_id: str, key: str = "return_value") -> Any:
 
 
 def restic_snapshots(
-    repo: Path, password: str = PASSWORD, *, missing_ok: bool = False
+    repo: Path, password: str = PASSWORD, *, missing_ok: bool = False, records: bool = False
 ) -> list[dict[str, Any]]:
-    """Every snapshot of the repository at ``repo``, as restic lists them (none, with
-    ``missing_ok``, when no repository was ever made there)."""
+    """Every backup snapshot of the repository at ``repo``, as restic lists them (none,
+    with ``missing_ok``, when no repository was ever made there). Stash's record of the
+    Repository object (tag ``stash-repository``) is not a backup: left out unless
+    ``records``."""
     if missing_ok and not (repo / "config").exists():
         return []
     env = {**os.environ, "RESTIC_REPOSITORY": str(repo), "RESTIC_PASSWORD": password}
     out = subprocess.run(
         ["restic", "snapshots", "--json"], env=env, capture_output=True, text=True, check=True
     )
-    return json.loads(out.stdout)
+    snaps: list[dict[str, Any]] = json.loads(out.stdout)
+    return [s for s in snaps if records or not is_record(s)]
 
 
 # --------------------------------------------------------------------------- metrics

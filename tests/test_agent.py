@@ -294,3 +294,51 @@ def test_rest_credentials_come_from_the_environment(repo: dict[str, str], tmp_pa
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def _records(env: dict[str, str]) -> list[dict[str, object]]:
+    listed = subprocess.run(
+        ["restic", "snapshots", "--json", "--tag=stash-repository"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return list(json.loads(listed.stdout))
+
+
+@pytest.mark.slow
+def test_the_repository_record_is_written_when_it_changed_and_is_never_a_backup(
+    repo: dict[str, str], tmp_path: Path
+) -> None:
+    """The record is stored after a good backup, not again while the status says it is
+    stored, replaced when the object changes; ``latest`` and an explicit id never
+    restore it, and it holds no secret."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "f").write_text("x")
+    record = '{"kind":"Repository","metadata":{"name":"r"}}'
+    env = {**repo, "STASH_REPOSITORY_RECORD": record}
+    first = agent(env, "run", "--init", *backup_args(data))
+    assert first.returncode == 0, first.stderr
+    digest = json.loads(Path(repo["STASH_RESULT_FILE"]).read_text())["record_digest"]
+    (stored,) = _records(repo)
+    guard = json.dumps({"backups_on_record": 1, "record_stored": digest})
+    same = agent({**env, "STASH_BACKUP_GUARD": guard}, "run", *backup_args(data))
+    assert same.returncode == 0 and "kept the Repository object" not in same.stderr
+    assert [r["id"] for r in _records(repo)] == [stored["id"]]
+    changed = {**env, "STASH_REPOSITORY_RECORD": record.replace('"r"', '"r2"')}
+    again = agent({**changed, "STASH_BACKUP_GUARD": guard}, "run", *backup_args(data))
+    assert again.returncode == 0 and "kept the Repository object" in again.stderr
+    (newer,) = _records(repo)  # the older record is forgotten
+    assert newer["id"] != stored["id"]
+    assert repo["RESTIC_PASSWORD"] not in json.dumps(newer)
+
+    target = tmp_path / "restored"
+    restore = ["restore", "--mount-path=/data", f"--target={target}"]
+    latest = agent(repo, *restore)
+    assert latest.returncode == 0, latest.stderr
+    assert (target / "f").read_text() == "x"
+    by_id = agent(repo, *restore, f"--snapshot={newer['short_id']}", "--overwrite")
+    assert by_id.returncode == 1
+    assert "record of the Repository object" in by_id.stderr

@@ -23,6 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
         "stash_plugin.databases",
         "stash_plugin.settings",
         "stash_plugin.sync",
+        "stash_plugin.discover",
     ),
     ("stash_plugin.operators", "stash_plugin.sensors"),
     (

@@ -70,6 +70,9 @@ class BackupRepo(Model):
     """When the newest flagged backup ran (kept after the flag clears)."""
     source_sizes: list[SourceSize] = Field(default_factory=list)
     """Files and bytes of each folder in the last good backup: the next one's baseline."""
+    repository_record: str | None = None
+    """Digest of the Repository object kept in the target's repository (for ``stash
+    discover``); a backup writes the record again only when it differs."""
 
 
 class RepositoryCheck(Model):

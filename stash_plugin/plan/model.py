@@ -147,6 +147,9 @@ class BackupPlan:
     origin: str | None = None
     offline: QuiescedWorkload | None = None
     """Set in offline mode: scale this workload to zero around the backup."""
+    repository_record: str | None = None
+    """The Repository object, sanitised (``plan.records``), that the backup keeps in
+    the repository for disaster recovery."""
 
     @property
     def task_ids(self) -> tuple[str, ...]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..api.errors import ResourceError
 from ..api.resources import Recovery, Repository, Restic
 from ..api.resourceset import ResourceSet
@@ -11,6 +13,7 @@ from .maintenance import MaintenanceOptions, plan_maintenance
 from .model import PlanError, PlanSet, Runtime
 from .naming import maintenance_dag_id
 from .placement import Placement, placement_for
+from .records import repository_record
 from .recovery import plan_recovery
 from .secretkeys import secret_problems
 from .volume import WorkloadIndex, plan_volume_backups
@@ -161,8 +164,9 @@ def make_plans(
                         f"makes DAG {plan.dag_id}, which Restic {other.target.restic_namespace}/"
                         f"{other.target.restic_name} makes too; rename one of them",
                     )
+            record = repository_record(repo)
             for plan in made:
-                plans.backups[plan.dag_id] = plan
+                plans.backups[plan.dag_id] = replace(plan, repository_record=record)
         except PlanError as exc:
             fail(restic, exc)
     for (ns, name), recovery in sorted(resources.recoveries.items()):

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 
 from ..api.backend import Backend
 from ..api.common import RetentionPolicy
-from ..protocol import AGENT, BEFORE_DROP_TAG, END_OF_OPTIONS, SEPARATOR
+from ..protocol import AGENT, BEFORE_DROP_TAG, END_OF_OPTIONS, REPOSITORY_RECORD_TAG, SEPARATOR
 from .model import PlanError, SecretEnv
 
 PASSWORD_KEY = "RESTIC_PASSWORD"
@@ -175,4 +175,6 @@ def check_tag(tag: str) -> str:
         )
     if tag == BEFORE_DROP_TAG:
         raise ValueError(f"tag {tag!r} is reserved: Stash marks snapshots before a data drop")
+    if tag == REPOSITORY_RECORD_TAG:
+        raise ValueError(f"tag {tag!r} is reserved: Stash marks its record of the Repository")
     return tag

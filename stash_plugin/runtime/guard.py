@@ -12,7 +12,7 @@ from dataclasses import replace
 
 from ..api.resources import BackupRepo
 from ..plan.model import BackupPlan, Step
-from ..protocol import ENV_BACKUP_GUARD, BackupGuard, SourceSize, encode
+from ..protocol import ENV_BACKUP_GUARD, ENV_REPOSITORY_RECORD, BackupGuard, SourceSize, encode
 from ..settings import Settings
 from .status import StatusStore, status_store
 
@@ -40,6 +40,7 @@ def backup_guard(
         shrink_threshold=settings.shrink_threshold,
         keep_before_drop=settings.shrink_keep,
         history_lost="" if new_repository or on_record else history_lost,
+        record_stored=entry.repository_record if entry is not None else None,
     )
 
 
@@ -57,8 +58,12 @@ def guarded_backup(
     lost = "" if entry is not None and entry.backup_count else store.lost_history(plan.target)
     guard = backup_guard(entry, settings, new_repository=new_repository, history_lost=lost)
     step = plan.backup
-    env = tuple((k, v) for k, v in step.env if k != ENV_BACKUP_GUARD)
-    return replace(step, env=(*env, (ENV_BACKUP_GUARD, encode(guard))))
+    ours = (ENV_BACKUP_GUARD, ENV_REPOSITORY_RECORD)
+    env = [(k, v) for k, v in step.env if k not in ours]
+    env.append((ENV_BACKUP_GUARD, encode(guard)))
+    if plan.repository_record:
+        env.append((ENV_REPOSITORY_RECORD, plan.repository_record))
+    return replace(step, env=tuple(env))
 
 
 __all__ = ["backup_guard", "guarded_backup"]

@@ -75,6 +75,45 @@ class BackupOutcome:
     """Why the new snapshots are flagged (an empty or sharply shrunk source)."""
     source_sizes: tuple[SourceSize, ...] = ()
     """Files and bytes of each folder backed up: the next run's baseline."""
+    record_digest: str | None = None
+    """Digest of the Repository record the repository holds after the run."""
+    found: SnapshotHistory | None = None
+    """The target's snapshots as verification listed them (this run's included)."""
+
+
+@dataclass(frozen=True)
+class SnapshotHistory:
+    """What a target's snapshots say about its past: how many backups (the most
+    snapshots any one folder has; each run makes one per folder) and since when.
+    Only used when the status has no entry for the target (a lost status store, a
+    recreated Repository object): its counters continue from the repository instead of
+    starting at zero. Retention may have removed older snapshots: then the count is
+    what the repository still holds."""
+
+    backups: int
+    oldest: datetime | None = None
+
+
+def _restic_time(text: Any) -> datetime | None:
+    """restic's RFC 3339 time (nanoseconds, offset) as a whole-second datetime."""
+    if not isinstance(text, str) or not text:
+        return None
+    head, dot, rest = text.replace("Z", "+00:00").partition(".")
+    if dot:
+        digits = len(rest) - len(rest.lstrip("0123456789"))
+        head += rest[digits:]
+    try:
+        return datetime.fromisoformat(head)
+    except ValueError:
+        return None
+
+
+def snapshot_history(confirmed: Mapping[str, Any]) -> SnapshotHistory | None:
+    """The history in what the verify task returned, if it says any."""
+    count = confirmed.get("backups_found")
+    if not isinstance(count, int) or count <= 0:
+        return None
+    return SnapshotHistory(backups=count, oldest=_restic_time(confirmed.get("oldest_time")))
 
 
 @dataclass(frozen=True)
@@ -151,7 +190,8 @@ def backup_report(
     ``shrink_fails`` (``[stash] shrink_action = fail``) the run is red, so that the
     alerting a platform team has on failed runs sees it once; the next backup is
     compared with this one and is green again."""
-    backups = _run_result(reports.get("backup")).backups
+    made = _run_result(reports.get("backup"))
+    backups = made.backups
     forgets = _run_result(reports.get("retention")).forgets
     verify = reports.get("verify")
     confirmed = verify.result if verify and isinstance(verify.result, dict) else {}
@@ -185,6 +225,8 @@ def backup_report(
             for b in backups
             if b.snapshot_id
         ),
+        record_digest=made.record_digest,
+        found=snapshot_history(confirmed) if isinstance(confirmed, dict) else None,
     )
     metrics = backup_metrics(plan, backups, outcome, ok=backed_up and not errors, now=now)
     return BackupReport(outcome, tuple(metrics), backup_scope(plan.target))
@@ -288,6 +330,15 @@ def apply_outcome(
         restic_namespace=target.restic_namespace,
         repo_dir=target.repo_dir,
     )
+    if entry is None and outcome.succeeded and outcome.found is not None:
+        # No record of this target (a lost status): continue from its snapshots, this
+        # run's among them, rather than from zero.
+        base = base.model_copy(
+            update={
+                "backup_count": outcome.found.backups - 1,
+                "first_backup_time": outcome.found.oldest,
+            }
+        )
     if not outcome.succeeded:
         return base.model_copy(
             update={
@@ -306,6 +357,7 @@ def apply_outcome(
         # The flag describes the newest snapshot: a backup that is not flagged clears it.
         "source_drop": outcome.source_drop,
         "source_sizes": list(outcome.source_sizes) or base.source_sizes,
+        "repository_record": outcome.record_digest or base.repository_record,
     }
     if outcome.source_drop:
         update["source_drop_time"] = outcome.started
@@ -356,6 +408,7 @@ __all__ = [
     "BackupReport",
     "Metric",
     "RecoveryReport",
+    "SnapshotHistory",
     "TaskReport",
     "apply_outcome",
     "backup_report",
@@ -366,4 +419,5 @@ __all__ = [
     "record_in",
     "recovery_report",
     "running_status",
+    "snapshot_history",
 ]

@@ -25,6 +25,7 @@ from stashtest import (
     deployment_doc,
     make_tree,
     restic_doc,
+    restic_snapshots,
     run_dag,
     secret_doc,
     task_states,
@@ -118,14 +119,6 @@ def dags() -> dict[str, Any]:
     built, errors = build_dags(load_settings())
     assert errors == [], [str(e) for e in errors]
     return built
-
-
-def restic_snapshots(repo: Path, password: str = PASSWORD) -> list[dict[str, Any]]:
-    env = {**os.environ, "RESTIC_REPOSITORY": str(repo), "RESTIC_PASSWORD": password}
-    out = subprocess.run(
-        ["restic", "snapshots", "--json"], env=env, capture_output=True, text=True, check=True
-    )
-    return json.loads(out.stdout)
 
 
 def replicas(cluster: Cluster) -> int:

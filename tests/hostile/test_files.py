@@ -18,7 +18,6 @@ import json
 import os
 import socket
 import stat
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +30,7 @@ from stashtest import (
     recovery_doc,
     repository_doc,
     restic_doc,
+    restic_snapshots,
     run_dag,
     run_with_peak,
     secret_doc,
@@ -352,18 +352,7 @@ def test_a_good_backup_runs_next_to_every_hostile_file(
     assert set(dags) == GOOD_DAGS
     dagrun = run_dag(dags["stash-backup.demo.good.deployment.app"])
     assert set(task_states(dagrun).values()) == {"success"}, task_states(dagrun)
-    snapshots = subprocess.run(
-        ["restic", "snapshots", "--json"],
-        env={
-            **os.environ,
-            "RESTIC_REPOSITORY": str(root / "backend" / "volumes/deployment/app"),
-            "RESTIC_PASSWORD": PASSWORD,
-        },
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert len(json.loads(snapshots.stdout)) == 1
+    assert len(restic_snapshots(root / "backend" / "volumes/deployment/app")) == 1
     assert not (root / "executed").exists()
     assert listing(root / "outside") == outside_before
 

@@ -20,6 +20,7 @@ from stashtest import (
     deployment_doc,
     repository_doc,
     restic_doc,
+    restic_snapshots,
     run_dag,
     secret_doc,
     task_states,
@@ -274,14 +275,6 @@ def test_why_a_never_firing_cron_is_an_error() -> None:
 
 
 # ------------------------------------------------------------------ a real DAG run
-
-
-def restic_snapshots(repo: Path) -> list[dict[str, Any]]:
-    env = {**os.environ, "RESTIC_REPOSITORY": str(repo), "RESTIC_PASSWORD": PASSWORD}
-    out = subprocess.run(
-        ["restic", "snapshots", "--json"], env=env, capture_output=True, text=True, check=True
-    )
-    return json.loads(out.stdout)
 
 
 @pytest.mark.slow

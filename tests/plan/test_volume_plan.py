@@ -234,16 +234,16 @@ def test_no_policy_means_no_retention_step() -> None:
     assert plan.retention is None
 
 
-def test_the_tag_that_protects_snapshots_before_a_drop_is_reserved() -> None:
+@pytest.mark.parametrize("tag", ["stash-before-drop", "stash-repository"])
+def test_the_tags_stash_sets_itself_are_reserved(tag: str) -> None:
     """A tenant tagging every snapshot ``stash-before-drop`` would make retention keep
-    them all: the tag is Stash's own."""
+    them all; ``stash-repository`` would hide its backups from every selection (they
+    would look like Stash's record of the Repository): both tags are Stash's own."""
     docs = base_docs()
-    docs[3]["spec"]["volumeSelector"]["targetVolumes"][0]["directories"][0]["tags"] = [
-        "stash-before-drop"
-    ]
+    docs[3]["spec"]["volumeSelector"]["targetVolumes"][0]["directories"][0]["tags"] = [tag]
     error = one_error(*docs)
     assert error.field == "spec.volumeSelector.targetVolumes[0].directories[0].tags[0]"
-    assert "'stash-before-drop' is reserved" in str(error)
+    assert f"{tag!r} is reserved" in str(error)
 
 
 def test_unknown_retention_policy_name_names_the_field() -> None:

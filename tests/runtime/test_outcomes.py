@@ -151,6 +151,36 @@ def test_backup_ok() -> None:
     assert report.scope == ("backup", NS, "rs", "deployment.app", "repo", "volumes")
 
 
+def test_a_target_without_status_counts_on_from_its_snapshots() -> None:
+    """A lost status (a recreated Repository, a wiped state folder): the counters go on
+    from what the repository holds, this run's snapshot among them; an entry that
+    exists is never overridden by the snapshots (retention removes some)."""
+    plan = _backup_plan()
+    found = {"backups_found": 4, "oldest_time": "2026-01-02T03:04:05.123456789+00:00"}
+    verify = TaskReport("verify", "success", {"snapshot_count": 4, "confirmed": ["abc"], **found})
+    reports = _reports(plan, verify=verify)
+    report, entry = _entry(plan, reports)
+    assert entry.backup_count == 4
+    assert entry.first_backup_time == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert entry.last_backup_time == STARTED
+    status, _ = record_in(RepositoryStatus(), plan.target, report.outcome)
+    _, again = record_in(status, plan.target, report.outcome)
+    assert again.backup_count == 5
+    assert again.first_backup_time == entry.first_backup_time
+
+
+def test_the_stored_repository_record_is_remembered() -> None:
+    plan = _backup_plan()
+    backup = TaskReport("backup", "success", {**GOOD_BACKUP.to_dict(), "record_digest": "d1"})
+    report, entry = _entry(plan, _reports(plan, backup=backup))
+    assert entry.repository_record == "d1"
+    status, _ = record_in(RepositoryStatus(), plan.target, report.outcome)
+    _, kept = record_in(
+        status, plan.target, backup_report(plan, _reports(plan), STARTED, NOW).outcome
+    )
+    assert kept.repository_record == "d1"  # a run that did not store one keeps the digest
+
+
 def test_backup_failed() -> None:
     plan = _backup_plan()
     reports = _reports(

@@ -239,3 +239,27 @@ def test_validate_names_each_deprecated_object_and_shows_its_new_form(
         "Repository default/web-backup, Restic default/web-backup" in captured.err
     )
     assert "      stash08Layout: true" in captured.err  # the new form, indented
+
+
+def test_the_dagbag_builds_stash08_dags_with_the_note_in_doc_and_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Airflow's parse: the DAGs are built (no import error), each DAG's doc says the
+    object is deprecated and shows its new form, and the parse log names it."""
+    from test_factory import dagbag
+
+    folder = tmp_path / "m"
+    shutil.copytree(COMPAT / "workloads", folder)
+    for name in ("daemonset.yaml", "statefulset.yaml", "nodes.yaml"):  # kubernetes runtime
+        (folder / name).unlink()
+    monkeypatch.setenv("AIRFLOW__STASH__STATE_DIR", str(tmp_path / "state"))
+    bag = dagbag(folder, monkeypatch)
+    logged = "".join(capfd.readouterr())  # Airflow's structlog writes the parse log
+    assert bag.import_errors == {}
+    dag = bag.dags["stash-backup.default.stash-demo-backup.deployment.stash-demo"]
+    assert (
+        "**Deprecated:** Restic default/stash-demo-backup: the Stash 0.8 shape is deprecated"
+        in dag.doc_md
+    )
+    assert "stash08Layout: true" in dag.doc_md  # the manifest it shows is the new form
+    assert "Stash: deprecated: Restic default/rc-demo-backup: the Stash 0.8 shape" in logged

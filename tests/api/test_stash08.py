@@ -242,7 +242,7 @@ def test_validate_names_each_deprecated_object_and_shows_its_new_form(
 
 
 def test_the_dagbag_builds_stash08_dags_with_the_note_in_doc_and_log(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Airflow's parse: the DAGs are built (no import error), each DAG's doc says the
     object is deprecated and shows its new form, and the parse log names it."""
@@ -253,8 +253,20 @@ def test_the_dagbag_builds_stash08_dags_with_the_note_in_doc_and_log(
     for name in ("daemonset.yaml", "statefulset.yaml", "nodes.yaml"):  # kubernetes runtime
         (folder / name).unlink()
     monkeypatch.setenv("AIRFLOW__STASH__STATE_DIR", str(tmp_path / "state"))
-    bag = dagbag(folder, monkeypatch)
-    logged = "".join(capfd.readouterr())  # Airflow's structlog writes the parse log
+    import logging
+
+    from stash_plugin import factory
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # type: ignore[method-assign]
+    monkeypatch.setattr(factory.log, "disabled", False)
+    factory.log.addHandler(handler)  # whatever Airflow's logging config did to the root
+    try:
+        bag = dagbag(folder, monkeypatch)
+    finally:
+        factory.log.removeHandler(handler)
+    logged = "\n".join(r.getMessage() for r in records)
     assert bag.import_errors == {}
     dag = bag.dags["stash-backup.default.stash-demo-backup.deployment.stash-demo"]
     assert (

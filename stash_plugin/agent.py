@@ -434,6 +434,8 @@ def run_commands(
     for cmd in commands:
         if cmd.verb == "backup":
             cmd = _followed_source(cmd)
+        if cmd.verb == "forget" and _with_stash08(cmd):
+            _check_stash08_folder(cmd)
         proc = restic(cmd.args, lock_wait=lock_wait)
         if proc.returncode != 0 and WRONG_PASSWORD in proc.stderr:
             raise AgentError("wrong repository password (RESTIC_PASSWORD of the storage Secret)")
@@ -451,12 +453,45 @@ def run_commands(
             result.forgets.append(_forget_result(cmd, proc))
         elif cmd.verb == "snapshots":
             snaps: list[dict[str, Any]] = next(iter(_json_lines(proc.stdout)), []) or []
+            if _with_stash08(cmd):
+                snaps = [s for s in snaps if _tagged(s) or _stash08_of(s, cmd.path)]
             infos = [_snapshot_info(s) for s in snaps if not is_record(s)]
             oldest = min((i.time for i in infos if i.time), default=None)
             result.snapshots.append(
                 SnapshotList(path=cmd.path, count=len(infos), snapshots=infos, oldest_time=oldest)
             )
     return result
+
+
+def _with_stash08(cmd: Command) -> bool:
+    """Whether the command also selects Stash 0.8's snapshots (a second ``--tag``, the
+    alternative the plan adds for a ``stash08Layout`` target)."""
+    return len(_flag(cmd.args, "tag")) > 1
+
+
+def _stash08_of(snap: dict[str, Any], path: str) -> bool:
+    """A Stash 0.8 snapshot (none of our tags) of exactly the folder ``path``."""
+    return not _tagged(snap) and list(snap.get("paths") or []) == [path]
+
+
+def _check_stash08_folder(cmd: Command) -> None:
+    """restic cannot filter by tags OR path: refuse a retention whose Stash 0.8
+    alternative also selects snapshots of another folder (two file groups with the
+    same tags), which it would count, and delete, as this folder's."""
+    selector = [a for a in cmd.args[2:] if a.startswith(("--host=", "--tag=", "--path="))]
+    others = sorted(
+        {
+            ", ".join(s.get("paths") or [])
+            for s in _snapshots_json(selector)
+            if not _tagged(s) and not _stash08_of(s, cmd.path)
+        }
+    )
+    if others:
+        raise AgentError(
+            f"retention for {cmd.path}: Stash 0.8 snapshots of {'; '.join(others)} carry the "
+            "same host and tags, so restic cannot keep them apart; retention did not run "
+            "(give each file group its own tags, or tag those snapshots with restic tag)"
+        )
 
 
 def _checked_backup(
@@ -731,11 +766,17 @@ def _target_of(snap: dict[str, Any]) -> str:
     return ", ".join(t for t in tags if t.startswith(("namespace=", "restic=", "target=")))
 
 
-def _latest_candidates(tags: list[str]) -> list[dict[str, Any]]:
+def _latest_candidates(tags: list[str], stash08_host: str | None = None) -> list[dict[str, Any]]:
     """Every snapshot carrying all ``tags``; none found is explained (nothing yet, only
-    Stash 0.8 snapshots, or only other targets'), never answered with someone else's."""
-    found = _restic_snapshots([f"--tag={','.join(tags)}"] if tags else [], "latest")
-    snaps = [s for s in found if not is_record(s)]
+    Stash 0.8 snapshots, or only other targets'), never answered with someone else's.
+
+    With ``stash08_host`` (a Stash 0.8 repoDir, which held one target), that host's
+    snapshots without our tags count too: Stash 0.8 made them for this target."""
+    snaps = _restic_snapshots([f"--tag={','.join(tags)}"] if tags else [], "latest")
+    if stash08_host:
+        old = _restic_snapshots([f"--host={stash08_host}"], "latest")
+        snaps += [s for s in old if not _tagged(s)]
+    snaps = [s for s in snaps if not is_record(s)]
     if snaps:
         return snaps
     everything = [s for s in _restic_snapshots([], "latest") if not is_record(s)] if tags else []
@@ -782,12 +823,14 @@ def _check_explicit(snaps: list[dict[str, Any]], tags: list[str], ref: str) -> N
             )
 
 
-def _select_snapshots(ref: str, tags: list[str]) -> list[dict[str, Any]]:
+def _select_snapshots(
+    ref: str, tags: list[str], stash08_host: str | None = None
+) -> list[dict[str, Any]]:
     """The snapshots a restore may use: ``latest`` looks only at those carrying ``tags``
     (``namespace=`` at least, when planned), an explicit id must carry them."""
     if ref == "latest":
-        snaps = _latest_candidates(tags)
-        _one_target(snaps, tags)
+        snaps = _latest_candidates(tags, stash08_host)
+        _one_target([s for s in snaps if _tagged(s)] if stash08_host else snaps, tags)
     else:
         snaps = _restic_snapshots([END_OF_OPTIONS, ref], ref)
         if not snaps:
@@ -1015,10 +1058,11 @@ def restore(
     paths: list[str],
     overwrite: bool,
     tags: Sequence[str] = (),
+    stash08_host: str | None = None,
 ) -> RestoreRunResult:
     if any("," in t or not t for t in tags):
         raise AgentError("each --tag is one non-empty tag without commas")
-    snaps = _select_snapshots(snapshot, list(tags))
+    snaps = _select_snapshots(snapshot, list(tags), stash08_host)
     wanted_all = paths or [m for m, _ in mounts]
     # Refuse before writing anything: one non-empty target stops the whole recovery.
     plan: list[tuple[str, Path, Path]] = []
@@ -1525,6 +1569,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     res_p.add_argument("--path", action="append", default=[])
     res_p.add_argument("--overwrite", action="store_true")
     res_p.add_argument("--tag", action="append", default=[], help="a tag snapshots must carry")
+    res_p.add_argument(
+        "--stash08-host", default=None, help="latest also considers this host's 0.8 snapshots"
+    )
     main_p = sub.add_parser("maintain", help="check the repository, clear stale locks, measure it")
     main_p.add_argument("--read-data-subset", default=None, help="restic check's data subset")
     dump_p = sub.add_parser("dump", help="stream a database dump into restic backup --stdin")
@@ -1594,6 +1641,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     args.path,
                     args.overwrite,
                     args.tag,
+                    args.stash08_host,
                 )
     except (AgentError, DatabaseError) as exc:
         print(error_line(str(exc)), file=sys.stderr, flush=True)

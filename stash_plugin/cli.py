@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from .api.errors import ResourceError
+from .api.resourceset import ResourceSet
+from .migrate import dump_documents
 from .plan import PlanSet, make_plans
 from .plan.model import Step
 from .source import load_directory
@@ -24,12 +26,23 @@ def _print_errors(errors: list[ResourceError]) -> None:
         print(f"error: {e}", file=sys.stderr)
 
 
+def _print_warnings(resources: ResourceSet) -> None:
+    """Each object read in Stash 0.8's shape, and the new form it was read as."""
+    for _key, legacy in sorted(resources.converted.items()):
+        print(f"warning: {legacy.warning}", file=sys.stderr)
+        for line in dump_documents(legacy.converted.documents).splitlines():
+            print(f"    {line}", file=sys.stderr)
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
-    plans = _plans(args.folder, args.runtime)
+    resources = load_directory(args.folder)
+    plans = make_plans(resources, args.runtime)
+    _print_warnings(resources)
     _print_errors(plans.errors)
     print(
         f"{len(plans.backups)} backup DAG(s), {len(plans.recoveries)} recovery DAG(s), "
         f"{len(plans.errors)} error(s)"
+        + (f", {len(plans.warnings)} deprecated object(s)" if plans.warnings else "")
     )
     return 1 if plans.errors else 0
 
@@ -175,6 +188,38 @@ def cmd_discover(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Stash 0.8 manifests in the new shape: on stdout, in place (a backup copy of
+    each rewritten file is kept), or applied to the cluster."""
+    from .migrate import migrate, rewrite
+
+    result = migrate([Path(p) for p in args.files])
+    if result.errors:
+        _print_errors(result.errors)
+        print("nothing written: fix the errors first", file=sys.stderr)
+        return 1
+    converted = [ref for f in result.files for ref in f.converted]
+    if args.apply:
+        from .runtime.kube import hook
+        from .sync import apply_objects
+
+        api_client = hook(args.conn_id or _settings().kubernetes_conn_id).api_client
+        for line in apply_objects(api_client, result.stash_objects):
+            print(line)
+    if args.in_place:
+        for f in result.files:
+            backup = rewrite(f)
+            if backup is not None:
+                print(f"{f.path}: {', '.join(f.converted)} rewritten (was kept as {backup})")
+        if not converted:
+            print("nothing to migrate: no Stash 0.8 Restic or Recovery")
+    if not args.apply and not args.in_place:
+        sys.stdout.write(dump_documents(result.documents))
+    for ref in converted:
+        print(f"migrated: {ref}", file=sys.stderr)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import write_demo
 
@@ -230,6 +275,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--conn-id", help="Airflow Kubernetes connection (default: kubernetes_default)")
     p.set_defaults(func=cmd_discover)
+
+    p = sub.add_parser("migrate", help="rewrite Stash 0.8 Restics and Recoveries in the new shape")
+    p.add_argument("files", nargs="+", help="manifest files")
+    p.add_argument("--in-place", action="store_true", help="rewrite the files (FILE.bak kept)")
+    p.add_argument("--apply", action="store_true", help="create or replace them in the cluster")
+    p.add_argument("--conn-id", help="Airflow Kubernetes connection (default: kubernetes_default)")
+    p.set_defaults(func=cmd_migrate)
     p = sub.add_parser("demo", help="write the demo manifests and data under a folder")
     p.add_argument("folder")
     p.add_argument("--schedule", default="@every 1m")

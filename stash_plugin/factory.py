@@ -103,6 +103,7 @@ def backup_dag(plan: BackupPlan, settings: Settings, resources: ResourceSet | No
         plan,
         rs.restics.get((t.restic_namespace, t.restic_name)),
         rs.repositories.get((t.repository_namespace, t.repository_name)),
+        rs.deprecation("Restic", t.restic_namespace, t.restic_name),
     )
     with DAG(
         dag_id=plan.dag_id,
@@ -164,6 +165,7 @@ def recovery_dag(
         plan,
         rs.recoveries.get((plan.namespace, plan.name)),
         rs.repositories.get((plan.repository_namespace, plan.repository_name)),
+        rs.deprecation("Recovery", plan.namespace, plan.name),
     )
     with DAG(
         dag_id=plan.dag_id,
@@ -369,6 +371,8 @@ def build_dags(settings: Settings | None = None) -> tuple[dict[str, DAG], list[R
         _write_refusals(settings, _refusals_key(settings, plans), plans.errors[planned:])
     for error in plans.errors:
         log.warning("Stash: %s", error)
+    for warning in plans.warnings:
+        log.warning("Stash: deprecated: %s", warning)
     return dags, plans.errors
 
 

@@ -481,6 +481,7 @@ def load_directory(root: str | Path) -> ResourceSet:
             else:
                 resources.add(result, origin)
     _refuse_invalid_twins(resources)
+    resources.resolve_stash08_recoveries()
     _CACHE[str(root)] = seen
     while len(_CACHE) > _CACHE_ROOTS:
         _CACHE.popitem(last=False)

@@ -134,3 +134,31 @@ def sync_forever(
         done += 1
         if rounds is None or done < rounds:
             time.sleep(interval)
+
+
+def apply_objects(api_client: Any, objects: list[dict[str, Any]]) -> list[str]:
+    """Create each Stash object, or replace the one of the same name (a Stash 0.8
+    Restic or Recovery becomes its new shape in place); returns what was done, one
+    line per object. Stops at the first failure, naming the object."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    custom = client.CustomObjectsApi(api_client)
+    done = []
+    for obj in objects:
+        kind, meta = obj["kind"], obj["metadata"]
+        ns, name = meta.get("namespace") or "default", meta["name"]
+        where = (GROUP, VERSION, ns, STASH_PLURALS[kind])
+        try:
+            current = custom.get_namespaced_custom_object(*where, name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            custom.create_namespaced_custom_object(*where, obj)
+            done.append(f"created {kind} {ns}/{name}")
+            continue
+        version = (current.get("metadata") or {}).get("resourceVersion")
+        body = {**obj, "metadata": {**meta, "resourceVersion": version}}
+        custom.replace_namespaced_custom_object(*where, name, body)
+        done.append(f"replaced {kind} {ns}/{name}")
+    return done

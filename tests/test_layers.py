@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Lowest first. A module's layer is the first entry that prefixes its dotted name.
 LAYERS: list[tuple[str, ...]] = [
     ("stash_plugin.api", "stash_plugin.protocol", "stash_plugin.manifests"),
-    ("stash_plugin.plan", "stash_plugin.source", "stash_plugin.demo"),
+    ("stash_plugin.plan", "stash_plugin.source", "stash_plugin.demo", "stash_plugin.migrate"),
     (
         "stash_plugin.runtime",
         "stash_plugin.agent",
@@ -40,6 +40,7 @@ PURE = (
     "stash_plugin.manifests",
     "stash_plugin.plan",
     "stash_plugin.source",
+    "stash_plugin.migrate",
     "stash_plugin.agent",
     "stash_plugin.credentials",
     "stash_plugin.databases",

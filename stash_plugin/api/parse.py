@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
@@ -20,6 +21,7 @@ from .kubeobjects import (
     parse_secret,
     parse_workload,
 )
+from .legacy import Converted, convert, is_legacy
 from .resources import BackupAgent, Recovery, Repository, Restic, StashResource
 
 STASH_KINDS: dict[str, type[StashResource]] = {
@@ -30,14 +32,25 @@ STASH_KINDS: dict[str, type[StashResource]] = {
 }
 CLUSTER_SCOPED = {"BackupAgent", "Node"}
 
-# Fields that only the Stash 0.8 shapes have: such an object is recognised and named
-# as old-style rather than drowned in "unknown field" errors.
-_LEGACY_MARKERS = {
-    "Restic": {"selector", "fileGroups", "backend", "volumeMounts", "type"},
-    "Recovery": {"snapshot", "paths", "recoveredVolumes", "nodeSelector"},
-}
 
-Parsed = StashResource | Secret | Workload | Node | AppBinding
+@dataclass(frozen=True)
+class LegacyParsed:
+    """A Stash 0.8 object read in its new shape: the objects it became (a Restic's
+    Repository too) and the note that tells the user so."""
+
+    objects: tuple[StashResource, ...]
+    converted: Converted
+    origin: str | None = None
+
+    @property
+    def warning(self) -> ResourceError:
+        c = self.converted
+        return ResourceError(
+            c.kind, c.namespace, c.name, None, c.note.split(": ", 1)[1], self.origin
+        )
+
+
+Parsed = StashResource | Secret | Workload | Node | AppBinding | LegacyParsed
 
 
 def _ident(doc: Mapping[str, Any]) -> tuple[str, str | None, str | None]:
@@ -71,27 +84,9 @@ def parse_document(doc: Any, origin: str | None = None) -> Parsed | list[Resourc
     if kind in STASH_KINDS and _group(api_version) == GROUP:  # else another group's kind
         if name is None:
             return error("metadata.name", "missing")
-        spec = doc.get("spec")
-        legacy = _LEGACY_MARKERS.get(kind, set())
-        if isinstance(spec, Mapping) and legacy & set(spec) and "targetType" not in spec:
-            return error(
-                "spec",
-                f"this is the Stash 0.8 shape of {kind} (fields "
-                f"{', '.join(sorted(legacy & set(spec)))}); convert it to the new shape "
-                "(see the repository's examples/) — automatic conversion is not available yet",
-            )
-        try:
-            model = STASH_KINDS[kind].model_validate(doc)
-        except ValidationError as exc:
-            return [
-                ResourceError(kind, ns, name, field_path(e["loc"]) or None, _message(e), origin)
-                for e in exc.errors(include_input=False, include_url=False)
-            ]
-        if kind not in CLUSTER_SCOPED and model.metadata.namespace is None:
-            model = model.model_copy(
-                update={"metadata": model.metadata.model_copy(update={"namespace": ns})}
-            )
-        return model
+        if is_legacy(kind, doc.get("spec")):
+            return _parse_legacy(doc, kind, ns or "default", name, origin)
+        return _validate(doc, kind, ns, name, origin)
     if kind == "Secret" and api_version == "v1":
         if name is None:
             return error("metadata.name", "missing")
@@ -130,6 +125,49 @@ def parse_document(doc: Any, origin: str | None = None) -> Parsed | list[Resourc
     if kind == "document":
         return error("kind", "missing: every document needs apiVersion and kind")
     return None
+
+
+def _validate(
+    doc: Mapping[str, Any], kind: str, ns: str | None, name: str, origin: str | None, note: str = ""
+) -> StashResource | list[ResourceError]:
+    try:
+        model = STASH_KINDS[kind].model_validate(doc)
+    except ValidationError as exc:
+        return [
+            ResourceError(kind, ns, name, field_path(e["loc"]) or None, note + _message(e), origin)
+            for e in exc.errors(include_input=False, include_url=False)
+        ]
+    if kind not in CLUSTER_SCOPED and model.metadata.namespace is None:
+        model = model.model_copy(
+            update={"metadata": model.metadata.model_copy(update={"namespace": ns})}
+        )
+    return model
+
+
+def _parse_legacy(
+    doc: Mapping[str, Any], kind: str, ns: str, name: str, origin: str | None
+) -> LegacyParsed | list[ResourceError]:
+    """Convert a Stash 0.8 object and read what it became; an error names the old
+    object, and the field of the old shape where the conversion found it."""
+    try:
+        dns_subdomain(name)
+        converted = convert(doc, kind, ns, name)
+    except FieldError as exc:
+        return [
+            ResourceError(kind, ns, name, exc.field, f"{exc.message} (Stash 0.8 shape)", origin)
+        ]
+    except ValueError as exc:
+        return [ResourceError(kind, ns, name, "metadata.name", str(exc), origin)]
+    models: list[StashResource] = []
+    errors: list[ResourceError] = []
+    for new in converted.documents:
+        note = "" if new["kind"] == kind else f"(its backend, as Repository {ns}/{name}) "
+        result = _validate(new, new["kind"], ns, name, origin, "in the new shape: " + note)
+        if isinstance(result, list):
+            errors += [ResourceError(kind, ns, name, e.field, e.message, origin) for e in result]
+        else:
+            models.append(result)
+    return errors or LegacyParsed(tuple(models), converted, origin)
 
 
 def _stash_group_error(kind: str, api_version: Any) -> tuple[str, str] | None:

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field, model_validator
 
 from ..protocol import ENV_LOCK_WAIT
-from .backend import Backend, HostPathSource, PVCSource
+from .backend import Backend, HostPathSource, NFSSource, PVCSource
 from .common import (
     AbsolutePath,
     AppRef,
@@ -322,6 +322,11 @@ class ResticSpec(Model):
     cluster_resources: ClusterResources | None = None
     retention_policies: list[RetentionPolicy] = Field(default_factory=list)
     runtime_settings: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    stash08_layout: bool = False
+    """(ours) Keep using the repository Stash 0.8 wrote for this target: its folder
+    (``deployment/NAME`` right under the backend's prefix, no ``volumes/``), its restic
+    host, and retention, verify and status counting its snapshots, which carry none of
+    our tags, together with the new ones. Set by the conversion of a Stash 0.8 Restic."""
 
     @model_validator(mode="after")
     def _selector_matches_type(self) -> ResticSpec:
@@ -360,16 +365,37 @@ class Restic(Model):
 
 
 class RecoverTo(Model):
-    """Where the data that the workload saw at ``mountPath`` is restored to."""
+    """Where the data that the workload saw at ``mountPath`` is restored to.
+
+    ``hostPath`` and ``persistentVolumeClaim`` work in both runtimes; the other volume
+    sources (as a Stash 0.8 Recovery's ``recoveredVolumes`` named them) are passed to
+    the agent pod as given (``kubernetes`` runtime)."""
 
     mount_path: AbsolutePath
     host_path: HostPathSource | None = None
     persistent_volume_claim: PVCSource | None = None
+    nfs: NFSSource | None = None
+    empty_dir: dict[str, Any] | None = None
+    gce_persistent_disk: dict[str, Any] | None = None
+    aws_elastic_block_store: dict[str, Any] | None = None
+    azure_disk: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> RecoverTo:
-        if (self.host_path is None) == (self.persistent_volume_claim is None):
-            raise ValueError("give exactly one of hostPath or persistentVolumeClaim")
+        sources = (
+            self.host_path,
+            self.persistent_volume_claim,
+            self.nfs,
+            self.empty_dir,
+            self.gce_persistent_disk,
+            self.aws_elastic_block_store,
+            self.azure_disk,
+        )
+        if sum(s is not None for s in sources) != 1:
+            raise ValueError(
+                "give exactly one volume source (hostPath, persistentVolumeClaim, nfs, emptyDir, "
+                "gcePersistentDisk, awsElasticBlockStore or azureDisk)"
+            )
         return self
 
 
@@ -397,6 +423,10 @@ class VolumeRestorer(Model):
     target: Name | None = None
     """The target whose snapshots to restore (``deployment.NAME``, ``replicaset.NAME``,
     ``statefulset.POD``), where a repoDir holds several."""
+    stash08_host: Name | None = None
+    """(ours) The restic host Stash 0.8 backed this repoDir up as: ``latest`` then also
+    considers that host's snapshots without our tags (Stash 0.8's own), since a
+    Stash 0.8 repoDir held one target only. Set by the conversion of a 0.8 Recovery."""
 
 
 class DatabaseRecoverTo(Model):

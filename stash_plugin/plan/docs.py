@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from .. import API_VERSION
+from ..api.errors import ResourceError
 from ..api.resources import Recovery, Repository, Restic
 from .maintenance import MaintenancePlan
 from .model import BackupPlan, RecoveryPlan, SecretEnv, Step, TargetRef
@@ -109,7 +110,23 @@ def _run_now(dag_id: str, conf: str | None = None) -> str:
     return f"**Run it now:** the ▶ *Trigger* button of this DAG{page}, or\n\n{block(trigger, 'sh')}"
 
 
-def backup_doc(plan: BackupPlan, restic: Restic | None, repository: Repository | None) -> str:
+def deprecation(warning: ResourceError | None) -> list[str]:
+    """The note on an object read in Stash 0.8's shape: the manifests this doc shows
+    are its new form."""
+    if warning is None:
+        return []
+    return [
+        f"**Deprecated:** {warning}. The manifests below are its new form; run "
+        "`stash migrate FILE` to rewrite the file with them."
+    ]
+
+
+def backup_doc(
+    plan: BackupPlan,
+    restic: Restic | None,
+    repository: Repository | None,
+    warning: ResourceError | None = None,
+) -> str:
     t = plan.target
     restore = yaml.safe_dump(recovery_manifest(t, plan.snapshot_paths), sort_keys=False)
     kind = repository.spec.backend.kind if repository else "?"
@@ -118,6 +135,7 @@ def backup_doc(plan: BackupPlan, restic: Restic | None, repository: Repository |
             f"### Stash backup of {code(t.target)} for Restic "
             + code(f"{t.restic_namespace}/{t.restic_name}"),
             plan.description,
+            *deprecation(warning),
             f"**Schedule:** {describe_schedule(plan.schedule, plan.paused)}.",
             f"**Where the data goes:** Repository "
             f"{code(f'{t.repository_namespace}/{t.repository_name}')} ({kind} backend), "
@@ -139,12 +157,18 @@ def backup_doc(plan: BackupPlan, restic: Restic | None, repository: Repository |
     )
 
 
-def recovery_doc(plan: RecoveryPlan, recovery: Recovery | None, repo: Repository | None) -> str:
+def recovery_doc(
+    plan: RecoveryPlan,
+    recovery: Recovery | None,
+    repo: Repository | None,
+    warning: ResourceError | None = None,
+) -> str:
     kind = repo.spec.backend.kind if repo else "?"
     return "\n\n".join(
         [
             f"### Stash recovery {code(f'{plan.namespace}/{plan.name}')}",
             plan.description,
+            *deprecation(warning),
             "**Schedule:** once, as soon as Airflow sees the Recovery; its status (phase and "
             "per-path results) shows on the *Stash* page.",
             f"**Where the data comes from:** Repository "

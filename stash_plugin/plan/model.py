@@ -200,6 +200,8 @@ class PlanSet:
     errors: list[ResourceError] = field(default_factory=list)
     maintenance: dict[str, MaintenancePlan] = field(default_factory=dict)
     """One per Repository that backup targets write into."""
+    warnings: list[ResourceError] = field(default_factory=list)
+    """Objects read in a deprecated shape (Stash 0.8's); they are planned all the same."""
 
     @property
     def dag_ids(self) -> list[str]:

@@ -29,25 +29,41 @@ def workload_target(workload: Workload) -> str:
     return f"{workload.kind.lower()}.{workload.name}"
 
 
+STASH08_ROOT = ""
+"""The ``prefix`` of a target in Stash 0.8's layout (``stash08Layout``): its folder sits
+right under the backend's own prefix, with no ``volumes/`` in between."""
+
+
+def _volume_dir(prefix: str | None, *parts: str) -> str:
+    root = "volumes" if prefix is None else prefix.strip("/")
+    return "/" + "/".join(p for p in (root, *parts) if p)
+
+
+def volume_prefix(prefix: str | None, stash08_layout: bool) -> str | None:
+    """The prefix a Restic's targets are planned with: a Stash 0.8 target without a
+    ``prefix`` of its own keeps 0.8's folders."""
+    return STASH08_ROOT if stash08_layout and not prefix else prefix
+
+
 def volume_repo_dir(workload: Workload, prefix: str | None = None) -> str:
     """``/volumes/deployment/NAME``; Stash 0.8 used ``deployment/NAME`` for all of
     Deployment, ReplicaSet and ReplicationController, kept here for compatibility."""
     kind = workload.kind.lower()
     if kind in ("replicaset", "replicationcontroller"):
         kind = "deployment"
-    return f"/{(prefix or 'volumes').strip('/')}/{kind}/{workload.name}"
+    return _volume_dir(prefix, kind, workload.name)
 
 
 def statefulset_pod_target(workload: Workload, pod: str, prefix: str | None) -> tuple[str, str]:
     """(target, repoDir) of one StatefulSet pod: each pod has its own claims."""
-    return f"statefulset.{pod}", f"/{(prefix or 'volumes').strip('/')}/statefulset/{pod}"
+    return f"statefulset.{pod}", _volume_dir(prefix, "statefulset", pod)
 
 
 def daemonset_node_target(workload: Workload, node: str, prefix: str | None) -> tuple[str, str]:
     """(target, repoDir) of a DaemonSet's pod on one node (hostPath data differs per node)."""
     return (
         f"daemonset.{workload.name}.{node}",
-        f"/{(prefix or 'volumes').strip('/')}/daemonset/{workload.name}/{node}",
+        _volume_dir(prefix, "daemonset", workload.name, node),
     )
 
 

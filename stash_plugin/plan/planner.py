@@ -123,7 +123,7 @@ def make_plans(
     worker that runs one task), keeping its cost to one resource (a maintenance DAG
     needs every Restic, to know the repoDirs).
     """
-    plans = PlanSet(errors=list(resources.errors))
+    plans = PlanSet(errors=list(resources.errors), warnings=list(resources.warnings))
     placement = placement_for(runtime)
     index: WorkloadIndex | None = None  # built once, on the first Restic that needs it
 

@@ -98,6 +98,8 @@ def plan_recovery(
     snapshot = snapshot_ref(vr.snapshot, "spec.volumeRestorer.snapshot")
     selection = snapshot_selection(recovery, repository)
     argv = [AGENT, "restore", f"--snapshot={snapshot}", *(f"--tag={t}" for t in selection)]
+    if vr.stash08_host:
+        argv.append(f"--stash08-host={vr.stash08_host}")
     mounts: list[Mount] = list(access.mounts)
     for i, rt in enumerate(vr.recover_to):
         dest, mount = placement.restore_destination(rt, i)

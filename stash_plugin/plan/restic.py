@@ -125,14 +125,32 @@ def backup_args(path: str, host: str, tags: Sequence[str]) -> list[str]:
     ]
 
 
-def forget_args(policy: RetentionPolicy, host: str, tags: Sequence[str]) -> list[str]:
+def stash08_selection(user_tags: Sequence[str], path: str | None) -> list[str]:
+    """restic filters that add Stash 0.8's snapshots of one folder to a target's own.
+
+    Stash 0.8 tagged a snapshot with its file group's tags only (none: restic's
+    ``--tag=`` selects untagged snapshots); a second ``--tag`` is an alternative to the
+    first. ``path`` is given where the agent sees the folder where the workload did
+    (agent pods), so that both old and new snapshots carry it; elsewhere the agent
+    tells the folders apart itself (``stash-agent``: Stash 0.8 snapshots of another
+    folder)."""
+    return [f"--tag={tag_list(user_tags)}", *([f"--path={path}"] if path else [])]
+
+
+def forget_args(
+    policy: RetentionPolicy, host: str, tags: Sequence[str], also: Sequence[str] = ()
+) -> list[str]:
     """``restic forget`` for exactly one target directory's snapshots.
 
     ``--keep-last`` is at least 1 so that retention never deletes the newest snapshot
     (a policy of only ``keepTags`` would otherwise be able to), and the snapshots taken
     before a flagged drop of the source (tag ``stash-before-drop``) are always kept.
+    ``also`` (:func:`stash08_selection`) adds Stash 0.8's snapshots of the folder, in one
+    group with the new ones (their paths differ where the agent runs on the host).
     """
     args = ["restic", "forget", "--json", f"--host={host}", f"--tag={tag_list(tags)}"]
+    if also:
+        args += [*also, "--group-by=host"]
     args.append(f"--keep-last={max(policy.keep_last or 0, 1)}")
     for flag, value in (
         ("--keep-hourly", policy.keep_hourly),
@@ -151,8 +169,8 @@ def forget_args(policy: RetentionPolicy, host: str, tags: Sequence[str]) -> list
     return args
 
 
-def snapshots_args(host: str, tags: Sequence[str]) -> list[str]:
-    return ["restic", "snapshots", "--json", f"--host={host}", f"--tag={tag_list(tags)}"]
+def snapshots_args(host: str, tags: Sequence[str], also: Sequence[str] = ()) -> list[str]:
+    return ["restic", "snapshots", "--json", f"--host={host}", f"--tag={tag_list(tags)}", *also]
 
 
 def agent_run(commands: Sequence[tuple[str, Sequence[str]]], *options: str) -> tuple[str, ...]:

@@ -13,7 +13,14 @@ from . import naming
 from .commands import DEFAULT_AGENT, Agent, agent_step
 from .model import BackupPlan, Mount, PlanError, QuiescedWorkload, Schedule, Step, TargetRef
 from .placement import Instance, Placement
-from .restic import agent_run, backup_args, check_tag, forget_args, snapshots_args
+from .restic import (
+    agent_run,
+    backup_args,
+    check_tag,
+    forget_args,
+    snapshots_args,
+    stash08_selection,
+)
 from .schedules import parse_schedule
 
 
@@ -100,7 +107,9 @@ def plan_volume_backups(
             _Target(restic, repository, w, instance, placement, agent), schedule, policies
         )
         for w in workloads
-        for instance in placement.instances(w, resources, spec.prefix)
+        for instance in placement.instances(
+            w, resources, naming.volume_prefix(spec.prefix, spec.stash08_layout)
+        )
     ]
 
 
@@ -271,14 +280,23 @@ def _plan_instance(
             *within,
         ),
     )
+
+    def old(d: _Dir) -> list[str]:
+        """Stash 0.8's snapshots of the folder count as the target's (stash08Layout)."""
+        if not t.restic.spec.stash08_layout:
+            return []
+        same_path = d.agent_path == d.workload_path  # the agent sees what the workload saw
+        return stash08_selection(d.tags, d.workload_path if same_path else None)
+
     forgets = [
-        (d.workload_path, forget_args(d.policy, host, tags(d)[:4]))
+        (d.workload_path, forget_args(d.policy, host, tags(d)[:4], old(d)))
         for d in dirs
         if d.policy is not None
     ]
     retention = step("retention", agent_run(forgets, "--unlock")) if forgets else None
     verify = step(
-        "verify", agent_run([(d.workload_path, snapshots_args(host, tags(d)[:4])) for d in dirs])
+        "verify",
+        agent_run([(d.workload_path, snapshots_args(host, tags(d)[:4], old(d))) for d in dirs]),
     )
     backup = as_agent_runs(backup, "backup")
     verify = as_agent_runs(verify, "verify")

@@ -20,6 +20,7 @@ from stash_plugin.api import (
     parse_document,
 )
 from stash_plugin.api.backend import BACKEND_KINDS
+from stash_plugin.api.parse import LegacyParsed
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -326,33 +327,25 @@ def _compat_docs(*kinds: str) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _assert_old_shape(result: Any, doc: dict[str, Any]) -> None:
+    """A Stash 0.8 object comes back converted: the new model of its kind and name
+    (a Restic's Repository too), with a note that names it as deprecated."""
     kind, name = doc["kind"], doc["metadata"]["name"]
-    if not isinstance(result, list):  # once conversion exists, the new model comes back
-        assert isinstance(result, MODEL_OF[kind]) and result.metadata.name == name
-        return
-    assert len(result) == 1, [str(e) for e in result]
-    (err,) = result
-    assert (err.kind, err.name, err.field) == (kind, name, "spec")
-    assert "Stash 0.8" in err.message
-    assert str(err).startswith(
-        f"{kind} {doc['metadata'].get('namespace', 'default')}/{name}: spec: "
-    )
+    ns = doc["metadata"].get("namespace", "default")
+    assert isinstance(result, LegacyParsed), result
+    models = {(type(m).__name__, m.metadata.name) for m in result.objects}
+    expected = {(kind, name)} | ({("Repository", name)} if kind == "Restic" else set())
+    assert models == expected
+    new = next(m for m in result.objects if isinstance(m, MODEL_OF[kind]))
+    assert new.spec.target_type == "Volume"
+    assert str(result.warning).startswith(f"{kind} {ns}/{name}: the Stash 0.8 shape is deprecated")
 
 
 @pytest.mark.parametrize("rel", ["backup/restic.yaml", "recovery/recovery.yaml"])
-def test_stash_08_shapes_are_named_as_old_shape(rel: str) -> None:
+def test_stash_08_shapes_are_converted(rel: str) -> None:
     doc = yaml.safe_load((COMPAT / rel).read_text())
     result = parse_document(doc, rel)
     _assert_old_shape(result, doc)
-    if isinstance(result, list):
-        # The message names the old fields that gave it away.
-        old = {"backup/restic.yaml": "fileGroups", "recovery/recovery.yaml": "recoveredVolumes"}[
-            rel
-        ]
-        assert old in result[0].message
-        assert result[0].origin == rel
-        # It points at the new shapes, in a folder every checkout has.
-        assert "examples/" in result[0].message and EXAMPLES.is_dir()
+    assert result.origin == rel and "stash migrate" in str(result.warning)
 
 
 def test_every_stash_08_restic_and_recovery_is_recognised() -> None:

@@ -20,15 +20,23 @@ from .kubeobjects import (
     parse_secret,
     parse_workload,
 )
-from .resources import BackupAgent, Recovery, Repository, Restic, StashResource
+from .resources import (
+    BackupAgent,
+    BackupTemplate,
+    Recovery,
+    Repository,
+    Restic,
+    StashResource,
+)
 
 STASH_KINDS: dict[str, type[StashResource]] = {
     "Repository": Repository,
     "Restic": Restic,
     "Recovery": Recovery,
     "BackupAgent": BackupAgent,
+    "BackupTemplate": BackupTemplate,
 }
-CLUSTER_SCOPED = {"BackupAgent", "Node"}
+CLUSTER_SCOPED = {"BackupAgent", "BackupTemplate", "Node"}
 
 # Fields that only the Stash 0.8 shapes have: such an object is recognised and named
 # as old-style rather than drowned in "unknown field" errors.

@@ -147,6 +147,9 @@ class BackupPlan:
     origin: str | None = None
     offline: QuiescedWorkload | None = None
     """Set in offline mode: scale this workload to zero around the backup."""
+    owner: tuple[str, str, str] | None = None
+    """(kind, namespace, name) of the workload whose annotation asked for this DAG (a
+    BackupTemplate's target); None for a Restic's target."""
 
     @property
     def task_ids(self) -> tuple[str, ...]:
@@ -179,6 +182,13 @@ class RecoveryPlan:
     origin: str | None = None
     offline: QuiescedWorkload | None = None
     """Set when restoring into a running workload's own volume."""
+    owner: tuple[str, str, str] | None = None
+    """(kind, namespace, name) of the workload whose annotation asked for this DAG (an
+    automatic restore-if-empty); None for a Recovery's."""
+    records_status: bool = True
+    """Whether the outcome is written to a status: a Recovery's object, or the local
+    state folder. An automatic restore in the cluster has no object to write to: its
+    outcome is the run's (the update_status task's log and return value)."""
 
     @property
     def task_ids(self) -> tuple[str, ...]:

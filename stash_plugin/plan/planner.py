@@ -205,7 +205,8 @@ def _add(
     spell the same DAG id (Restic "a.deployment" + Deployment "x", Restic "a" +
     Deployment "deployment.x"): the second is refused rather than one target's backups
     silently dropped."""
-    for plan in [*backups, *recoveries]:
+    made: list[BackupPlan | RecoveryPlan] = [*backups, *recoveries]
+    for plan in made:
         _check_dag_id(plan.dag_id)
         other = plans.backups.get(plan.dag_id) or plans.recoveries.get(plan.dag_id)
         if other is not None:

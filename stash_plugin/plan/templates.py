@@ -209,7 +209,9 @@ def template_restic(workload: Workload, template: BackupTemplate, req: TemplateR
                 SCHEDULE,
                 f"BackupTemplate {template.metadata.name} has no schedule: give one here",
             ) from None
-        raise _fail(TEMPLATE, f"BackupTemplate {template.metadata.name}: {where}: {message}") from None
+        raise _fail(
+            TEMPLATE, f"BackupTemplate {template.metadata.name}: {where}: {message}"
+        ) from None
     meta = ObjectMeta(name=restic_name(req.template), namespace=workload.namespace)
     return Restic(api_version=API_VERSION, kind="Restic", metadata=meta, spec=restic_spec)
 

@@ -101,9 +101,13 @@ class StashRecoveryStatusOperator(BaseOperator):
         from airflow.sdk.exceptions import AirflowException
 
         report = recovery_report(self.plan, gather(context, self.plan.task_ids))
-        _store(self.plan.runtime).record_recovery(
-            self.plan.namespace, self.plan.name, report.status
-        )
+        for path in report.status.stats:
+            if path.phase == "Skipped":  # an automatic restore that left a folder alone
+                self.log.info("%s: skipped: %s", path.path, path.reason)
+        if self.plan.records_status:
+            _store(self.plan.runtime).record_recovery(
+                self.plan.namespace, self.plan.name, report.status
+            )
         metrics.emit(report.scope, report.metrics)
         if report.failed:
             raise AirflowException(f"recovery failed: {report.failure}")

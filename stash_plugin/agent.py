@@ -747,11 +747,18 @@ def _workload_path(snap: dict[str, Any]) -> str:
     return tagged or snap["paths"][0]
 
 
+class NoSnapshot(AgentError):
+    """Nothing to restore from: no repository at the location, or no snapshot of the
+    target in it (an automatic restore skips; a Recovery fails)."""
+
+
 def _restic_snapshots(args: list[str], ref: str) -> list[dict[str, Any]]:
     proc = restic(["restic", "snapshots", "--json", *args], lock_wait=300)
     if proc.returncode != 0:
         if WRONG_PASSWORD in proc.stderr:
             raise AgentError("wrong repository password (RESTIC_PASSWORD of the storage Secret)")
+        if NO_REPOSITORY in proc.stderr:
+            raise NoSnapshot(f"cannot list snapshots {ref}: there is no repository at the location")
         raise AgentError(f"cannot list snapshots {ref} (restic exit {proc.returncode})")
     return next(iter(_json_lines(proc.stdout)), []) or []
 
@@ -781,7 +788,7 @@ def _latest_candidates(tags: list[str], stash08_host: str | None = None) -> list
         return snaps
     everything = [s for s in _restic_snapshots([], "latest") if not is_record(s)] if tags else []
     if not everything:
-        raise AgentError("no snapshot latest in the repository")
+        raise NoSnapshot("no snapshot latest in the repository")
     wanted = ",".join(tags)
     if not any(_tagged(s) for s in everything):
         raise AgentError(
@@ -789,7 +796,7 @@ def _latest_candidates(tags: list[str], stash08_host: str | None = None) -> list
             f"Stash's tags ({len(everything)}, from Stash 0.8); restore one by its id "
             "(volumeRestorer.snapshot)"
         )
-    raise AgentError(
+    raise NoSnapshot(
         f"no snapshot tagged {wanted}; the repository's {len(everything)} snapshot(s) "
         "belong to other targets"
     )
@@ -864,6 +871,48 @@ def _pick(snaps: list[dict[str, Any]], wanted: str, ref: str) -> list[dict[str, 
 
 def _is_empty(path: Path) -> bool:
     return not path.exists() or (path.is_dir() and not any(path.iterdir()))
+
+
+def _is_empty_volume(path: Path) -> bool:
+    """Empty, as a fresh volume is: nothing at all, or (at a mount point) only the empty
+    ``lost+found`` folder that mkfs.ext4 makes. A link or a file is never empty."""
+    if path.is_symlink():
+        return False
+    if _is_empty(path):
+        return True
+    if not path.is_dir() or not _is_mount_point(path):
+        return False
+    entries = list(path.iterdir())
+    found = path / "lost+found"
+    return entries == [found] and _real_dir(found) and not any(found.iterdir())
+
+
+NOT_EMPTY = "not empty"
+
+
+def _move_if_empty(src: Path, dest: Path) -> bool:
+    """Move ``src`` to ``dest`` only if ``dest`` is an empty volume, checked at the last
+    moment: one rename(2) where it can (the kernel refuses to replace a folder that is
+    not empty, so nothing written meanwhile is lost), else a check just before the
+    copy (a mount root, another filesystem). False when ``dest`` is not empty."""
+    if not dest.exists() and not dest.is_symlink():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(src, dest)
+            return True
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR, errno.ENOTDIR):
+                return False
+            if exc.errno != errno.EXDEV:
+                raise
+    if not _is_empty_volume(dest):
+        return False
+    if _real_dir(src) and _real_dir(dest) and _replace_empty_dir(src, dest):
+        return True
+    if not _is_empty_volume(dest):
+        return False
+    _move_into(src, dest)
+    return True
 
 
 def _real_dir(path: Path) -> bool:
@@ -1023,12 +1072,20 @@ def _restore_root(target: str) -> Path:
     return real
 
 
-def _restore_one(snap: dict[str, Any], include: str, final: Path, wanted: str, root: Path) -> None:
+def _restore_one(
+    snap: dict[str, Any],
+    include: str,
+    final: Path,
+    wanted: str,
+    root: Path,
+    if_empty: bool = False,
+) -> bool:
     """Restore ``include`` of ``snap`` into a staging folder outside the target
     (:func:`staging_folder`), then move it into place: a restore that fails or is killed
     leaves nothing at all inside the target. Nothing is written unless ``final`` stays
     inside ``root`` (the recoverTo folder) once links are followed; a link at ``final``
-    itself is replaced, not written through."""
+    itself is replaced, not written through. With ``if_empty`` nothing is moved into a
+    ``final`` that is not empty by then (False)."""
     if not _under(os.path.normpath(final), str(root)) or not _resolves_inside(final, root, False):
         raise AgentError(f"{final} (for {wanted}) leads outside the restore target {root}")
     with staging_folder(root) as staging:
@@ -1048,8 +1105,11 @@ def _restore_one(snap: dict[str, Any], include: str, final: Path, wanted: str, r
             raise AgentError(f"restore of {wanted} failed (restic exit {proc.returncode})")
         if not restored.exists() and not restored.is_symlink():
             raise AgentError(f"snapshot {snap['short_id']} has no {wanted}")
+        if if_empty:
+            return _move_if_empty(restored, final)
         final.parent.mkdir(parents=True, exist_ok=True)
         _move_into(restored, final)
+    return True
 
 
 def restore(
@@ -1059,11 +1119,16 @@ def restore(
     overwrite: bool,
     tags: Sequence[str] = (),
     stash08_host: str | None = None,
+    if_empty: bool = False,
 ) -> RestoreRunResult:
+    """Restore ``snapshot`` into the targets. With ``if_empty`` (an automatic restore) a
+    target that is not empty is skipped, never written, and so is every target when
+    there is nothing to restore yet; the result says which and why."""
     if any("," in t or not t for t in tags):
         raise AgentError("each --tag is one non-empty tag without commas")
-    snaps = _select_snapshots(snapshot, list(tags), stash08_host)
+    snaps = None if if_empty else _select_snapshots(snapshot, list(tags), stash08_host)
     wanted_all = paths or [m for m, _ in mounts]
+    skipped: list[RestoreResult] = []
     # Refuse before writing anything: one non-empty target stops the whole recovery.
     plan: list[tuple[str, Path, Path]] = []
     for wanted in wanted_all:
@@ -1075,16 +1140,33 @@ def restore(
         mount = Path(found[0])
         root = _restore_root(found[1])
         dest = root / posixpath.relpath(wanted, mount) if wanted != str(mount) else root
-        if not overwrite and not _is_empty(dest):
+        if if_empty and not _is_empty_volume(dest):
+            log(f"skipped {wanted}: {dest} is not empty")
+            skipped.append(RestoreResult(path=wanted, target=str(dest), skipped=NOT_EMPTY))
+            continue
+        if not if_empty and not overwrite and not _is_empty(dest):
             raise AgentError(
                 f"target {dest} (for {wanted}) is not empty; set volumeRestorer.overwrite: true "
                 "to restore over existing files"
             )
         plan.append((wanted, dest, root))
-    stats: list[RestoreResult] = []
+    if snaps is None:
+        if not plan:
+            return RestoreRunResult(restores=skipped)  # the repository was never opened
+        try:
+            snaps = _select_snapshots(snapshot, list(tags), stash08_host)
+        except NoSnapshot as exc:
+            log(f"skipped {', '.join(w for w, _, _ in plan)}: {exc}")
+            why = f"no snapshot to restore ({exc})"
+            return RestoreRunResult(
+                restores=skipped
+                + [RestoreResult(path=w, target=str(d), skipped=why) for w, d, _ in plan]
+            )
+    stats: list[RestoreResult] = list(skipped)
     for wanted, dest, root in plan:
         started = time.monotonic()
         used = []
+        moved = True
         for snap in _pick(snaps, wanted, snapshot):
             wpath = _workload_path(snap)
             if _under(wanted, wpath):
@@ -1093,9 +1175,15 @@ def restore(
             else:  # the snapshot is of a folder inside the wanted path
                 include = snap["paths"][0]
                 final = dest / posixpath.relpath(wpath, wanted)
-            _restore_one(snap, posixpath.normpath(include), final, wanted, root)
+            moved = _restore_one(snap, posixpath.normpath(include), final, wanted, root, if_empty)
+            if not moved:
+                break
             used.append(snap["id"])
         took = time.monotonic() - started
+        if not moved:  # written to while the snapshot was being read
+            log(f"skipped {wanted}: {dest} is no longer empty; nothing was moved into it")
+            stats.append(RestoreResult(path=wanted, target=str(dest), skipped=NOT_EMPTY))
+            continue
         log(f"restored {wanted} from snapshot(s) {', '.join(u[:8] for u in used)} in {took:.2f}s")
         stats.append(
             RestoreResult(path=wanted, target=str(dest), snapshot_ids=used, duration_seconds=took)
@@ -1568,6 +1656,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     res_p.add_argument("--target", action="append", default=[])
     res_p.add_argument("--path", action="append", default=[])
     res_p.add_argument("--overwrite", action="store_true")
+    res_p.add_argument(
+        "--if-empty",
+        action="store_true",
+        help="restore only into empty targets; skip (never touch) the others",
+    )
     res_p.add_argument("--tag", action="append", default=[], help="a tag snapshots must carry")
     res_p.add_argument(
         "--stash08-host", default=None, help="latest also considers this host's 0.8 snapshots"
@@ -1635,6 +1728,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 if len(args.mount_path) != len(args.target) or not args.target:
                     raise AgentError("give --mount-path and --target in pairs")
+                if args.if_empty and args.overwrite:
+                    raise AgentError("--if-empty never writes over data: drop --overwrite")
                 result = restore(
                     args.snapshot,
                     list(zip(args.mount_path, args.target, strict=True)),
@@ -1642,6 +1737,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     args.overwrite,
                     args.tag,
                     args.stash08_host,
+                    args.if_empty,
                 )
     except (AgentError, DatabaseError) as exc:
         print(error_line(str(exc)), file=sys.stderr, flush=True)

@@ -277,11 +277,12 @@ def _build(
     # Each plan with the object that owns its DAG (named when Airflow refuses it).
     owned: list[tuple[str, Any, str, str, str, Any]] = [
         *(
-            (i, p, "Restic", p.target.restic_namespace, p.target.restic_name, backup_dag)
+            (i, p, *(p.owner or ("Restic", t.restic_namespace, t.restic_name)), backup_dag)
             for i, p in plans.backups.items()
+            for t in (p.target,)
         ),
         *(
-            (i, p, "Recovery", p.namespace, p.name, recovery_dag)
+            (i, p, *(p.owner or ("Recovery", p.namespace, p.name)), recovery_dag)
             for i, p in plans.recoveries.items()
         ),
         *(

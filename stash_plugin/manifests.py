@@ -111,6 +111,34 @@ def restic_doc(
     }
 
 
+def backup_template_doc(
+    name: str,
+    repository: str,
+    *,
+    schedule: str | None = "@every 1h",
+    policy: dict[str, Any] | None = None,
+    **spec: Any,
+) -> dict[str, Any]:
+    """A BackupTemplate backing up the ``data`` volume at /source/data of the workloads
+    that name it, into the Repository ``repository`` of each workload's namespace."""
+    policy = policy if policy is not None else {"keepLast": 5, "prune": True}
+    body: dict[str, Any] = {
+        "repository": {"name": repository},
+        "targetVolumes": [{"name": "data", "mountPath": DATA_MOUNT}],
+        "retentionPolicies": [{"name": "policy", **policy}],
+        "retentionPolicyName": "policy",
+        **spec,
+    }
+    if schedule is not None:
+        body["schedule"] = schedule
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "BackupTemplate",
+        "metadata": {"name": name},
+        "spec": body,
+    }
+
+
 def recovery_doc(
     name: str,
     namespace: str,

@@ -309,12 +309,15 @@ class RunResult(Record):
 
 @dataclass(frozen=True)
 class RestoreResult(Record):
-    """One restored path."""
+    """One restored (or, with ``skipped``, deliberately untouched) path."""
 
     path: str
     target: str
     snapshot_ids: list[str] = field(default_factory=list)
     duration_seconds: float = 0.0
+    skipped: str | None = None
+    """Why nothing was written (``restore --if-empty``): ``not empty``, or no snapshot
+    to restore yet."""
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ STASH_PLURALS = {
     "Restic": "restics",
     "Recovery": "recoveries",
     "BackupAgent": "backupagents",
+    "BackupTemplate": "backuptemplates",
 }
 WORKLOAD_LISTS = {
     # kind: (api attribute, list method)

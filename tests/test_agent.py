@@ -342,3 +342,44 @@ def test_the_repository_record_is_written_when_it_changed_and_is_never_a_backup(
     by_id = agent(repo, *restore, f"--snapshot={newer['short_id']}", "--overwrite")
     assert by_id.returncode == 1
     assert "record of the Repository object" in by_id.stderr
+
+
+def _restore_if_empty(repo: dict[str, str], target: Path) -> subprocess.CompletedProcess[str]:
+    return agent(
+        repo,
+        "restore",
+        "--if-empty",
+        "--tag=path=/data",
+        "--mount-path=/data",
+        f"--target={target}",
+    )
+
+
+def test_restore_if_empty_skips_when_there_is_nothing_to_restore_yet(
+    repo: dict[str, str], tmp_path: Path
+) -> None:
+    """A new workload with restore-if-empty and no backup yet: skipped, not failed, and
+    a target that holds data is skipped before the repository is even opened."""
+    target = tmp_path / "target"
+    target.mkdir()
+    done = _restore_if_empty(repo, target)
+    assert done.returncode == 0, done.stderr
+    (result,) = json.loads(Path(repo["STASH_RESULT_FILE"]).read_text())["restores"]
+    assert result["skipped"].startswith("no snapshot to restore")
+    assert "no repository at the location" in result["skipped"]
+    assert not Path(repo["RESTIC_REPOSITORY"]).exists()  # never created by a restore
+
+    (target / "kept.txt").write_text("mine\n")
+    wrong = {**repo, "RESTIC_PASSWORD": "not the password", "RESTIC_REPOSITORY": "/nonexistent"}
+    done = _restore_if_empty(wrong, target)
+    assert done.returncode == 0, done.stderr
+    (result,) = json.loads(Path(repo["STASH_RESULT_FILE"]).read_text())["restores"]
+    assert result["skipped"] == "not empty"
+    assert (target / "kept.txt").read_text() == "mine\n"
+
+
+def test_restore_if_empty_refuses_overwrite(repo: dict[str, str], tmp_path: Path) -> None:
+    done = agent(
+        repo, "restore", "--if-empty", "--overwrite", "--mount-path=/data", f"--target={tmp_path}"
+    )
+    assert done.returncode == 1 and "--if-empty never writes over data" in done.stderr

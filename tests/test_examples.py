@@ -57,6 +57,13 @@ EXPECTED: dict[str, Today] = {
     "database-credentials.yaml": NOTHING,
     "backupagent-stash.yaml": NOTHING,
     "backupagent-mysqldump.yaml": NOTHING,
+    # No Restic: the annotated Deployment's backup and restore-if-empty DAGs.
+    "backuptemplate.yaml": Today(
+        dags=(
+            "stash-backup.demo.template-default-volumes.deployment.web",
+            "stash-recovery.demo.if-empty.deployment.web",
+        )
+    ),
     "restic-volume.yaml": Today(
         dags=("stash-backup.demo.stash-demo-backup.deployment.stash-demo",)
     ),
@@ -106,14 +113,17 @@ def today(file: str, runtime: Runtime) -> Today:
         dag_id
         for dag_id, plan in plans.backups.items()
         if _file(
-            resources.origin_of("Restic", plan.target.restic_namespace, plan.target.restic_name)
+            resources.origin_of(
+                *(plan.owner or ("Restic", plan.target.restic_namespace, plan.target.restic_name))
+            )
         )
         == file
     ]
     dags += [
         dag_id
         for dag_id, rplan in plans.recoveries.items()
-        if _file(resources.origin_of("Recovery", rplan.namespace, rplan.name)) == file
+        if _file(resources.origin_of(*(rplan.owner or ("Recovery", rplan.namespace, rplan.name))))
+        == file
     ]
     dags += [
         dag_id

@@ -247,6 +247,8 @@ def test_dagbag_over_the_examples(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         "stash-backup.demo.shop-db-nightly.appbinding.shop-db",
         "stash-recovery.demo.quick-mysql-restore",
         "stash-recovery.demo.shop-db-restore",
+        "stash-backup.demo.template-default-volumes.deployment.web",
+        "stash-recovery.demo.if-empty.deployment.web",
     }
 
     bag = dagbag(folder, monkeypatch)

@@ -35,6 +35,7 @@ from stashtest import (
 
 from stash_plugin import GROUP
 from stash_plugin.api.errors import ResourceError
+from stash_plugin.api.kubeobjects import WORKLOAD_KINDS
 from stash_plugin.api.parse import STASH_KINDS, parse_document
 from stash_plugin.api.resourceset import ResourceSet
 from stash_plugin.plan import PlanSet, make_plans
@@ -282,7 +283,10 @@ def check_plans(resources: ResourceSet, plans: PlanSet) -> None:
     failed = {(e.kind, e.namespace, e.name) for e in plans.errors}
     for err in plans.errors[len(resources.errors) :]:  # the planner's own: named, with a field
         assert isinstance(err, ResourceError) and err.message
-        assert err.kind in ("Restic", "Recovery", "Repository"), str(err)
+        # A workload's errors are those of its BackupTemplate annotations.
+        assert err.kind in ("Restic", "Recovery", "Repository", *WORKLOAD_KINDS), str(err)
+        if err.kind in WORKLOAD_KINDS:
+            assert err.field and err.field.startswith("metadata.annotations[stash."), str(err)
         assert err.name and err.origin, str(err)
     for plan in plans.backups.values():
         t = plan.target

@@ -37,7 +37,7 @@ import yaml
 from pydantic import AliasChoices, BaseModel
 
 from .. import GROUP, VERSION
-from .resources import BackupAgent, Recovery, Repository, Restic
+from .resources import BackupAgent, BackupTemplate, Recovery, Repository, Restic
 
 __all__ = ["KINDS", "KindInfo", "crd", "extra_aliases", "main", "openapi_schema", "rendered"]
 
@@ -103,7 +103,7 @@ class KindInfo:
         return "status" in self.model.model_fields
 
 
-# Short names are Stash 0.8's (repo, rst, rec) plus ``ba``; none is a built-in's.
+# Short names are Stash 0.8's (repo, rst, rec) plus ``ba`` and ``bt``; none is a built-in's.
 KINDS: tuple[KindInfo, ...] = (
     KindInfo(
         Repository,
@@ -157,6 +157,17 @@ KINDS: tuple[KindInfo, ...] = (
         False,
         (
             {"name": "Image", "type": "string", "jsonPath": ".spec.image"},
+            _age(),
+        ),
+    ),
+    KindInfo(
+        BackupTemplate,
+        "backuptemplates",
+        ("bt",),
+        False,
+        (
+            {"name": "Schedule", "type": "string", "jsonPath": ".spec.schedule"},
+            {"name": "Repository", "type": "string", "jsonPath": ".spec.repository.name"},
             _age(),
         ),
     ),

@@ -72,6 +72,11 @@ class Workload:
     """Names of a StatefulSet's volumeClaimTemplates (each pod has its own claim)."""
     controlled: bool = False
     """Managed by another workload (a Deployment's ReplicaSet): backed up through its owner."""
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    """Its own annotations (``stash.appscode.com/backup-template``...): a tenant's values."""
+    uid: str | None = None
+    """``metadata.uid`` where the source has it (the cluster): a recreated workload has a
+    new one."""
 
     @property
     def ref(self) -> str:
@@ -172,6 +177,11 @@ def parse_workload(doc: Mapping[str, Any], namespace: str, name: str) -> Workloa
             ).items()
         },
         claim_templates=claims,
+        annotations={
+            str(k): str(v)
+            for k, v in _mapping(meta.get("annotations"), "metadata.annotations").items()
+        },
+        uid=str(meta["uid"]) if isinstance(meta.get("uid"), str) and meta["uid"] else None,
         controlled=any(
             isinstance(o, Mapping) and o.get("controller") and o.get("kind") in WORKLOAD_KINDS
             for o in _list(meta.get("ownerReferences"), "metadata.ownerReferences")

@@ -22,15 +22,23 @@ from .kubeobjects import (
     parse_workload,
 )
 from .legacy import Converted, convert, is_legacy
-from .resources import BackupAgent, Recovery, Repository, Restic, StashResource
+from .resources import (
+    BackupAgent,
+    BackupTemplate,
+    Recovery,
+    Repository,
+    Restic,
+    StashResource,
+)
 
 STASH_KINDS: dict[str, type[StashResource]] = {
     "Repository": Repository,
     "Restic": Restic,
     "Recovery": Recovery,
     "BackupAgent": BackupAgent,
+    "BackupTemplate": BackupTemplate,
 }
-CLUSTER_SCOPED = {"BackupAgent", "Node"}
+CLUSTER_SCOPED = {"BackupAgent", "BackupTemplate", "Node"}
 
 
 @dataclass(frozen=True)

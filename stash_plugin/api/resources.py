@@ -453,8 +453,11 @@ class DatabaseRestorer(Model):
 
 class RecoveryPathStats(Model):
     path: str
-    phase: Literal["Pending", "Running", "Succeeded", "Failed", "Unknown"]
+    phase: Literal["Pending", "Running", "Succeeded", "Skipped", "Failed", "Unknown"]
     duration: str | None = None
+    reason: str | None = None
+    """Why a path was left alone (``Skipped``: an automatic restore found it not empty,
+    or found no snapshot to restore)."""
 
 
 class RecoveryStatus(Model):
@@ -511,4 +514,54 @@ class BackupAgent(Model):
     spec: BackupAgentSpec
 
 
-StashResource = Repository | Restic | Recovery | BackupAgent
+# --------------------------------------------------------------------------- BackupTemplate
+
+
+class BackupTemplateSpec(Model):
+    """A volume Restic's spec without a selector: the workloads that name the template in
+    their ``stash.appscode.com/backup-template`` annotation are its targets."""
+
+    target_type: Literal["Volume"] = "Volume"
+    backup_type: Literal["Scheduled", "Instant"] = "Scheduled"
+    schedule: str | None = None
+    """The default schedule; a workload's ``backup-schedule`` annotation replaces it."""
+    backup_mode: Literal["Online", "Offline"] = "Online"
+    backup_agent: str | None = None
+    prefix: RelativePrefix | None = None
+    repository: LocalObjectReference
+    """A Repository by name only, always the one in the workload's own namespace: a
+    template every tenant may name must never hand one tenant another's Repository."""
+    paused: bool = False
+    target_volumes: list[TargetVolume] = Field(min_length=1)
+    retention_policies: list[RetentionPolicy] = Field(default_factory=list)
+    retention_policy_name: str | None = None
+    """The policy of every folder that names none (folders from the ``backup-paths``
+    annotation, whole volumes)."""
+    runtime_settings: RuntimeSettings = Field(default_factory=RuntimeSettings)
+
+    @model_validator(mode="after")
+    def _policies(self) -> BackupTemplateSpec:
+        names = [p.name for p in self.retention_policies]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"retentionPolicies names repeat: {', '.join(dupes)}")
+        if self.retention_policy_name and self.retention_policy_name not in names:
+            known = ", ".join(sorted(names)) or "none defined"
+            raise ValueError(
+                f"retentionPolicyName {self.retention_policy_name!r} is not a policy (known: "
+                f"{known})"
+            )
+        return self
+
+
+class BackupTemplate(Model):
+    """Default backup of annotated workloads (Stash issue 367); cluster-scoped, written
+    by the administrator."""
+
+    api_version: str
+    kind: Literal["BackupTemplate"]
+    metadata: ObjectMeta
+    spec: BackupTemplateSpec
+
+
+StashResource = Repository | Restic | Recovery | BackupAgent | BackupTemplate

@@ -10,7 +10,7 @@ from .errors import ResourceError
 from .kubeobjects import Node, Secret, Workload
 from .legacy import workload_of
 from .parse import LegacyParsed, Parsed
-from .resources import BackupAgent, Recovery, Repository, Restic
+from .resources import BackupAgent, BackupTemplate, Recovery, Repository, Restic
 
 Key = tuple[str, str]  # (namespace, name)
 
@@ -27,6 +27,7 @@ class ResourceSet:
     restics: dict[Key, Restic] = field(default_factory=dict)
     recoveries: dict[Key, Recovery] = field(default_factory=dict)
     agents: dict[str, BackupAgent] = field(default_factory=dict)
+    templates: dict[str, BackupTemplate] = field(default_factory=dict)
     secrets: dict[Key, Secret] = field(default_factory=dict)
     workloads: dict[tuple[str, str, str], Workload] = field(default_factory=dict)
     nodes: dict[str, Node] = field(default_factory=dict)
@@ -58,6 +59,9 @@ class ResourceSet:
         elif isinstance(obj, BackupAgent):
             name = obj.metadata.name
             self._put("BackupAgent", None, name, self.agents, obj, origin, name)
+        elif isinstance(obj, BackupTemplate):
+            name = obj.metadata.name
+            self._put("BackupTemplate", None, name, self.templates, obj, origin, name)
         else:
             table: dict[Any, Any] = {  # type: ignore[assignment]
                 "Repository": self.repositories,

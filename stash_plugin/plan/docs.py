@@ -20,6 +20,7 @@ from ..api.resources import Recovery, Repository, Restic
 from .maintenance import MaintenancePlan
 from .model import BackupPlan, RecoveryPlan, SecretEnv, Step, TargetRef
 from .schedules import describe_schedule
+from .templates import RESTORE_IF_EMPTY, TEMPLATE
 
 RESTORE_PLACEHOLDER = "/path/to/an/empty/folder"
 
@@ -132,8 +133,7 @@ def backup_doc(
     kind = repository.spec.backend.kind if repository else "?"
     return "\n\n".join(
         [
-            f"### Stash backup of {code(t.target)} for Restic "
-            + code(f"{t.restic_namespace}/{t.restic_name}"),
+            f"### Stash backup of {code(t.target)} for {_owner(plan)}",
             plan.description,
             *deprecation(warning),
             f"**Schedule:** {describe_schedule(plan.schedule, plan.paused)}.",
@@ -151,10 +151,18 @@ def backup_doc(
             "**Restore:** the *Restore* button of a snapshot on the *Stash* page, or write "
             "this Recovery next to the other manifests (set `snapshot` to an id for an older "
             "one, and `recoverTo` to an empty folder):\n\n" + block(restore),
-            "**From Restic:**\n\n" + block(manifest(restic)),
+            *([] if plan.owner else ["**From Restic:**\n\n" + block(manifest(restic))]),
             "**Repository:**\n\n" + block(manifest(repository)),
         ]
     )
+
+
+def _owner(plan: BackupPlan) -> str:
+    t = plan.target
+    if plan.owner is None:
+        return "Restic " + code(f"{t.restic_namespace}/{t.restic_name}")
+    kind, ns, name = plan.owner
+    return f"{kind} {code(f'{ns}/{name}')} (its annotation {code(TEMPLATE)})"
 
 
 def recovery_doc(
@@ -169,8 +177,7 @@ def recovery_doc(
             f"### Stash recovery {code(f'{plan.namespace}/{plan.name}')}",
             plan.description,
             *deprecation(warning),
-            "**Schedule:** once, as soon as Airflow sees the Recovery; its status (phase and "
-            "per-path results) shows on the *Stash* page.",
+            _recovery_schedule(plan),
             f"**Where the data comes from:** Repository "
             f"{code(f'{plan.repository_namespace}/{plan.repository_name}')} ({kind} backend), "
             f"restic repository {code(_repository_url(plan.restore))}; it is restored into "
@@ -178,9 +185,28 @@ def recovery_doc(
             + " as the Recovery's `recoverTo` says.",
             f"**Secrets used (references only):** {secret_references(plan.restore)}.",
             _run_now(plan.dag_id)
-            + "\n\n(again: a non-empty target is refused unless `overwrite` is set).",
-            "**From Recovery:**\n\n" + block(manifest(recovery)),
+            + (
+                "\n\n(again: a folder that is not empty is skipped, never written)."
+                if plan.owner
+                else "\n\n(again: a non-empty target is refused unless `overwrite` is set)."
+            ),
+            *([] if plan.owner else ["**From Recovery:**\n\n" + block(manifest(recovery))]),
         ]
+    )
+
+
+def _recovery_schedule(plan: RecoveryPlan) -> str:
+    if plan.owner is None:
+        return (
+            "**Schedule:** once, as soon as Airflow sees the Recovery; its status (phase and "
+            "per-path results) shows on the *Stash* page."
+        )
+    kind, ns, name = plan.owner
+    return (
+        f"**Schedule:** once, when Airflow first sees {kind} {code(f'{ns}/{name}')} with "
+        f"its annotation {code(RESTORE_IF_EMPTY)} (a workload recreated with a new uid "
+        "gets a new DAG); each folder that is not empty is left untouched and reported "
+        "`Skipped` in the `update_status` task's log and result."
     )
 
 

@@ -150,6 +150,9 @@ class BackupPlan:
     repository_record: str | None = None
     """The Repository object, sanitised (``plan.records``), that the backup keeps in
     the repository for disaster recovery."""
+    owner: tuple[str, str, str] | None = None
+    """(kind, namespace, name) of the workload whose annotation asked for this DAG (a
+    BackupTemplate's target); None for a Restic's target."""
 
     @property
     def task_ids(self) -> tuple[str, ...]:
@@ -182,6 +185,13 @@ class RecoveryPlan:
     origin: str | None = None
     offline: QuiescedWorkload | None = None
     """Set when restoring into a running workload's own volume."""
+    owner: tuple[str, str, str] | None = None
+    """(kind, namespace, name) of the workload whose annotation asked for this DAG (an
+    automatic restore-if-empty); None for a Recovery's."""
+    records_status: bool = True
+    """Whether the outcome is written to a status: a Recovery's object, or the local
+    state folder. An automatic restore in the cluster has no object to write to: its
+    outcome is the run's (the update_status task's log and return value)."""
 
     @property
     def task_ids(self) -> tuple[str, ...]:

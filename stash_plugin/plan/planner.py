@@ -5,17 +5,28 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..api.errors import ResourceError
+from ..api.kubeobjects import Workload
 from ..api.resources import Recovery, Repository, Restic
 from ..api.resourceset import ResourceSet
 from .commands import DEFAULT_AGENT, Agent
 from .database import plan_database_backups, plan_database_recovery
 from .maintenance import MaintenanceOptions, plan_maintenance
-from .model import PlanError, PlanSet, Runtime
+from .model import BackupPlan, PlanError, PlanSet, RecoveryPlan, Runtime
 from .naming import maintenance_dag_id
 from .placement import Placement, placement_for
 from .records import repository_record
 from .recovery import plan_recovery
 from .secretkeys import secret_problems
+from .templates import (
+    REPOSITORY,
+    TEMPLATE,
+    annotation_field,
+    find_template,
+    plan_restore_if_empty,
+    plan_template_backups,
+    template_request,
+    template_restic,
+)
 from .volume import WorkloadIndex, plan_volume_backups
 
 
@@ -152,21 +163,9 @@ def make_plans(
             else:
                 index = index or WorkloadIndex(resources)
                 made = plan_volume_backups(restic, repo, resources, placement, agent, index=index)
-            # Names may hold dots, so two Restics can spell the same DAG id (Restic
-            # "a.deployment" + Deployment "x", Restic "a" + Deployment "deployment.x"):
-            # refuse the second rather than silently drop one target's backups.
-            for plan in made:
-                _check_dag_id(plan.dag_id)
-                other = plans.backups.get(plan.dag_id)
-                if other is not None:
-                    raise PlanError(
-                        "metadata.name",
-                        f"makes DAG {plan.dag_id}, which Restic {other.target.restic_namespace}/"
-                        f"{other.target.restic_name} makes too; rename one of them",
-                    )
             record = repository_record(repo)
-            for plan in made:
-                plans.backups[plan.dag_id] = replace(plan, repository_record=record)
+            made = [replace(plan, repository_record=record) for plan in made]
+            _add(plans, made, [], "metadata.name")
         except PlanError as exc:
             fail(restic, exc)
     for (ns, name), recovery in sorted(resources.recoveries.items()):
@@ -183,8 +182,87 @@ def make_plans(
             plans.recoveries[rplan.dag_id] = rplan
         except PlanError as exc:
             fail(recovery, exc)
+    for (kind, ns, name), workload in sorted(resources.workloads.items()):
+        if workload.controlled or not _may_make(only_dag_id, ns):
+            continue
+        try:
+            _plan_template(resources, workload, plans, placement)
+        except PlanError as exc:
+            origin = resources.origin_of(kind, ns, name)
+            plans.errors.append(ResourceError(kind, ns, name, exc.field, str(exc), origin))
     _plan_maintenance(resources, plans, placement, maintenance or MaintenanceOptions(), only_dag_id)
     return plans
+
+
+def _maker(plan: BackupPlan | RecoveryPlan) -> str:
+    if plan.owner is not None:
+        kind, ns, name = plan.owner
+        return f"{kind} {ns}/{name} (annotation {TEMPLATE})"
+    if isinstance(plan, RecoveryPlan):
+        return f"Recovery {plan.namespace}/{plan.name}"
+    return f"Restic {plan.target.restic_namespace}/{plan.target.restic_name}"
+
+
+def _add(
+    plans: PlanSet, backups: list[BackupPlan], recoveries: list[RecoveryPlan], field: str
+) -> None:
+    """Add one object's plans, or none of them. Names may hold dots, so two objects can
+    spell the same DAG id (Restic "a.deployment" + Deployment "x", Restic "a" +
+    Deployment "deployment.x"): the second is refused rather than one target's backups
+    silently dropped."""
+    made: list[BackupPlan | RecoveryPlan] = [*backups, *recoveries]
+    for plan in made:
+        _check_dag_id(plan.dag_id)
+        other = plans.backups.get(plan.dag_id) or plans.recoveries.get(plan.dag_id)
+        if other is not None:
+            raise PlanError(
+                field,
+                f"makes DAG {plan.dag_id}, which {_maker(other)} makes too; rename one of them",
+            )
+    plans.backups.update((p.dag_id, p) for p in backups)
+    plans.recoveries.update((p.dag_id, p) for p in recoveries)
+
+
+def _may_make(only_dag_id: str | None, ns: str) -> bool:
+    """Whether a workload of ``ns`` can make ``only_dag_id`` through its annotations."""
+    return not only_dag_id or only_dag_id.startswith(
+        (f"stash-backup.{ns}.template-", f"stash-recovery.{ns}.if-empty.", "stash-maintenance.")
+    )
+
+
+def _plan_template(
+    resources: ResourceSet, workload: Workload, plans: PlanSet, placement: Placement
+) -> None:
+    """The default backup of a workload that names a BackupTemplate, and its automatic
+    restore when it asks for one; errors name the workload's annotation."""
+    request = template_request(workload)
+    if request is None:
+        return
+    template = find_template(resources, request.template)
+    restic = template_restic(workload, template, request)
+    try:
+        repo = resolve_repository(resources, restic, placement)
+    except PlanError as exc:
+        where = REPOSITORY if request.repository else TEMPLATE
+        raise PlanError(annotation_field(where), str(exc)) from None
+    try:
+        agent = _agent(resources, restic.spec.backup_agent, "spec.backupAgent")
+    except PlanError as exc:
+        raise PlanError(
+            annotation_field(TEMPLATE), f"BackupTemplate {request.template}: {exc.field}: {exc}"
+        ) from None
+    record = repository_record(repo)
+    made = [
+        replace(plan, repository_record=record)
+        for plan in plan_template_backups(workload, restic, repo, resources, placement, agent)
+    ]
+    restores = []
+    if request.restore_if_empty:
+        restores = [
+            plan_restore_if_empty(workload, restic, repo, plan, resources, placement, agent)
+            for plan in made
+        ]
+    _add(plans, made, restores, annotation_field(TEMPLATE))
 
 
 def _plan_maintenance(

@@ -89,13 +89,17 @@ def plan_volume_backups(
     agent: Agent = DEFAULT_AGENT,
     *,
     index: WorkloadIndex | None = None,
+    workloads: list[Workload] | None = None,
 ) -> list[BackupPlan]:
+    """One plan per instance of each workload the Restic selects (or of ``workloads``,
+    for a BackupTemplate's target, which its annotation selects instead)."""
     spec = restic.spec
     assert spec.volume_selector is not None
     ns = restic.metadata.namespace or "default"
     schedule = restic_schedule(restic)
     policies = _checked_policies(restic)
-    workloads = selected_workloads(restic, resources, index)
+    if workloads is None:
+        workloads = selected_workloads(restic, resources, index)
     if not workloads:
         raise PlanError(
             "spec.volumeSelector.selector",

@@ -294,7 +294,11 @@ def recovery_report(plan: RecoveryPlan, reports: Mapping[str, TaskReport]) -> Re
         errors.append("restore: did not finish (see the restore task's log)")
     ok = bool(restores) and not errors
     stats = [
-        RecoveryPathStats(path=r.path, phase="Succeeded", duration=go_duration(r.duration_seconds))
+        RecoveryPathStats(path=r.path, phase="Skipped", reason=r.skipped)
+        if r.skipped
+        else RecoveryPathStats(
+            path=r.path, phase="Succeeded", duration=go_duration(r.duration_seconds)
+        )
         for r in restores
     ] or [RecoveryPathStats(path=p, phase="Failed") for p in plan.paths]
     status = RecoveryStatus(phase="Succeeded" if ok else "Failed", stats=stats)

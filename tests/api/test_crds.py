@@ -93,6 +93,7 @@ def test_names_scope_and_subresources() -> None:
         "Restic": "Namespaced",
         "Recovery": "Namespaced",
         "BackupAgent": "Cluster",
+        "BackupTemplate": "Cluster",
     }
     with_status = {k for k, d in docs.items() if "subresources" in d["spec"]["versions"][0]}
     assert with_status == {"Repository", "Recovery"}

@@ -79,7 +79,7 @@ def test_default_install_objects() -> None:
         "ClusterRoleBinding": ["stash-sync", "stash-tasks"],
         "CustomResourceDefinition": sorted(
             f"{p}.stash.appscode.com"
-            for p in ("backupagents", "recoveries", "repositories", "restics")
+            for p in ("backupagents", "backuptemplates", "recoveries", "repositories", "restics")
         ),
         "Deployment": ["stash-sync"],
         "PersistentVolumeClaim": ["stash-snapshot"],

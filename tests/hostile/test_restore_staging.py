@@ -69,3 +69,36 @@ def test_a_stale_staging_folder_is_removed_and_a_live_one_kept(tmp_path: Path) -
         os.close(fd)
     assert not stale.exists()
     assert live.exists() and other.exists()
+
+
+def test_restore_if_empty_moves_only_into_an_empty_target(tmp_path: Path) -> None:
+    """The last check of ``restore --if-empty``: data that appeared in the target while
+    the snapshot was read is never replaced, and nothing is moved into it."""
+    restored = make_tree(tmp_path / "staged", seed=5, small_files=20)
+    staged = tree_state(restored)
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "app.db").write_text("written while the snapshot was read\n")
+    assert agent._move_if_empty(restored, full) is False
+    assert [p.name for p in full.iterdir()] == ["app.db"] and tree_state(restored) == staged
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "elsewhere")
+    assert agent._move_if_empty(restored, link) is False and not (tmp_path / "elsewhere").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert agent._move_if_empty(restored, empty) is True
+    assert tree_state(empty) == staged and not restored.exists()
+
+
+def test_a_fresh_volume_with_only_lost_and_found_counts_as_empty(
+    tmp_path: Path, volume: Path
+) -> None:
+    """mkfs.ext4 leaves an empty lost+found at the root of every fresh volume."""
+    (volume / "lost+found").mkdir()
+    assert agent._is_empty_volume(volume)
+    restored = make_tree(tmp_path / "staged", seed=6, small_files=20)
+    staged = tree_state(restored)
+    assert agent._move_if_empty(restored, volume) is True
+    assert tree_state(volume) == {**staged, "lost+found": ("dir", 0o755)}
+    (volume / "lost+found" / "#1234").write_text("recovered by fsck\n")
+    assert not agent._is_empty_volume(volume)

@@ -74,7 +74,7 @@ HOSTILE: dict[str, tuple[Callable[[str], Doc], str]] = {
     "unknown-kind": (
         lambda n: hostile_restic(n, kind="Restics"),
         "Restics demo/unknown-kind: kind: 'Restics' is not a kind of stash.appscode.com "
-        "(known kinds: BackupAgent, Recovery, Repository, Restic)",
+        "(known kinds: BackupAgent, BackupTemplate, Recovery, Repository, Restic)",
     ),
     "lower-case-kind": (
         lambda n: hostile_restic(n, kind="restic"),

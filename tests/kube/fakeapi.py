@@ -104,6 +104,9 @@ _STASH = [
     ResourceType(
         "stash.appscode.com", "v1alpha1", "backupagents", "BackupAgent", False, ("status",)
     ),
+    ResourceType(
+        "stash.appscode.com", "v1alpha1", "backuptemplates", "BackupTemplate", False, ("status",)
+    ),
     ResourceType("appcatalog.appscode.com", "v1alpha1", "appbindings", "AppBinding"),
 ]
 DEFAULT_RESOURCES = _CORE_AND_APPS + _STASH

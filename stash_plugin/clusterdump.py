@@ -554,6 +554,8 @@ class Applier:
     discovery: Discovery = field(init=False)
     result: ClusterApply = field(init=False)
     failures: list[str] = field(default_factory=list)
+    dry_crds: set[tuple[str, str]] = field(default_factory=set)
+    """(group, kind) of custom resources whose CRD a dry run would create."""
 
     def __post_init__(self) -> None:
         self.discovery = Discovery(self.kube)
@@ -581,6 +583,10 @@ class Applier:
     def _apply_one(self, entry: TreeEntry) -> str | None:
         try:
             obj = self._load(entry)
+            if self.dry_run and (entry.group, entry.kind) in self.dry_crds:
+                # Its CRD would be created by this restore: nothing to ask the API yet.
+                self._count("would create", entry)
+                return None
             r = self.discovery.by_kind(obj["apiVersion"], obj["kind"])
             meta = obj["metadata"]
             namespace = meta.get("namespace") if r.namespaced else None
@@ -602,6 +608,11 @@ class Applier:
                 "application/apply-patch+yaml",
             )
             self._count(_action(existing, applied, self.dry_run), entry)
+            if self.dry_run and existing is None and entry.kind == "CustomResourceDefinition":
+                spec = obj.get("spec") or {}
+                self.dry_crds.add(
+                    (str(spec.get("group")), str((spec.get("names") or {}).get("kind")))
+                )
             return str(meta["name"])
         except (ClusterError, KeyError, TypeError, ValueError) as exc:
             message = f"{entry.ref}: {_reason(exc)}"

@@ -175,14 +175,17 @@ def seed(server: FakeKubeServer) -> list[Obj]:
     return created
 
 
-def wipe(server: FakeKubeServer) -> None:
-    """Delete every object of the kinds the seed made (children included), and the CRD."""
+def wipe(server: FakeKubeServer, keep: str = "") -> None:
+    """Delete every object of the kinds the seed made (children included), and the CRD;
+    the namespace ``keep`` and its objects stay."""
     store = server.store
     kinds = {o["kind"] for o in [*cluster_scoped(), *namespaced("x")]} | {"ReplicaSet", "Pod"}
     types = sorted(store.types.values(), key=lambda rt: rt.group != "apps")  # owners first
     for rt in types:
         if rt.kind in kinds and rt.kind != "CustomResourceDefinition":
             for obj in store.select(rt, None):
+                if keep in (obj["metadata"].get("namespace"), obj["metadata"]["name"]):
+                    continue
                 store.delete(rt, obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
     crd = store.type_of("apiextensions.k8s.io/v1", "CustomResourceDefinition")
     for obj in store.select(crd, None):

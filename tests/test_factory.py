@@ -247,6 +247,8 @@ def test_dagbag_over_the_examples(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         "stash-backup.demo.shop-db-nightly.appbinding.shop-db",
         "stash-recovery.demo.quick-mysql-restore",
         "stash-recovery.demo.shop-db-restore",
+        "stash-backup.demo.cluster-backup.cluster",
+        "stash-recovery.demo.cluster-restore",
     }
 
     bag = dagbag(folder, monkeypatch)
@@ -262,10 +264,11 @@ def test_dagbag_over_the_examples(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         "Repository demo/missing-repo not found (zz-extra.yaml#1)" in text
     )
     assert "Restic demo/quick-mysql-backup: metadata.name: defined twice" in text
-    assert (
-        "Restic demo/cluster-backup: spec.targetType: Cluster backup is not available yet" in text
-    )
+    assert "cluster-backup" not in text and "cluster-restore" not in text
     assert PASSWORD not in text
+    cluster = bag.dags["stash-backup.demo.cluster-backup.cluster"]
+    assert {"type:cluster", "repository:gcs-repo"} <= set(cluster.tags)
+    assert {t.task_id for t in cluster.tasks} == {"backup", "retention", "verify", "update_status"}
 
     dag = bag.dags["stash-backup.demo.stash-demo-backup.deployment.stash-demo"]
     assert {"namespace:demo", "type:volume", "repository:local-repo"} <= set(dag.tags)

@@ -112,7 +112,7 @@ def snapshot_tree(repo: Path, into: Path) -> dict[str, dict[str, Any]]:
     """The latest snapshot's files, by path below the tree's root."""
     env = {**os.environ, "RESTIC_REPOSITORY": str(repo), "RESTIC_PASSWORD": PASSWORD}
     subprocess.run(
-        ["restic", "restore", "latest", f"--target={into}"],
+        ["restic", "restore", "latest", "--tag=target=cluster", f"--target={into}"],
         env=env,
         check=True,
         capture_output=True,

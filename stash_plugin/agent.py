@@ -40,6 +40,15 @@ from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import quote
 
+from stash_plugin.clusterdump import (
+    Applier,
+    ClusterError,
+    Kube,
+    Selection,
+    dump,
+    parse_resource,
+    read_tree,
+)
 from stash_plugin.credentials import credential_files, tls_problem
 from stash_plugin.databases import (
     Database,
@@ -1543,10 +1552,94 @@ def restore_database(db: Database, ref: str, tags: list[str], overwrite: bool) -
     )
 
 
+# ----------------------------------------------------------------------------- cluster
+
+
+def cluster_backup(
+    cmd: Command,
+    selection: Selection,
+    lock_wait: float,
+    init: bool,
+    unlock: bool,
+    guard: BackupGuard | None = None,
+) -> RunResult:
+    """Write the selected API objects into a private folder as they are read, then back
+    the folder up with the planned ``restic backup`` (which names no folder: this one is
+    added here). The folder is removed afterwards; only the encrypted repository keeps
+    the objects (Secret data included)."""
+    if cmd.verb != "backup" or cmd.positional or "--stdin" in cmd.args:
+        raise AgentError("a cluster backup is one 'restic backup ...' command without a path")
+    kube = Kube.from_env(os.environ)
+    with tempfile.TemporaryDirectory(prefix="stash-cluster-") as tmp:
+        os.chmod(tmp, 0o700)
+        tree = Path(tmp, "cluster")
+        tree.mkdir(mode=0o700)
+        started = time.monotonic()
+        counts = dump(kube, selection, tree)
+        log(
+            f"wrote {sum(counts.values())} objects of {len(counts)} kinds in "
+            f"{time.monotonic() - started:.1f}s: "
+            + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none")
+        )
+        full = Command(cmd.path, [*cmd.args, END_OF_OPTIONS, str(tree)])
+        result = run_commands([full], lock_wait, init, unlock, [str(tree)], guard=guard)
+    return replace(result, objects=counts)
+
+
+def cluster_restore(
+    ref: str,
+    tags: list[str],
+    namespaces: list[str],
+    kinds: list[str],
+    overwrite: bool,
+    dry_run: bool,
+) -> RestoreRunResult:
+    """Apply the objects of a Cluster snapshot in dependency order (server-side apply).
+
+    The snapshot is restored into a private folder first; each object is then read and
+    applied in turn. An object that fails is named and the others still go; the run
+    fails if any did."""
+    snaps = [s for s in _select_snapshots(ref, tags) if "target=cluster" in (s.get("tags") or [])]
+    if not snaps:
+        raise AgentError(f"snapshot {ref} is not a Cluster backup (no tag target=cluster)")
+    snap = max(snaps, key=lambda s: s.get("time", ""))
+    kube = Kube.from_env(os.environ)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="stash-cluster-restore-") as tmp:
+        os.chmod(tmp, 0o700)
+        proc = restic(
+            ["restic", "restore", f"--target={tmp}", END_OF_OPTIONS, str(snap["id"])],
+            lock_wait=300,
+        )
+        if proc.returncode != 0:
+            raise AgentError(
+                f"restore of snapshot {snap['short_id']} failed (restic exit {proc.returncode})"
+            )
+        root = Path(tmp, str(snap["paths"][0]).lstrip("/"))
+        if not _clean(str(snap["paths"][0])) or not root.is_dir() or root.is_symlink():
+            raise AgentError(f"snapshot {snap['short_id']} holds no object tree")
+        entries = read_tree(root, namespaces, kinds)
+        applier = Applier(kube, overwrite=overwrite, dry_run=dry_run)
+        applied = applier.apply_all(entries)
+    took = time.monotonic() - started
+    summary = ", ".join(f"{k} {v}" for k, v in sorted(applied.actions.items())) or "nothing"
+    log(f"snapshot {snap['short_id']}: {len(entries)} objects ({summary}) in {took:.1f}s")
+    if applier.failures:
+        shown = "; ".join(applier.failures[:10])
+        more = f" (and {len(applier.failures) - 10} more)" if len(applier.failures) > 10 else ""
+        raise AgentError(
+            f"{len(applier.failures)} of {len(entries)} objects could not be applied: {shown}{more}"
+        )
+    restored = RestoreResult(
+        path="/cluster", target="cluster", snapshot_ids=[snap["id"]], duration_seconds=took
+    )
+    return RestoreRunResult(restores=[restored], cluster=applied)
+
+
 # ----------------------------------------------------------------------------- main
 
 
-def _split_commands(rest: list[str], stdin: bool = False) -> list[Command]:
+def _split_commands(rest: list[str], stdin: bool = False, cluster: bool = False) -> list[Command]:
     """``:: PATH restic ARGS... :: PATH restic ARGS...``: each command names the folder
     it is about (as the workload sees it) before its restic argv, so results never have
     to be guessed back from the arguments. What a backup reads comes after restic's
@@ -1569,6 +1662,9 @@ def _split_commands(rest: list[str], stdin: bool = False) -> list[Command]:
         if stdin:  # a database dump: restic reads its standard input and no path
             if command.verb != "backup" or "--stdin" not in command.args or command.positional:
                 raise AgentError("a database backup is 'restic backup --stdin ...' with no path")
+        elif cluster:  # the agent adds the folder it wrote the objects into
+            if command.verb != "backup" or command.positional or "--stdin" in command.args:
+                raise AgentError("a cluster backup is 'restic backup ...' with no path")
         elif command.verb == "backup" and (
             not command.positional or not all(_clean(p) for p in command.positional)
         ):
@@ -1678,6 +1774,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     rdb_p.add_argument("--snapshot", default="latest")
     rdb_p.add_argument("--tag", action="append", default=[])
     rdb_p.add_argument("--overwrite", action="store_true")
+    cd_p = sub.add_parser("cluster-dump", help="back up API objects as a YAML tree")
+    cd_p.add_argument("--resource", action="append", default=[], help="GROUP[/VERSION]:RESOURCE")
+    cd_p.add_argument("--namespace", action="append", default=[])
+    cd_p.add_argument("--exclude-namespace", action="append", default=[])
+    cd_p.add_argument("--sanitize", action="store_true")
+    cd_p.add_argument("--parents-only", action="store_true")
+    cd_p.add_argument("--init", action="store_true", help="create the repository if missing")
+    cd_p.add_argument("--unlock", action="store_true", help="clear stale locks first")
+    cd_p.add_argument("--lock-wait", type=float, default=os.environ.get(ENV_LOCK_WAIT) or "600")
+    cr_p = sub.add_parser("cluster-restore", help="apply the API objects of a Cluster snapshot")
+    cr_p.add_argument("--snapshot", default="latest")
+    cr_p.add_argument("--tag", action="append", default=[])
+    cr_p.add_argument("--namespace", action="append", default=[])
+    cr_p.add_argument("--kind", action="append", default=[])
+    cr_p.add_argument("--overwrite", action="store_true")
+    cr_p.add_argument("--dry-run", action="store_true")
     head = argv[: argv.index(SEPARATOR)] if SEPARATOR in argv else argv
     tail = argv[len(head) :]
     args = parser.parse_args(head)
@@ -1707,6 +1819,28 @@ def main(argv: Sequence[str] | None = None) -> int:
                     guard,
                 )
                 result = replace(result, record_digest=store_record(guard, args.lock_wait))
+            elif args.verb == "cluster-dump":
+                commands = _split_commands(tail, stdin=False, cluster=True)
+                if len(commands) != 1:
+                    raise AgentError("a cluster backup is exactly one restic command")
+                selection = Selection(
+                    [parse_resource(r) for r in args.resource],
+                    args.namespace,
+                    args.exclude_namespace,
+                    args.sanitize,
+                    args.parents_only,
+                )
+                if not selection.resources:
+                    raise AgentError("name at least one --resource")
+                guard = _guard_from_env()
+                result = cluster_backup(
+                    commands[0], selection, args.lock_wait, args.init, args.unlock, guard
+                )
+                result = replace(result, record_digest=store_record(guard, args.lock_wait))
+            elif args.verb == "cluster-restore":
+                result = cluster_restore(
+                    args.snapshot, args.tag, args.namespace, args.kind, args.overwrite, args.dry_run
+                )
             elif args.verb == "restore-database":
                 assert db is not None
                 result = restore_database(db, args.snapshot, args.tag, args.overwrite)
@@ -1739,7 +1873,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     args.stash08_host,
                     args.if_empty,
                 )
-    except (AgentError, DatabaseError) as exc:
+    except (AgentError, DatabaseError, ClusterError) as exc:
         print(error_line(str(exc)), file=sys.stderr, flush=True)
         _write_error(str(exc))
         return 1

@@ -237,6 +237,53 @@ def database_recovery_doc(
     }
 
 
+def cluster_restic_doc(
+    name: str,
+    namespace: str,
+    repository: str,
+    selector: list[dict[str, Any]],
+    *,
+    schedule: str = "@every 1h",
+    policy: dict[str, Any] | None = None,
+    **cluster: Any,
+) -> dict[str, Any]:
+    """A Cluster Restic; ``selector`` is its ``resourceSelector``, ``cluster`` the other
+    ``clusterResources`` fields (``parentsOnly``, ``namespaces``...)."""
+    policy = policy if policy is not None else {"keepLast": 5, "prune": True}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "Restic",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "targetType": "Cluster",
+            "schedule": schedule,
+            "repository": {"name": repository},
+            "clusterResources": {
+                "resourceSelector": selector,
+                "retentionPolicyName": "policy",
+                **cluster,
+            },
+            "retentionPolicies": [{"name": "policy", **policy}],
+        },
+    }
+
+
+def cluster_recovery_doc(
+    name: str, namespace: str, repository: str, repo_dir: str, **restorer: Any
+) -> dict[str, Any]:
+    """A Cluster Recovery; ``restorer`` holds ``overwrite``, ``dryRun``, ``namespaces``..."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "Recovery",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "targetType": "Cluster",
+            "repository": {"name": repository},
+            "clusterRestorer": {"repoDir": repo_dir, **restorer},
+        },
+    }
+
+
 def write_manifests(folder: Path, docs: list[dict[str, Any]], filename: str = "all.yaml") -> Path:
     """All ``docs`` as one multi-document YAML file in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)

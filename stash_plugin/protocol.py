@@ -55,6 +55,16 @@ ALL_DATABASES = "all"
 ENGINES = ("postgres", "mysql", "mariadb", "redis")
 """Database engines the default agent dumps and restores."""
 
+# Cluster targets in the local runtime: the Kubernetes API of the Airflow connection,
+# handed over by the runtime when the step runs (the token as a secret: environment
+# only, masked in logs). In a pod the agent uses its ServiceAccount instead.
+ENV_KUBE_SERVER = "STASH_KUBE_SERVER"
+ENV_KUBE_TOKEN = "STASH_KUBE_TOKEN"
+ENV_KUBE_CA_FILE = "STASH_KUBE_CA_FILE"
+ENV_KUBE_CERT_FILE = "STASH_KUBE_CERT_FILE"
+ENV_KUBE_KEY_FILE = "STASH_KUBE_KEY_FILE"
+ENV_KUBE_INSECURE = "STASH_KUBE_INSECURE"
+
 AGENT = "stash-agent"
 """The agent program, first item of every default step's argv."""
 SEPARATOR = "::"
@@ -294,16 +304,22 @@ class RunResult(Record):
     record_digest: str | None = None
     """Digest of the Repository record the repository holds after this run (set by a
     backup that was given one and found it stored or stored it)."""
+    objects: dict[str, int] | None = None
+    """A Cluster backup: objects written per kind (``apps/Deployment``)."""
 
     @classmethod
     def from_dict(cls, data: Any) -> RunResult:
         data = data if isinstance(data, dict) else {}
         digest = data.get("record_digest")
+        objects = data.get("objects")
         return cls(
             backups=[BackupResult.from_dict(b) for b in data.get("backups") or []],
             forgets=[ForgetResult.from_dict(f) for f in data.get("forgets") or []],
             snapshots=[SnapshotList.from_dict(s) for s in data.get("snapshots") or []],
             record_digest=digest if isinstance(digest, str) else None,
+            objects={str(k): int(v) for k, v in objects.items()}
+            if isinstance(objects, dict)
+            else None,
         )
 
 
@@ -320,14 +336,33 @@ class RestoreResult(Record):
     to restore yet."""
 
 
+@dataclass
+class ClusterApply(Record):
+    """What a Cluster restore did to the API objects of its snapshot."""
+
+    dry_run: bool = False
+    actions: dict[str, int] = field(default_factory=dict)
+    """Objects per outcome: ``created``, ``changed``, ``unchanged``, ``exists, left
+    alone``; in a dry run ``would create`` and ``would change``."""
+    kinds: dict[str, int] = field(default_factory=dict)
+    """Objects looked at per kind (``apps/Deployment``)."""
+    failed: list[str] = field(default_factory=list)
+    """``group/Kind namespace/name: reason`` of each object that could not be applied."""
+
+
 @dataclass(frozen=True)
 class RestoreRunResult(Record):
     restores: list[RestoreResult] = field(default_factory=list)
+    cluster: ClusterApply | None = None
 
     @classmethod
     def from_dict(cls, data: Any) -> RestoreRunResult:
         data = data if isinstance(data, dict) else {}
-        return cls(restores=[RestoreResult.from_dict(r) for r in data.get("restores") or []])
+        cluster = data.get("cluster")
+        return cls(
+            restores=[RestoreResult.from_dict(r) for r in data.get("restores") or []],
+            cluster=ClusterApply.from_dict(cluster) if isinstance(cluster, dict) else None,
+        )
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,10 @@ class Settings:
     shrink_action: str = "fail"
     """``fail``: a flagged backup makes the run red (its snapshot still counts); ``warn``:
     the run stays green and only the status and the log carry the flag."""
+    cluster_namespaces: tuple[str, ...] = ()
+    """Namespaces whose Cluster Restics and Recoveries may use the Airflow connection's
+    Kubernetes access in the local runtime (comma-separated); none by default. In the
+    kubernetes runtime the agent pod's ServiceAccount decides what it may read."""
     shrink_keep: int = 1
     """How many snapshots taken before a flagged drop retention keeps until the tag
     ``stash-before-drop`` is removed from them; 0: none."""
@@ -137,4 +141,7 @@ def load_settings() -> Settings:
         shrink_threshold=threshold,
         shrink_action=shrink_action,
         shrink_keep=keep,
+        cluster_namespaces=tuple(
+            n.strip() for n in _get("cluster_namespaces", "").split(",") if n.strip()
+        ),
     )

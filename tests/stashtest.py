@@ -15,6 +15,8 @@ from typing import Any
 from stash_plugin.manifests import (  # noqa: F401 - the builders tests import from here
     appbinding_doc,
     backup_template_doc,
+    cluster_recovery_doc,
+    cluster_restic_doc,
     database_recovery_doc,
     database_restic_doc,
     deployment_doc,

@@ -1,7 +1,6 @@
 """examples/: what each file plans into today, under both runtimes, as its README says.
 
-The table below is the contract. When Cluster targets become available,
-their rows change from an error to a DAG id, and this test is what says so.
+The table below is the contract: a file whose plan changes changes its row.
 """
 
 from __future__ import annotations
@@ -28,17 +27,6 @@ class Today:
 
     dags: tuple[str, ...] = ()
     errors: tuple[str, ...] = ()
-
-
-def _not_yet(kind: str, name: str, what: str, file: str) -> str:
-    target = "backup" if kind == "Restic" else "recovery"
-    available = (
-        "Volume and Database backup are" if kind == "Restic" else "Volume and Database recovery are"
-    )
-    return (
-        f"{kind} demo/{name}: spec.targetType: {what} {target} is not available yet "
-        f"({available}) ({file})"
-    )
 
 
 NOTHING = Today()
@@ -80,9 +68,8 @@ EXPECTED: dict[str, Today] = {
             "stash-backup.demo.databases-backup.reports-mysql.demo.svc-3306.reports",
         )
     ),
-    "restic-cluster.yaml": Today(
-        errors=(_not_yet("Restic", "cluster-backup", "Cluster", "restic-cluster.yaml"),)
-    ),
+    "restic-cluster.yaml": Today(dags=("stash-backup.demo.cluster-backup.cluster",)),
+    "recovery-cluster.yaml": Today(dags=("stash-recovery.demo.cluster-restore",)),
     "recovery-database-appref.yaml": Today(dags=("stash-recovery.demo.quick-mysql-restore",)),
     "recovery-database-connectionurl.yaml": Today(dags=("stash-recovery.demo.shop-db-restore",)),
     "appbinding-quick-mysql.yaml": NOTHING,

@@ -249,6 +249,8 @@ def test_dagbag_over_the_examples(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         "stash-recovery.demo.shop-db-restore",
         "stash-backup.demo.template-default-volumes.deployment.web",
         "stash-recovery.demo.if-empty.deployment.web",
+        "stash-backup.demo.cluster-backup.cluster",
+        "stash-recovery.demo.cluster-restore",
     }
 
     bag = dagbag(folder, monkeypatch)
@@ -264,10 +266,11 @@ def test_dagbag_over_the_examples(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         "Repository demo/missing-repo not found (zz-extra.yaml#1)" in text
     )
     assert "Restic demo/quick-mysql-backup: metadata.name: defined twice" in text
-    assert (
-        "Restic demo/cluster-backup: spec.targetType: Cluster backup is not available yet" in text
-    )
+    assert "cluster-backup" not in text and "cluster-restore" not in text
     assert PASSWORD not in text
+    cluster = bag.dags["stash-backup.demo.cluster-backup.cluster"]
+    assert {"type:cluster", "repository:gcs-repo"} <= set(cluster.tags)
+    assert {t.task_id for t in cluster.tasks} == {"backup", "retention", "verify", "update_status"}
 
     dag = bag.dags["stash-backup.demo.stash-demo-backup.deployment.stash-demo"]
     assert {"namespace:demo", "type:volume", "repository:local-repo"} <= set(dag.tags)

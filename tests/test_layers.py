@@ -21,6 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
         "stash_plugin.agent",
         "stash_plugin.credentials",
         "stash_plugin.databases",
+        "stash_plugin.clusterdump",
         "stash_plugin.settings",
         "stash_plugin.sync",
         "stash_plugin.discover",
@@ -44,6 +45,7 @@ PURE = (
     "stash_plugin.agent",
     "stash_plugin.credentials",
     "stash_plugin.databases",
+    "stash_plugin.clusterdump",
 )
 # Airflow-facing classes are thin adapters: they never read the manifests themselves
 # (the runtime resolves what a step needs) and sensors run steps through the runtime's
@@ -129,6 +131,12 @@ def test_the_agent_needs_only_the_standard_library_and_the_protocol() -> None:
         "stash_plugin.protocol",
         "stash_plugin.credentials",
         "stash_plugin.databases",
+        "stash_plugin.clusterdump",
+    }
+    cluster = _imports("stash_plugin.clusterdump", MODULES["stash_plugin.clusterdump"])
+    ours = [n for n in cluster if n.startswith("stash_plugin")]
+    assert {n.rsplit(".", 1)[0] if n.count(".") > 1 else n for n in ours} <= {
+        "stash_plugin.protocol"
     }
     credentials = _imports("stash_plugin.credentials", MODULES["stash_plugin.credentials"])
     assert not [n for n in credentials if n.startswith("stash_plugin")]

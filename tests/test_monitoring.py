@@ -31,7 +31,13 @@ from stashtest import MAPPING_FILE, map_statsd, statsd_mappings
 
 from stash_plugin.plan.maintenance import MaintenanceOptions, plan_maintenance
 from stash_plugin.plan.placement import placement_for
-from stash_plugin.protocol import MaintenanceResult, RestoreResult, RestoreRunResult
+from stash_plugin.protocol import (
+    ClusterApply,
+    MaintenanceResult,
+    RestoreResult,
+    RestoreRunResult,
+    RunResult,
+)
 from stash_plugin.runtime.checks import maintenance_report, target_key
 from stash_plugin.runtime.metrics import metric_name
 from stash_plugin.runtime.outcomes import Metric, TaskReport, backup_report, recovery_report
@@ -69,10 +75,27 @@ def sent() -> list[tuple[tuple[str, ...], Metric]]:
     ]
     shrunk = _reports(plan, backup=TaskReport("backup", "success", SHRUNK_BACKUP.to_dict()))
     runs.append(backup_report(plan, shrunk, STARTED, NOW))
+    cluster = RunResult.from_dict({**shrunk["backup"].result, "objects": {"apps/Deployment": 2}})
+    runs.append(
+        backup_report(
+            plan,
+            _reports(plan, backup=TaskReport("backup", "success", cluster.to_dict())),
+            STARTED,
+            NOW,
+        )
+    )
     out = [(r.scope, m) for r in runs for m in r.metrics]
     rplan = _recovery_plan()
     good = RestoreRunResult([RestoreResult("/source/data", "/x", ["a"], 1.0)]).to_dict()
-    for restore in (TaskReport("restore", "success", good), TaskReport("restore", "failed")):
+    applied = RestoreRunResult(
+        [RestoreResult("/cluster", "cluster", ["a"], 1.0)],
+        ClusterApply(actions={"created": 3}, kinds={"core/ConfigMap": 3}),
+    ).to_dict()
+    for restore in (
+        TaskReport("restore", "success", good),
+        TaskReport("restore", "success", applied),
+        TaskReport("restore", "failed"),
+    ):
         report = recovery_report(rplan, {"restore": restore})
         out += [(report.scope, m) for m in report.metrics]
     mplan = plan_maintenance(

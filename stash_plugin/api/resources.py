@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from ..protocol import ENV_LOCK_WAIT
 from .backend import Backend, HostPathSource, NFSSource, PVCSource
+from .clusterres import resource_problem, split_group
 from .common import (
     AbsolutePath,
     AppRef,
@@ -73,6 +75,8 @@ class BackupRepo(Model):
     repository_record: str | None = None
     """Digest of the Repository object kept in the target's repository (for ``stash
     discover``); a backup writes the record again only when it differs."""
+    objects: dict[str, int] | None = None
+    """A Cluster target: objects per kind (``apps/Deployment``) in the last good backup."""
 
 
 class RepositoryCheck(Model):
@@ -297,15 +301,55 @@ class DatabaseSelector(Model):
 
 
 class ResourceGroup(Model):
+    """Resources of one API group. ``group`` is ``""`` (core), ``apps``, or written with
+    a version as the specification's sample does (``apps/v1``)."""
+
     group: str
     resources: list[str] = Field(min_length=1)
 
+    @field_validator("group")
+    @classmethod
+    def _group(cls, value: str) -> str:
+        split_group(value)
+        return value
+
+    @model_validator(mode="after")
+    def _known_resources(self) -> ResourceGroup:
+        group, _ = split_group(self.group)
+        problems = [p for p in (resource_problem(group, r) for r in self.resources) if p]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def api_group(self) -> str:
+        return split_group(self.group)[0]
+
+    @property
+    def version(self) -> str | None:
+        return split_group(self.group)[1]
+
 
 class ClusterResources(Model):
+    """What a Cluster target backs up: objects of the selected resources, as YAML."""
+
     retention_policy_name: str | None = None
     sanitize: bool = True
+    """Drop what the API server fills in (status, uid, resourceVersion, managedFields,
+    a Service's allocated clusterIP...), so a restore recreates the objects afresh."""
     parents_only: bool = False
-    resource_selector: list[ResourceGroup] = Field(default_factory=list)
+    """Skip objects with an owner reference (a Deployment's ReplicaSets and Pods)."""
+    resource_selector: list[ResourceGroup] = Field(min_length=1)
+    namespaces: list[Namespace] = Field(default_factory=list)
+    """Back up namespaced objects of these namespaces only (default: every namespace)."""
+    exclude_namespaces: list[Namespace] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _namespaces(self) -> ClusterResources:
+        both = sorted(set(self.namespaces) & set(self.exclude_namespaces))
+        if both:
+            raise ValueError(f"namespaces both included and excluded: {', '.join(both)}")
+        return self
 
 
 class ResticSpec(Model):
@@ -451,6 +495,32 @@ class DatabaseRestorer(Model):
     Recovery never clobbers a database unless it says so."""
 
 
+class ClusterRestorer(Model):
+    """Objects of a Cluster snapshot applied back to the cluster, in dependency order."""
+
+    repo_dir: AbsolutePath
+    snapshot: str | None = None
+    namespaces: list[Namespace] = Field(default_factory=list)
+    """Restore the objects of these namespaces only (and no cluster-scoped ones)."""
+    kinds: list[str] = Field(default_factory=list)
+    """Restore objects of these kinds only (``Deployment``, ``ConfigMap``...)."""
+    overwrite: bool = False
+    """Apply over objects that exist. Off by default: an existing object is left as it
+    is and reported."""
+    dry_run: bool = False
+    """Ask the API server what would be created or changed; change nothing."""
+    restic: Name | None = None
+    """The Restic whose snapshots to restore, where a repoDir holds several."""
+
+    @field_validator("kinds")
+    @classmethod
+    def _kinds(cls, value: list[str]) -> list[str]:
+        bad = [k for k in value if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]{0,62}", k)]
+        if bad:
+            raise ValueError(f"not kind names (such as Deployment): {', '.join(map(repr, bad))}")
+        return value
+
+
 class RecoveryPathStats(Model):
     path: str
     phase: Literal["Pending", "Running", "Succeeded", "Skipped", "Failed", "Unknown"]
@@ -471,16 +541,22 @@ class RecoverySpec(Model):
     repository: ObjectRef
     volume_restorer: VolumeRestorer | None = None
     database_restorer: DatabaseRestorer | None = None
+    cluster_restorer: ClusterRestorer | None = None
     runtime_settings: RuntimeSettings = Field(default_factory=RuntimeSettings)
 
     @model_validator(mode="after")
     def _restorer_matches_type(self) -> RecoverySpec:
-        if self.target_type == "Volume" and self.volume_restorer is None:
-            raise ValueError("targetType Volume needs volumeRestorer")
-        if self.target_type == "Database" and self.database_restorer is None:
-            raise ValueError("targetType Database needs databaseRestorer")
-        if self.volume_restorer is not None and self.database_restorer is not None:
-            raise ValueError("give only one of volumeRestorer or databaseRestorer")
+        given = {
+            "volumeRestorer": self.volume_restorer,
+            "databaseRestorer": self.database_restorer,
+            "clusterRestorer": self.cluster_restorer,
+        }
+        needed = f"{self.target_type[0].lower()}{self.target_type[1:]}Restorer"
+        if given[needed] is None:
+            raise ValueError(f"targetType {self.target_type} needs {needed}")
+        extra = [k for k, v in given.items() if v is not None and k != needed]
+        if extra:
+            raise ValueError(f"targetType {self.target_type} does not take {', '.join(extra)}")
         return self
 
 

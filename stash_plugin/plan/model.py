@@ -85,6 +85,10 @@ class Step:
     keep_entrypoint: bool = False
     """In a pod, ``argv`` is the container's ``args`` (the image's entrypoint runs it)
     rather than its ``command``: how a BackupAgent's plain commands are written."""
+    cluster_access: Literal["read", "write"] | None = None
+    """The step talks to the Kubernetes API (a Cluster target): in a pod through its
+    ServiceAccount; locally through the Airflow connection, which the runtime hands
+    over only to namespaces ``[stash] cluster_namespaces`` lists."""
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,16 @@ def snapshot_tags(namespace: str, restic: str, target: str, path: str) -> list[s
     return [f"{key}={value}" for key, value in values.items()]
 
 
+def cluster_target(restic: str, prefix: str | None) -> tuple[str, str, str]:
+    """(target, repoDir, restic host) of a Cluster Restic: ``/cluster/NAME``."""
+    return "cluster", f"/{(prefix or 'cluster').strip('/')}/{restic}", "cluster"
+
+
+CLUSTER_PATH = "/cluster"
+"""What a Cluster snapshot is about (its ``path=`` tag and the status' folder): the
+tree ``<namespace or _cluster>/<group or core>/<Kind>/<name>.yaml``."""
+
+
 # --------------------------------------------------------------------------- databases
 
 _SAFE = re.compile(r"[^A-Za-z0-9_-]+")

@@ -8,6 +8,7 @@ from ..api.errors import ResourceError
 from ..api.kubeobjects import Workload
 from ..api.resources import Recovery, Repository, Restic
 from ..api.resourceset import ResourceSet
+from .cluster import plan_cluster_backup, plan_cluster_recovery
 from .commands import DEFAULT_AGENT, Agent
 from .database import plan_database_backups, plan_database_recovery
 from .maintenance import MaintenanceOptions, plan_maintenance
@@ -151,14 +152,11 @@ def make_plans(
         ):
             continue
         try:
-            if restic.spec.target_type == "Cluster":
-                raise PlanError(
-                    "spec.targetType",
-                    "Cluster backup is not available yet (Volume and Database backup are)",
-                )
             repo = resolve_repository(resources, restic, placement)
             agent = _agent(resources, restic.spec.backup_agent, "spec.backupAgent")
-            if restic.spec.target_type == "Database":
+            if restic.spec.target_type == "Cluster":
+                made = [plan_cluster_backup(restic, repo, placement, agent)]
+            elif restic.spec.target_type == "Database":
                 made = plan_database_backups(restic, repo, resources, placement, agent)
             else:
                 index = index or WorkloadIndex(resources)
@@ -174,7 +172,9 @@ def make_plans(
         try:
             repo = resolve_repository(resources, recovery, placement)
             agent = _agent(resources, recovery.spec.recovery_agent, "spec.recoveryAgent")
-            if recovery.spec.target_type == "Database":
+            if recovery.spec.target_type == "Cluster":
+                rplan = plan_cluster_recovery(recovery, repo, placement, agent)
+            elif recovery.spec.target_type == "Database":
                 rplan = plan_database_recovery(recovery, repo, placement, agent, resources)
             else:
                 rplan = plan_recovery(recovery, repo, placement, agent, resources)

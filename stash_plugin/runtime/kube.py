@@ -13,9 +13,21 @@ from typing import Any
 
 from .. import GROUP, VERSION
 from ..api.resources import BackupRepo, RecoveryStatus, RepositoryCheck, RepositoryStatus
-from ..plan.model import TargetRef
-from ..protocol import ENV_AGENT_POD_PREFIX, ENV_DEAD_LOCK_BEFORE, ENV_LIVE_AGENT_PODS
+from ..plan.model import Step, TargetRef
+from ..protocol import (
+    ENV_AGENT_POD_PREFIX,
+    ENV_DEAD_LOCK_BEFORE,
+    ENV_KUBE_CA_FILE,
+    ENV_KUBE_CERT_FILE,
+    ENV_KUBE_INSECURE,
+    ENV_KUBE_KEY_FILE,
+    ENV_KUBE_SERVER,
+    ENV_KUBE_TOKEN,
+    ENV_LIVE_AGENT_PODS,
+)
+from ..settings import Settings
 from .checks import record_check_in
+from .errors import StepFailed
 from .outcomes import BackupOutcome, entry_of, record_in
 
 log = logging.getLogger(__name__)
@@ -214,3 +226,37 @@ def dead_lock_env(core_api: Any, prefix: str, clock_skew: float) -> dict[str, st
         ENV_AGENT_POD_PREFIX: prefix,
         ENV_DEAD_LOCK_BEFORE: f"{listed_at - clock_skew:.3f}",
     }
+
+
+def agent_api_env(step: Step, settings: Settings) -> dict[str, str]:
+    """What a local Cluster step needs to reach the Kubernetes API: the Airflow
+    connection's address and credentials (the token as a secret: environment only).
+
+    The connection usually may read and write everything, so it is handed over only to
+    namespaces the administrator lists in ``[stash] cluster_namespaces``: a tenant's
+    Restic must not read every Secret of the cluster through it."""
+    if step.namespace not in settings.cluster_namespaces:
+        allowed = ", ".join(settings.cluster_namespaces) or "none"
+        raise StepFailed(
+            step.task_id,
+            1,
+            f"a Cluster target reads and writes the whole cluster through the Airflow "
+            f"connection {settings.kubernetes_conn_id!r}; namespace {step.namespace} may not "
+            f"use it (an administrator lists it in [stash] cluster_namespaces; now: {allowed})",
+            step.subject,
+        )
+    config = hook(settings.kubernetes_conn_id).api_client.configuration
+    env = {ENV_KUBE_SERVER: str(config.host)}
+    token = config.get_api_key_with_prefix("authorization") or ""
+    if token:
+        env[ENV_KUBE_TOKEN] = token.removeprefix("Bearer ").strip()
+    for name, value in (
+        (ENV_KUBE_CA_FILE, config.ssl_ca_cert),
+        (ENV_KUBE_CERT_FILE, config.cert_file),
+        (ENV_KUBE_KEY_FILE, config.key_file),
+    ):
+        if value:
+            env[name] = str(value)
+    if not config.verify_ssl:
+        env[ENV_KUBE_INSECURE] = "1"
+    return env

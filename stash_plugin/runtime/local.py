@@ -108,11 +108,13 @@ def run_process(
     secrets: Mapping[tuple[str, str], Secret],
     emit: Callable[[str], None] = print,
     on_secret: Callable[[str], None] | None = None,
+    extra_secret_env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run ``step`` to completion, streaming its (redacted) output to ``emit``; returns
     the agent's result document. ``on_secret`` is told every secret value first (the
-    task masks them in its logs)."""
-    secret_env = resolve_secret_env(step, secrets)
+    task masks them in its logs). ``extra_secret_env`` is environment the runtime
+    adds (the Kubernetes API of a Cluster step), treated as secret like the rest."""
+    secret_env = {**resolve_secret_env(step, secrets), **(extra_secret_env or {})}
     if on_secret is not None:
         for value in secret_env.values():
             on_secret(value)

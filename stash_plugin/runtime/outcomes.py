@@ -79,6 +79,8 @@ class BackupOutcome:
     """Digest of the Repository record the repository holds after the run."""
     found: SnapshotHistory | None = None
     """The target's snapshots as verification listed them (this run's included)."""
+    objects: dict[str, int] | None = None
+    """A Cluster backup: API objects per kind (``apps/Deployment``)."""
 
 
 @dataclass(frozen=True)
@@ -227,6 +229,7 @@ def backup_report(
         ),
         record_digest=made.record_digest,
         found=snapshot_history(confirmed) if isinstance(confirmed, dict) else None,
+        objects=made.objects if backed_up else None,
     )
     metrics = backup_metrics(plan, backups, outcome, ok=backed_up and not errors, now=now)
     return BackupReport(outcome, tuple(metrics), backup_scope(plan.target))
@@ -276,6 +279,8 @@ def backup_metrics(
         ]
     if outcome.source_drop is not None:
         metrics.append(Metric("source_dropped", "incr", 1))
+    if outcome.objects is not None:
+        metrics.append(Metric("objects", "gauge", sum(outcome.objects.values())))
     if outcome.snapshot_count is not None:
         metrics.append(Metric("snapshots", "gauge", outcome.snapshot_count))
     if outcome.snapshots_removed is not None:
@@ -306,6 +311,9 @@ def recovery_report(plan: RecoveryPlan, reports: Mapping[str, TaskReport]) -> Re
     metrics = [Metric("success" if ok else "failure", "incr", 1)]
     if ok:
         metrics.append(Metric("duration", "timing", duration * 1000))
+    applied = RestoreRunResult.from_dict(restore.result if restore else None).cluster
+    if applied is not None:
+        metrics.append(Metric("objects", "gauge", sum(applied.kinds.values())))
     failure = "; ".join(errors) or None
     scope = ("recovery", plan.namespace, plan.name, plan.repository_name)
     return RecoveryReport(status, tuple(metrics), scope, failure, duration)
@@ -362,6 +370,7 @@ def apply_outcome(
         "source_drop": outcome.source_drop,
         "source_sizes": list(outcome.source_sizes) or base.source_sizes,
         "repository_record": outcome.record_digest or base.repository_record,
+        "objects": outcome.objects if outcome.objects is not None else base.objects,
     }
     if outcome.source_drop:
         update["source_drop_time"] = outcome.started

@@ -38,7 +38,12 @@ def run_step(
 
     from .local import load_secrets, run_process
 
-    return run_process(step, load_secrets(settings.manifests_dir), log.info, mask_secret)
+    extra = None
+    if step.cluster_access:
+        from .kube import agent_api_env
+
+        extra = agent_api_env(step, settings)
+    return run_process(step, load_secrets(settings.manifests_dir), log.info, mask_secret, extra)
 
 
 def resume_step(step: Step, context: Any, event: Any) -> dict[str, Any]:

@@ -213,7 +213,13 @@ def test_scheduled_restic_needs_a_schedule() -> None:
 
 
 def test_selector_must_match_target_type() -> None:
-    doc = restic_doc("x", "demo", "repo", "app", clusterResources={})
+    doc = restic_doc(
+        "x",
+        "demo",
+        "repo",
+        "app",
+        clusterResources={"resourceSelector": [{"group": "", "resources": ["secrets"]}]},
+    )
     assert "does not take clusterResources" in only_error(doc, "spec").message
     doc = restic_doc("x", "demo", "repo", "app", targetType="Database")
     assert "needs databaseSelector" in only_error(doc, "spec").message

@@ -118,6 +118,35 @@ def test_namespaced_rbac_binds_only_in_the_listed_namespaces() -> None:
     assert by_kind(docs)["ClusterRoleBinding"] == ["stash-sync"]
 
 
+def test_cluster_backup_service_accounts_may_only_read_or_apply() -> None:
+    docs = render({"rbac": {"create": True, "clusterBackupNamespaces": ["ops"]}})
+    roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ClusterRole"}
+    assert roles["stash-cluster-reader"]["rules"] == [
+        {"apiGroups": ["*"], "resources": ["*"], "verbs": ["get", "list"]}
+    ]
+    assert roles["stash-cluster-restorer"]["rules"][0]["verbs"] == [
+        "get",
+        "list",
+        "create",
+        "patch",
+    ]
+    accounts = [
+        (d["metadata"]["namespace"], d["metadata"]["name"])
+        for d in docs
+        if d["kind"] == "ServiceAccount" and d["metadata"]["name"].startswith("stash-cluster")
+    ]
+    assert sorted(accounts) == [("ops", "stash-cluster-reader"), ("ops", "stash-cluster-restorer")]
+    binding = next(
+        d
+        for d in docs
+        if d["metadata"]["name"] == "stash-cluster-reader" and d["kind"] == "ClusterRoleBinding"
+    )
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "stash-cluster-reader", "namespace": "ops"}
+    ]
+    assert "stash-cluster-reader" not in str(render())  # none unless namespaces are listed
+
+
 def test_customised_backup_agents_are_valid_resources() -> None:
     from stash_plugin.api.parse import parse_document
     from stash_plugin.api.resources import BackupAgent

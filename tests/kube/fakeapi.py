@@ -17,8 +17,15 @@ and none hides a bug of ours we know of):
 - namespaces spring into being on first use; deletes are immediate (no grace
   period, finalizers or cascading, except workload pods and ReplicaSets);
 - strategic merge patches are applied as JSON merge patches (lists replace);
-  JSON patch, server-side apply and deletecollection are unhandled (loud);
-- lists ignore ``limit``/``continue``; watches last at most 30 s;
+  JSON patch and deletecollection are unhandled (loud);
+- server-side apply (``application/apply-patch+yaml``, JSON bodies only) creates the
+  object or merges the applied fields into it (fields a manager stops applying are
+  not removed; no conflicts are detected); an apply that changes nothing keeps the
+  resourceVersion; ``dryRun=All`` answers without storing (apply, create);
+- lists honour ``limit``/``continue`` (the token is the last key returned); watches
+  last at most 30 s;
+- creating a CustomResourceDefinition serves its resource at once (discovery
+  included) and marks it Established; deleting it removes its objects;
 - a resource type not registered is an unhandled route: add one with
   ``server.store.register(ResourceType(...))``.
 """
@@ -79,7 +86,44 @@ class ResourceType:
     @property
     def builtin(self) -> bool:
         """Built-in types accept an update without resourceVersion; custom ones do not."""
-        return self.group in ("", "apps")
+        return self.group in ("", "apps", "rbac.authorization.k8s.io", "apiextensions.k8s.io")
+
+
+def crd_types(crd: Obj) -> list[ResourceType]:
+    """The resource types a CustomResourceDefinition serves (one per served version)."""
+    spec = crd.get("spec") or {}
+    names = spec.get("names") or {}
+    out = []
+    for version in spec.get("versions") or []:
+        if version.get("served", True):
+            subs = (
+                ("status",) if (version.get("subresources") or {}).get("status") is not None else ()
+            )
+            out.append(
+                ResourceType(
+                    spec["group"],
+                    version["name"],
+                    names["plural"],
+                    names["kind"],
+                    spec.get("scope", "Namespaced") == "Namespaced",
+                    subs,
+                )
+            )
+    return out
+
+
+def crd_status(crd: Obj) -> Obj:
+    now = now_rfc3339()
+    return {
+        "acceptedNames": dict((crd.get("spec") or {}).get("names") or {}),
+        "conditions": [
+            {"type": "NamesAccepted", "status": "True", "lastTransitionTime": now},
+            {"type": "Established", "status": "True", "lastTransitionTime": now},
+        ],
+        "storedVersions": [
+            v["name"] for v in (crd.get("spec") or {}).get("versions") or [] if v.get("storage")
+        ],
+    }
 
 
 _CORE_AND_APPS = [
@@ -96,6 +140,22 @@ _CORE_AND_APPS = [
     ResourceType("apps", "v1", "statefulsets", "StatefulSet", True, ("scale", "status")),
     ResourceType("apps", "v1", "replicasets", "ReplicaSet", True, ("scale", "status")),
     ResourceType("apps", "v1", "daemonsets", "DaemonSet", True, ("status",)),
+    ResourceType("", "v1", "services", "Service", True, ("status",)),
+    ResourceType("", "v1", "serviceaccounts", "ServiceAccount"),
+    ResourceType("rbac.authorization.k8s.io", "v1", "roles", "Role"),
+    ResourceType("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding"),
+    ResourceType("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", False),
+    ResourceType(
+        "rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", False
+    ),
+    ResourceType(
+        "apiextensions.k8s.io",
+        "v1",
+        "customresourcedefinitions",
+        "CustomResourceDefinition",
+        False,
+        ("status",),
+    ),
 ]
 _STASH = [
     ResourceType("stash.appscode.com", "v1alpha1", "repositories", "Repository", True, ("status",)),
@@ -246,6 +306,28 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
+def _apply_merge(target: Any, applied: Any) -> Any:
+    """The applied fields merged in (maps merge, lists and scalars replace); the
+    object's identity and bookkeeping in ``metadata`` stay the server's."""
+    if not isinstance(applied, dict) or not isinstance(target, dict):
+        return copy.deepcopy(applied)
+    result = dict(target)
+    for key, value in applied.items():
+        if key == "metadata" and isinstance(value, dict):
+            value = {
+                k: v
+                for k, v in value.items()
+                if k not in ("uid", "resourceVersion", "generation", "creationTimestamp")
+            }
+        result[key] = _apply_merge(result.get(key), value)
+    return result
+
+
+def _key(obj: Obj) -> tuple[str, str]:
+    meta = obj.get("metadata") or {}
+    return (meta.get("namespace", ""), meta.get("name", ""))
+
+
 # ----------------------------------------------------------------------------- store
 
 
@@ -339,7 +421,9 @@ class Store:
             self.cond.notify_all()
             return copy.deepcopy(obj)
 
-    def create(self, rt: ResourceType, ns: str, obj: Obj, *, from_api: bool = True) -> Obj:
+    def create(
+        self, rt: ResourceType, ns: str, obj: Obj, *, from_api: bool = True, dry_run: bool = False
+    ) -> Obj:
         """A new object. From the API, ``status`` is reset like the real server does."""
         obj = copy.deepcopy(obj)
         meta = obj.setdefault("metadata", {})
@@ -351,13 +435,20 @@ class Store:
         with self.cond:
             if rt.namespaced:
                 meta["namespace"] = ns
-                self._ensure_namespace(ns)
+                if not dry_run:
+                    self._ensure_namespace(ns)
             else:
                 meta.pop("namespace", None)
             if (meta.get("namespace", ""), meta["name"]) in self.objects[(rt.group, rt.plural)]:
                 raise ApiError(409, "AlreadyExists", f'{rt.plural} "{meta["name"]}" already exists')
             meta.update(uid=str(uuid.uuid4()), creationTimestamp=now_rfc3339(), generation=1)
-            if rt.kind == "Pod" and (from_api or "status" not in obj):
+            if dry_run:
+                return copy.deepcopy(obj)
+            if rt.kind == "CustomResourceDefinition":
+                for served in crd_types(obj):
+                    self.register(served)
+                obj["status"] = crd_status(obj)
+            elif rt.kind == "Pod" and (from_api or "status" not in obj):
                 obj["status"] = {"phase": "Pending", "qosClass": "BestEffort"}
             elif from_api and "status" in rt.subresources:
                 obj["status"] = dict(ALWAYS_IN_STATUS.get(rt.kind, {}))
@@ -388,6 +479,8 @@ class Store:
         *,
         subresource: str | None = None,
         expected_rv: str | None = None,
+        dry_run: bool = False,
+        skip_noop: bool = False,
     ) -> Obj:
         """Read, change, write, with the real server's rules for status and generation.
 
@@ -424,11 +517,17 @@ class Store:
                     k: v for k, v in old.items() if k not in strip
                 }:
                     meta["generation"] = old["metadata"].get("generation", 1) + 1
+            if dry_run or (skip_noop and new == old):
+                return new
             return self._commit(rt, "MODIFIED", new)
 
     def delete(self, rt: ResourceType, ns: str, name: str) -> Obj:
         with self.cond:
             obj = self.get(rt, ns, name)
+            if rt.kind == "CustomResourceDefinition":
+                for served in crd_types(obj):
+                    self.types.pop((served.group, served.version, served.plural), None)
+                self.objects[(obj["spec"]["group"], obj["spec"]["names"]["plural"])] = {}
             obj["metadata"]["deletionTimestamp"] = now_rfc3339()
             self.logs = {k: v for k, v in self.logs.items() if k[0] != obj["metadata"]["uid"]}
             return self._commit(rt, "DELETED", obj)
@@ -495,6 +594,8 @@ class FakeKubeServer:
         self.store = Store(resources or DEFAULT_RESOURCES)
         self.requests: list[Call] = []
         self.unhandled: list[str] = []
+        self.applied: list[tuple[str, str, str, bool]] = []
+        """Every server-side apply, in order: (kind, namespace, name, dry run)."""
         self.state = "up"  # up | 503 | refused
         self.port = 0
         self.controller = WorkloadController(self.store)
@@ -663,17 +764,27 @@ class FakeKubeServer:
         if _flag(q, "watch"):
             return self._watch(rt, scope, q)
         items = self.store.select(rt, scope, q.get("labelSelector", ""), q.get("fieldSelector", ""))
+        meta: Obj = {"resourceVersion": str(self.store.rv)}
+        if q.get("continue"):
+            after = json.loads(base64.urlsafe_b64decode(q["continue"]))
+            items = [o for o in items if _key(o) > tuple(after)]
+        limit = int(q.get("limit") or 0)
+        if limit and len(items) > limit:
+            items = items[:limit]
+            meta["continue"] = base64.urlsafe_b64encode(
+                json.dumps(_key(items[-1])).encode()
+            ).decode()
         return 200, {
             "kind": f"{rt.kind}List",
             "apiVersion": rt.api_version,
             "items": items,
-            "metadata": {"resourceVersion": str(self.store.rv)},
+            "metadata": meta,
         }
 
     def _post_list(self, rt: ResourceType, ns: str, _: Any, q: Any, body: Any, __: Any) -> Any:
         if not isinstance(body, dict):
             raise ApiError(400, "BadRequest", "the body of a create must be an object")
-        return 201, self.store.create(rt, ns, body)
+        return 201, self.store.create(rt, ns, body, dry_run=q.get("dryRun") == "All")
 
     def _get_item(self, rt: ResourceType, ns: str, name: str, *_: Any) -> Any:
         return 200, self.store.get(rt, ns, name)
@@ -695,6 +806,8 @@ class FakeKubeServer:
     def _patch_item(
         self, rt: ResourceType, ns: str, name: str, q: Any, body: Any, ctype: str, sub: str = "api"
     ) -> Any:
+        if "apply-patch" in ctype and sub == "api":
+            return self._apply(rt, ns, name, q, body)
         if "merge-patch" not in ctype:
             raise Unhandled(f"PATCH with content type {ctype!r} (only merge patches are done)")
         if not isinstance(body, dict):
@@ -702,6 +815,31 @@ class FakeKubeServer:
         rv = (body.get("metadata") or {}).get("resourceVersion")
         return 200, self.store.update(
             rt, ns, name, lambda o: merge_patch(o, body), subresource=sub, expected_rv=rv
+        )
+
+    def _apply(self, rt: ResourceType, ns: str, name: str, q: dict[str, str], body: Any) -> Any:
+        """Server-side apply: create the object, or merge the applied fields into it."""
+        if not q.get("fieldManager"):
+            raise ApiError(422, "Invalid", "PatchOptions.meta.k8s.io: fieldManager is required")
+        if not isinstance(body, dict) or (body.get("metadata") or {}).get("name") != name:
+            raise ApiError(400, "BadRequest", "the applied object must name the object of the URL")
+        if body.get("apiVersion") != rt.api_version or body.get("kind") != rt.kind:
+            raise ApiError(400, "BadRequest", "apiVersion and kind must match the URL")
+        dry_run = q.get("dryRun") == "All"
+        self.applied.append((rt.kind, ns, name, dry_run))
+        try:
+            self.store.get(rt, ns, name)
+        except ApiError:
+            return 201, self.store.create(rt, ns, body, dry_run=dry_run)
+        applied = {k: v for k, v in body.items() if k != "status"}
+        return 200, self.store.update(
+            rt,
+            ns,
+            name,
+            lambda o: _apply_merge(o, applied),
+            subresource="api",
+            dry_run=dry_run,
+            skip_noop=True,
         )
 
     def _delete_item(self, rt: ResourceType, ns: str, name: str, *_: Any) -> Any:

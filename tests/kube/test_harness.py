@@ -459,7 +459,7 @@ def test_down_and_up(kube_cluster: Cluster) -> None:
 def test_unhandled_routes_are_loud(kube_cluster: Cluster) -> None:
     v1 = client.CoreV1Api(api(kube_cluster))
     with pytest.raises(ApiException) as err:
-        v1.list_namespaced_service("default")
+        v1.list_namespaced_endpoints("default")
     assert err.value.status == 500 and "unhandled route" in err.value.body
     assert kube_cluster.server.unhandled  # the fixture would fail the test at teardown
     kube_cluster.server.unhandled.clear()

@@ -16,7 +16,7 @@ from . import naming
 from .commands import Agent
 from .model import BackupPlan, PlanError, RecoveryPlan, Step, TargetRef
 from .placement import Placement
-from .recovery import snapshot_ref
+from .recovery import recovery_plan, snapshot_ref
 from .restic import agent_run, check_tag, forget_args, snapshots_args, tag_list
 from .volume import restic_schedule
 
@@ -225,19 +225,10 @@ def plan_cluster_recovery(
         if cr.overwrite
         else "existing objects left alone"
     )
-    return RecoveryPlan(
-        dag_id=naming.recovery_dag_id(ns, name),
-        namespace=ns,
-        name=name,
-        repository_namespace=repo_ns,
-        repository_name=repository.metadata.name,
-        tags=(
-            "stash",
-            "recovery",
-            f"namespace:{ns}",
-            "type:cluster",
-            f"repository:{repository.metadata.name}",
-        ),
+    return recovery_plan(
+        recovery,
+        repository,
+        "cluster",
         description=(
             f"Applies the API objects of snapshot {snapshot} of {cr.repo_dir} in Repository "
             f"{repo_ns}/{repository.metadata.name} ({access.url}){what} to the cluster, in "

@@ -25,7 +25,7 @@ from . import naming
 from .commands import Agent, agent_step, database_command_problems
 from .model import BackupPlan, PlanError, RecoveryPlan, SecretEnv, Step, TargetRef
 from .placement import Placement
-from .recovery import snapshot_ref
+from .recovery import recovery_plan, snapshot_ref
 from .restic import agent_run, check_tag, forget_args, snapshots_args, tag_list
 from .volume import restic_schedule
 
@@ -556,20 +556,11 @@ def plan_database_recovery(
         "STASH_SNAPSHOT_TAGS": f"namespace={ns}",
     }
     step = agent_step(step, agent, "recovery", values)
-    return RecoveryPlan(
-        dag_id=naming.recovery_dag_id(ns, name),
-        namespace=ns,
-        name=name,
-        repository_namespace=repo_ns,
-        repository_name=repository.metadata.name,
-        tags=(
-            "stash",
-            "recovery",
-            f"namespace:{ns}",
-            "type:database",
-            f"engine:{endpoint.engine}",
-            f"repository:{repository.metadata.name}",
-        ),
+    return recovery_plan(
+        recovery,
+        repository,
+        "database",
+        extra_tags=(f"engine:{endpoint.engine}",),
         description=(
             f"Restores snapshot {snapshot} of {dr.repo_dir} in Repository {repo_ns}/"
             f"{repository.metadata.name} ({access.url}) into {endpoint.address} for "

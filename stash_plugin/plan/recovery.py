@@ -10,7 +10,7 @@ from ..api.resourceset import ResourceSet
 from ..protocol import AGENT
 from . import naming
 from .commands import DEFAULT_AGENT, Agent, agent_step
-from .model import Mount, PlanError, QuiescedWorkload, RecoveryPlan, Step
+from .model import Mount, PlanError, QuiescedWorkload, RecoveryPlan, Runtime, Step
 from .placement import Placement
 
 _HEX_ID = re.compile(r"^[0-9a-f]{8,64}$")
@@ -78,6 +78,45 @@ def snapshot_selection(recovery: Recovery, repository: Repository) -> list[str]:
     return tags
 
 
+def recovery_plan(
+    recovery: Recovery,
+    repository: Repository,
+    target_type: str,
+    *,
+    description: str,
+    restore: Step,
+    paths: tuple[str, ...],
+    runtime: Runtime,
+    extra_tags: tuple[str, ...] = (),
+    offline: QuiescedWorkload | None = None,
+) -> RecoveryPlan:
+    """The plan of ``recovery`` around its restore step: the DAG id, names and tags
+    every recovery DAG carries the same way, whatever it restores."""
+    ns = recovery.metadata.namespace or "default"
+    name = recovery.metadata.name
+    repo = repository.metadata.name
+    return RecoveryPlan(
+        dag_id=naming.recovery_dag_id(ns, name),
+        namespace=ns,
+        name=name,
+        repository_namespace=repository.metadata.namespace or "default",
+        repository_name=repo,
+        tags=(
+            "stash",
+            "recovery",
+            f"namespace:{ns}",
+            f"type:{target_type}",
+            *extra_tags,
+            f"repository:{repo}",
+        ),
+        description=description,
+        restore=restore,
+        paths=paths,
+        runtime=runtime,
+        offline=offline,
+    )
+
+
 def plan_recovery(
     recovery: Recovery,
     repository: Repository,
@@ -141,19 +180,10 @@ def plan_recovery(
         "STASH_SNAPSHOT_TAGS": ",".join(selection),
     }
     step = agent_step(step, agent, "recovery", values)
-    return RecoveryPlan(
-        dag_id=naming.recovery_dag_id(ns, name),
-        namespace=ns,
-        name=name,
-        repository_namespace=repo_ns,
-        repository_name=repository.metadata.name,
-        tags=(
-            "stash",
-            "recovery",
-            f"namespace:{ns}",
-            "type:volume",
-            f"repository:{repository.metadata.name}",
-        ),
+    return recovery_plan(
+        recovery,
+        repository,
+        "volume",
         description=(
             f"Restores snapshot {snapshot} (tagged {', '.join(selection)}) of {vr.repo_dir} "
             f"in Repository {repo_ns}/"

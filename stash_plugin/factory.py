@@ -143,7 +143,11 @@ def backup_dag(plan: BackupPlan, settings: Settings, resources: ResourceSet | No
         if plan.offline is not None:
             first, after_backup = around(backup, plan.offline, settings)
         if plan.retention is not None:
-            retention = StashRetentionOperator(step=plan.retention, **limits(settings, "retention"))
+            retention = StashRetentionOperator(
+                step=plan.retention,
+                keep_last=plan.retention_keep_last,
+                **limits(settings, "retention"),
+            )
             verify.trigger_rule = "none_failed"  # type: ignore[assignment]
             [backup, after_backup] >> retention >> verify
         else:

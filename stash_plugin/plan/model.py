@@ -98,6 +98,9 @@ class Schedule:
 
     kind: Literal["cron", "every", "once", "none"]
     value: str | int | None = None
+    spread_from: str | None = None
+    """The preset or ``@every`` this cron expression spreads over its interval
+    (``schedules.spread_schedule``); None for a schedule that runs as written."""
 
 
 @dataclass(frozen=True)

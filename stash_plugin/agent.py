@@ -201,6 +201,23 @@ def restic(
         delay = min(delay * 2, 30.0)
 
 
+def _local_locks() -> bool:
+    """Whether a local repository holds any lock file. Free to ask (no key derivation),
+    so a killed run's stale lock is cleared before the next run even when nothing of
+    that run needs an exclusive lock (a ``restic check`` by hand would trip over it).
+    Other backends clear stale locks when one is in the way (``restic``'s
+    ``clear_stale``), since only restic itself can list them there."""
+    url = os.environ.get(ENV_REPOSITORY, "")
+    path = url.removeprefix("local:")
+    if not path.startswith("/"):
+        return False
+    try:
+        with os.scandir(os.path.join(path, "locks")) as entries:
+            return any(True for _ in entries)
+    except OSError:
+        return False
+
+
 def _jittered(delay: float, deadline: float) -> float:
     """``delay`` seconds give or take half, and never past ``deadline``."""
     spread = random.uniform(0.5, 1.5)  # noqa: S311 - spreads retries, no secret involved
@@ -435,8 +452,9 @@ def run_commands(
 ) -> RunResult:
     """Run restic commands in order; stop at the first failure.
 
-    Stale locks of a killed run are cleared when they are in the way (``unlock``): a
-    command refused by a lock clears them once and runs again, so an exclusive operation
+    Stale locks of a killed run are cleared (``unlock``) first when a local repository
+    holds any lock (see :func:`_local_locks`), and on any backend when a command is
+    refused by a lock (it clears them once and runs again), so an exclusive operation
     (retention, check) never trips over a killed backup's lock. The repository is
     created (``init``) only when the first command finds none: probing for it first
     would cost a key derivation (most of a second) on every run. Every folder a backup
@@ -450,6 +468,8 @@ def run_commands(
             for path in cmd.positional:
                 _check_inside(path, within)
     result = RunResult()
+    if unlock and _local_locks():
+        unlock_stale()
     for cmd in commands:
         if cmd.verb == "backup":
             cmd = _followed_source(cmd)

@@ -217,6 +217,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         sys.stdout.write(dump_documents(result.documents))
     for ref in converted:
         print(f"migrated: {ref}", file=sys.stderr)
+    return 0
 
 
 def cmd_pools(args: argparse.Namespace) -> int:

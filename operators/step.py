@@ -13,8 +13,14 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from stash_plugin.plan.model import BackupPlan, RecoveryPlan, Step
+from stash_plugin.protocol import RunResult
 from stash_plugin.runtime.errors import StepFailed
-from stash_plugin.runtime.guard import guarded_backup
+from stash_plugin.runtime.guard import (
+    HISTORY_KEY,
+    TargetHistory,
+    guarded_backup_and_history,
+    retention_skip_reason,
+)
 from stash_plugin.runtime.outcomes import running_status
 from stash_plugin.runtime.status import status_store
 from stash_plugin.runtime.steps import (
@@ -79,11 +85,21 @@ class StashBackupOperator(StashStepOperator):
 
     def step_to_run(self, context: Any) -> Step:
         new_repository = bool(context["params"].get("new_repository", False))
-        return guarded_backup(self.plan, load_settings(), new_repository=new_repository)
+        step, history = guarded_backup_and_history(
+            self.plan, load_settings(), new_repository=new_repository
+        )
+        context["ti"].xcom_push(key=HISTORY_KEY, value=history.to_xcom())
+        return step
 
 
 class StashRetentionOperator(StashStepOperator):
-    """Retention, skipped when a manual run asks for ``retention: false``."""
+    """Retention, skipped when a manual run asks for ``retention: false`` and when the
+    policy cannot remove anything yet (no restic call, no pod: see
+    :func:`~stash_plugin.runtime.guard.retention_skip_reason`)."""
+
+    def __init__(self, *, step: Step, keep_last: int | None = None, **kwargs: Any) -> None:
+        super().__init__(step=step, **kwargs)
+        self.keep_last = keep_last
 
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowSkipException
@@ -92,6 +108,13 @@ class StashRetentionOperator(StashStepOperator):
             raise AirflowSkipException(
                 "retention skipped: the run was triggered with retention=false"
             )
+        ti = context["ti"]
+        made = RunResult.from_dict(ti.xcom_pull(task_ids="backup"))
+        history = TargetHistory.from_xcom(ti.xcom_pull(task_ids="backup", key=HISTORY_KEY))
+        new = sum(1 for b in made.backups if b.snapshot_id)
+        reason = retention_skip_reason(self.keep_last, history, new)
+        if reason is not None:
+            raise AirflowSkipException(reason)
         return super().execute(context)
 
 

@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import posixpath
+import random
 import re
 import shutil
 import signal
@@ -78,6 +79,7 @@ from stash_plugin.protocol import (
     ENV_RESTIC_BINARY,
     ENV_RESULT_FILE,
     ENV_TERMINATION_MESSAGE,
+    KEPT_IDS_LIMIT,
     REPOSITORY_RECORD_FILE,
     REPOSITORY_RECORD_TAG,
     SEPARATOR,
@@ -170,9 +172,16 @@ def restic(
     echo: bool = True,
     clear_dead: bool = True,
     given: str | None = None,
+    clear_stale: bool = False,
 ) -> subprocess.CompletedProcess[str]:
-    """Run one restic command, waiting (with backoff) while another run holds the lock;
-    locks of deleted agent pods are removed first (``clear_dead_locks``)."""
+    """Run one restic command, waiting (with backoff) while another run holds the lock.
+
+    When a lock is in the way, stale ones are cleared first (``clear_stale``: ``restic
+    unlock``, once) and so are the locks of deleted agent pods (``clear_dead_locks``);
+    only then is a live lock waited for. Clearing only on a conflict spares every
+    unlocked run a key derivation (most of a second). The waits are jittered, so that
+    two exclusive commands refused by each other's lock do not retry in step forever.
+    """
     rest = args[1:] if args and args[0] == "restic" else args
     argv = [_restic(), *RESTIC_OPTIONS, *rest]
     deadline = time.monotonic() + lock_wait
@@ -186,14 +195,42 @@ def restic(
             raise AgentError(problem)
         if proc.returncode == 0 or LOCKED not in proc.stderr:
             return proc
+        if clear_stale:
+            clear_stale = False
+            unlock_stale()
+            continue
         if clear_dead and clears < 3 and clear_dead_locks():
             clears += 1
             continue
         if time.monotonic() >= deadline:
             return proc
-        log(f"repository is locked by another run; waiting {delay:.0f}s")
-        time.sleep(delay)
+        wait = _jittered(delay, deadline)
+        log(f"repository is locked by another run; waiting {wait:.0f}s")
+        time.sleep(wait)
         delay = min(delay * 2, 30.0)
+
+
+def _local_locks() -> bool:
+    """Whether a local repository holds any lock file. Free to ask (no key derivation),
+    so a killed run's stale lock is cleared before the next run even when nothing of
+    that run needs an exclusive lock (a ``restic check`` by hand would trip over it).
+    Other backends clear stale locks when one is in the way (``restic``'s
+    ``clear_stale``), since only restic itself can list them there."""
+    url = os.environ.get(ENV_REPOSITORY, "")
+    path = url.removeprefix("local:")
+    if not path.startswith("/"):
+        return False
+    try:
+        with os.scandir(os.path.join(path, "locks")) as entries:
+            return any(True for _ in entries)
+    except OSError:
+        return False
+
+
+def _jittered(delay: float, deadline: float) -> float:
+    """``delay`` seconds give or take half, and never past ``deadline``."""
+    spread = random.uniform(0.5, 1.5)  # noqa: S311 - spreads retries, no secret involved
+    return max(min(delay * spread, deadline - time.monotonic()), 0.1)
 
 
 def ensure_repository() -> None:
@@ -424,8 +461,10 @@ def run_commands(
 ) -> RunResult:
     """Run restic commands in order; stop at the first failure.
 
-    Stale locks of a killed run are cleared first (``unlock``), so that no exclusive
-    operation (retention, check) after this run trips over them. The repository is
+    Stale locks of a killed run are cleared (``unlock``) first when a local repository
+    holds any lock (see :func:`_local_locks`), and on any backend when a command is
+    refused by a lock (it clears them once and runs again), so an exclusive operation
+    (retention, check) never trips over a killed backup's lock. The repository is
     created (``init``) only when the first command finds none: probing for it first
     would cost a key derivation (most of a second) on every run. Every folder a backup
     reads must stay inside one of the ``within`` volumes once links are followed;
@@ -438,21 +477,21 @@ def run_commands(
             for path in cmd.positional:
                 _check_inside(path, within)
     result = RunResult()
-    if unlock:
+    if unlock and _local_locks():
         unlock_stale()
     for cmd in commands:
         if cmd.verb == "backup":
             cmd = _followed_source(cmd)
         if cmd.verb == "forget" and _with_stash08(cmd):
             _check_stash08_folder(cmd)
-        proc = restic(cmd.args, lock_wait=lock_wait)
+        proc = restic(cmd.args, lock_wait=lock_wait, clear_stale=unlock)
         if proc.returncode != 0 and WRONG_PASSWORD in proc.stderr:
             raise AgentError("wrong repository password (RESTIC_PASSWORD of the storage Secret)")
         if proc.returncode != 0 and init and NO_REPOSITORY in proc.stderr:
             _refuse_new_repository(guard, proc.stderr)
             ensure_repository()
             init = False
-            proc = restic(cmd.args, lock_wait=lock_wait)
+            proc = restic(cmd.args, lock_wait=lock_wait, clear_stale=unlock)
         if cmd.verb == "backup":
             entry = _checked_backup(cmd, proc, lock_wait)
             result.backups.append(_flag_drop(cmd, entry, guard, lock_wait))
@@ -530,12 +569,20 @@ def _forget_result(cmd: Command, proc: subprocess.CompletedProcess[str]) -> Forg
     removed = sum(len(g.get("remove") or []) for g in groups)
     freed = _bytes_pruned(proc.stdout + proc.stderr)
     log(f"retention for {cmd.path}: kept {kept}, removed {removed}")
+    newest = sorted(
+        (s for g in groups for s in g.get("keep") or [] if isinstance(s, dict)),
+        key=lambda s: str(s.get("time", "")),
+        reverse=True,
+    )
     return ForgetResult(
         path=cmd.path,
         kept=kept,
         removed=removed,
         bytes_freed=freed,
         dry_run="--dry-run" in cmd.args,
+        kept_ids=[str(s.get("short_id") or str(s.get("id", ""))[:8]) for s in newest][
+            :KEPT_IDS_LIMIT
+        ],
     )
 
 
@@ -1467,8 +1514,9 @@ def dump_backup(
                     raise AgentError(
                         f"backup of {what} failed: the repository stayed locked"
                     ) from None
-                log(f"repository is locked by another run; starting the dump again in {delay:.0f}s")
-                time.sleep(delay)
+                wait = _jittered(delay, deadline)
+                log(f"repository is locked by another run; starting the dump again in {wait:.0f}s")
+                time.sleep(wait)
                 delay = min(delay * 2, 30.0)
 
 
@@ -1733,7 +1781,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="verb", required=True)
     run_p = sub.add_parser("run", help=f"run restic commands, each after a '{SEPARATOR}'")
     run_p.add_argument("--init", action="store_true", help="create the repository if missing")
-    run_p.add_argument("--unlock", action="store_true", help="clear stale locks first")
+    run_p.add_argument(
+        "--unlock", action="store_true", help="clear stale locks when one is in the way"
+    )
     run_p.add_argument(
         "--lock-wait",
         type=float,
@@ -1766,7 +1816,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     dump_p = sub.add_parser("dump", help="stream a database dump into restic backup --stdin")
     dump_p.add_argument("--engine", choices=ENGINES, required=True)
     dump_p.add_argument("--init", action="store_true", help="create the repository if missing")
-    dump_p.add_argument("--unlock", action="store_true", help="clear stale locks first")
+    dump_p.add_argument(
+        "--unlock", action="store_true", help="clear stale locks when one is in the way"
+    )
     dump_p.add_argument("--lock-wait", type=float, default=os.environ.get(ENV_LOCK_WAIT) or "600")
     dump_p.add_argument("--stdin", action="store_true", help="the dump is piped to the agent")
     rdb_p = sub.add_parser("restore-database", help="restore a database dump snapshot")

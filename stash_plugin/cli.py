@@ -220,6 +220,21 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pools(args: argparse.Namespace) -> int:
+    """Create the namespace pools the DAGs use with ``[stash] pools = true``."""
+    from .factory import load_plans
+    from .runtime.pools import ensure_pools, wanted_pools
+
+    settings = _settings()
+    names = wanted_pools(load_plans(settings))
+    created = ensure_pools(names, args.slots or settings.pool_slots)
+    for name in names:
+        print(f"{name}: {'created' if name in created else 'exists'}")
+    if not settings.pools:
+        print("note: [stash] pools is off, so no task uses these pools yet", file=sys.stderr)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import write_demo
 
@@ -282,6 +297,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--apply", action="store_true", help="create or replace them in the cluster")
     p.add_argument("--conn-id", help="Airflow Kubernetes connection (default: kubernetes_default)")
     p.set_defaults(func=cmd_migrate)
+    p = sub.add_parser("pools", help="create the missing stash-ns-<namespace> Airflow pools")
+    p.add_argument("--slots", type=int, help="slots of a new pool (default: [stash] pool_slots)")
+    p.set_defaults(func=cmd_pools)
     p = sub.add_parser("demo", help="write the demo manifests and data under a folder")
     p.add_argument("folder")
     p.add_argument("--schedule", default="@every 1m")

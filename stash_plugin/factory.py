@@ -35,10 +35,10 @@ from stash_plugin.operators.update_status import (
     StashRecoveryStatusOperator,
 )
 from stash_plugin.operators.workload import StashQuiesceOperator, StashResumeOperator
-from stash_plugin.plan import BackupPlan, PlanSet, RecoveryPlan, Schedule, docs, make_plans
+from stash_plugin.plan import BackupPlan, PlanSet, RecoveryPlan, Schedule, docs, make_plans, naming
 from stash_plugin.plan.maintenance import MaintenanceOptions, MaintenancePlan
-from stash_plugin.plan.model import QuiescedWorkload
-from stash_plugin.plan.schedules import parse_schedule
+from stash_plugin.plan.model import QuiescedWorkload, Step
+from stash_plugin.plan.schedules import parse_schedule, spread_schedule
 from stash_plugin.sensors.snapshot import SnapshotSensor
 from stash_plugin.sensors.workload import WorkloadReadySensor, WorkloadStoppedSensor
 from stash_plugin.settings import Settings, load_settings
@@ -69,14 +69,24 @@ def airflow_schedule(schedule: Schedule, paused: bool) -> Any:
     return schedule.value
 
 
-def limits(settings: Settings, kind: str, sensor: bool = False) -> dict[str, Any]:
+def limits(
+    settings: Settings, kind: str, sensor: bool = False, step: Step | None = None
+) -> dict[str, Any]:
     """How long a task of ``kind`` may take before it is stopped and fails (a sensor's
-    own ``timeout`` is the same)."""
+    own ``timeout`` is the same), and, for a task that runs ``step``, the namespace's
+    pool when ``[stash] pools`` is on (``stash pools`` creates them)."""
     limit = settings.timeout(kind)
     out: dict[str, Any] = {"execution_timeout": limit}
     if sensor:
         out["timeout"] = limit.total_seconds()
+    if step is not None and settings.pools:
+        out["pool"] = naming.pool_name(step.namespace)
     return out
+
+
+def spread(schedule: Schedule, dag_id: str, settings: Settings) -> Schedule:
+    """The schedule the DAG runs on (``[stash] spread_schedules``)."""
+    return spread_schedule(schedule, dag_id) if settings.spread_schedules else schedule
 
 
 def around(task: Any, workload: QuiescedWorkload, settings: Settings) -> tuple[Any, Any]:
@@ -99,6 +109,7 @@ def backup_dag(plan: BackupPlan, settings: Settings, resources: ResourceSet | No
     verify -> update_status``; resume runs whatever happened to the backup."""
     t = plan.target
     rs = resources or ResourceSet()
+    plan = dataclasses.replace(plan, schedule=spread(plan.schedule, plan.dag_id, settings))
     doc = docs.backup_doc(
         plan,
         rs.restics.get((t.restic_namespace, t.restic_name)),
@@ -136,14 +147,20 @@ def backup_dag(plan: BackupPlan, settings: Settings, resources: ResourceSet | No
             ),
         },
     ) as dag:
-        backup = StashBackupOperator(plan=plan, **limits(settings, "backup"))
-        verify = SnapshotSensor(step=plan.verify, **limits(settings, "verify", sensor=True))
+        backup = StashBackupOperator(plan=plan, **limits(settings, "backup", step=plan.backup))
+        verify = SnapshotSensor(
+            step=plan.verify, **limits(settings, "verify", sensor=True, step=plan.verify)
+        )
         status = StashBackupStatusOperator(plan=plan, **limits(settings, "status"))
         first, after_backup = backup, backup
         if plan.offline is not None:
             first, after_backup = around(backup, plan.offline, settings)
         if plan.retention is not None:
-            retention = StashRetentionOperator(step=plan.retention, **limits(settings, "retention"))
+            retention = StashRetentionOperator(
+                step=plan.retention,
+                keep_last=plan.retention_keep_last,
+                **limits(settings, "retention", step=plan.retention),
+            )
             verify.trigger_rule = "none_failed"  # type: ignore[assignment]
             [backup, after_backup] >> retention >> verify
         else:
@@ -182,7 +199,7 @@ def recovery_dag(
         # retrying gives the first scheduled backup time to land.
         default_args={**default_args(settings), "retry_delay": timedelta(seconds=60)},
     ) as dag:
-        restore = StashRestoreOperator(plan=plan, **limits(settings, "restore"))
+        restore = StashRestoreOperator(plan=plan, **limits(settings, "restore", step=plan.restore))
         status = StashRecoveryStatusOperator(plan=plan, **limits(settings, "status"))
         if plan.offline is None:
             restore >> status
@@ -199,6 +216,7 @@ def maintenance_dag(
     """``check.<repoDir>`` for each restic repository of the Repository, then
     ``update_status`` (whatever the checks did)."""
     repository = (resources or ResourceSet()).repositories.get((plan.namespace, plan.name))
+    plan = dataclasses.replace(plan, schedule=spread(plan.schedule, plan.dag_id, settings))
     with DAG(
         dag_id=plan.dag_id,
         schedule=airflow_schedule(plan.schedule, False),
@@ -214,7 +232,10 @@ def maintenance_dag(
     ) as dag:
         status = StashMaintenanceStatusOperator(plan=plan, **limits(settings, "status"))
         for check in plan.checks:
-            StashStepOperator(step=check.step, **limits(settings, "check")) >> status
+            check_task = StashStepOperator(
+                step=check.step, **limits(settings, "check", step=check.step)
+            )
+            check_task >> status
     return dag
 
 

@@ -247,6 +247,9 @@ def source_drop(previous: SourceSize | None, files: int, size: int, threshold: f
     return None
 
 
+KEPT_IDS_LIMIT = 20
+
+
 @dataclass(frozen=True)
 class ForgetResult(Record):
     """Retention of one folder's snapshots."""
@@ -257,6 +260,10 @@ class ForgetResult(Record):
     bytes_freed: int | None = None
     """What prune reported removing; None when nothing was pruned."""
     dry_run: bool = False
+    kept_ids: list[str] = field(default_factory=list)
+    """Short ids of the newest kept snapshots (at most :data:`KEPT_IDS_LIMIT` per
+    folder): restic listed them from the repository, so ``verify`` needs no listing of
+    its own to confirm the snapshot the backup just made."""
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,18 @@ class Settings:
     shrink_keep: int = 1
     """How many snapshots taken before a flagged drop retention keeps until the tag
     ``stash-before-drop`` is removed from them; 0: none."""
+    verify_every: int = 10
+    """``verify`` lists the repository on a target's first backup and every this many
+    backups after; other runs are confirmed by the backup's own summary (or by the
+    listing retention just made). 1: list on every run."""
+    pools: bool = False
+    """Run each namespace's agent steps in the Airflow pool ``stash-ns-<namespace>``
+    (create them with ``stash pools``): a cap on one tenant's concurrent agents."""
+    pool_slots: int = 4
+    """Slots of each namespace's pool when ``stash pools`` creates it."""
+    spread_schedules: bool = True
+    """Spread ``@hourly``/``@daily``-style presets and ``@every`` schedules over their
+    interval by a stable per-DAG offset; cron expressions always run as written."""
 
 
 def _get(option: str, default: str) -> str:
@@ -144,4 +156,23 @@ def load_settings() -> Settings:
         cluster_namespaces=tuple(
             n.strip() for n in _get("cluster_namespaces", "").split(",") if n.strip()
         ),
+        verify_every=_positive_int("verify_every", Settings.verify_every),
+        pools=_flag("pools", Settings.pools),
+        pool_slots=_positive_int("pool_slots", Settings.pool_slots),
+        spread_schedules=_flag("spread_schedules", Settings.spread_schedules),
     )
+
+
+def _flag(option: str, default: bool) -> bool:
+    return _get(option, str(default)).strip().lower() in ("1", "true", "yes", "on")
+
+
+def _positive_int(option: str, default: int) -> int:
+    text = _get(option, str(default)).strip()
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"[stash] {option} = {text!r}: must be a whole number") from None
+    if value < 1:
+        raise ValueError(f"[stash] {option} = {text!r}: must be 1 or more")
+    return value

@@ -383,3 +383,43 @@ def test_restore_if_empty_refuses_overwrite(repo: dict[str, str], tmp_path: Path
         repo, "restore", "--if-empty", "--overwrite", "--mount-path=/data", f"--target={tmp_path}"
     )
     assert done.returncode == 1 and "--if-empty never writes over data" in done.stderr
+
+
+@pytest.mark.slow
+def test_two_retention_runs_on_one_repository_take_turns(
+    repo: dict[str, str], tmp_path: Path
+) -> None:
+    """forget --prune takes restic's exclusive lock: a second retention of the same
+    repository started at the same moment waits for it (jittered, so two runs refused
+    by each other's lock do not retry in step) instead of failing or racing it."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(4):
+        (data / f"f{i}").write_bytes(os.urandom(200_000))
+        assert agent(repo, "run", "--init", *backup_args(data)).returncode == 0
+    forget = [SEPARATOR, "/data", "restic", "forget", "--json", "--host=h", "--keep-last=1"]
+    results = [tmp_path / "first.json", tmp_path / "second.json"]
+    runs = [
+        subprocess.Popen(
+            [*AGENT, "run", "--unlock", "--lock-wait=120", *forget, "--prune"],
+            env={**os.environ, **repo, "STASH_RESULT_FILE": str(result)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for result in results
+    ]
+    outputs = [run.communicate(timeout=180) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [err[-800:] for _, err in outputs]
+    # One of them met the other's exclusive lock, and still did its work after it.
+    assert any("already locked" in err for _, err in outputs), outputs
+    forgets = [json.loads(r.read_text())["forgets"][0] for r in results]
+    assert sorted(f["removed"] for f in forgets) == [0, 3]  # one removed, one found nothing
+    assert all(f["kept"] == 1 for f in forgets)
+    env = {**os.environ, **repo}
+    check = subprocess.run(["restic", "check"], env=env, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    listed = subprocess.run(
+        ["restic", "snapshots", "--json"], env=env, capture_output=True, text=True, check=True
+    )
+    assert len(json.loads(listed.stdout)) == 1

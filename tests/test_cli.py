@@ -111,3 +111,44 @@ def test_plan_kubernetes_runtime(tmp_path: Path, capsys: pytest.CaptureFixture[s
     out = capsys.readouterr().out
     backup = next(line for line in out.splitlines() if line.strip().startswith("backup:"))
     assert json.loads(backup.split(": ", 1)[1])[-1] == "/source/data"
+
+
+def test_pools_creates_each_namespace_pool_once_and_keeps_admin_slots(
+    airflow_db: None,
+    stash_env: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Airflow 3 never schedules a task whose pool is missing: ``stash pools`` makes
+    the pools the DAGs name, and leaves one an administrator resized alone."""
+    from airflow.models.pool import Pool
+
+    good(stash_env["manifests"])
+    other = stash_env["manifests"] / "other"
+    write_manifests(
+        other,
+        [
+            secret_doc("repo-secret", "team-b", RESTIC_PASSWORD=PASSWORD),
+            deployment_doc("app", "team-b", other / "data"),
+            repository_doc(
+                "repo", "team-b", {"local": {"mountPath": "/r", "hostPath": {"path": "/tmp/r"}}}
+            ),
+            restic_doc("rs", "team-b", "repo", "app"),
+        ],
+    )
+    for name in ("stash-ns-demo", "stash-ns-team-b"):
+        if Pool.get_pool(name) is not None:
+            Pool.delete_pool(name)
+    monkeypatch.setenv("AIRFLOW__STASH__POOLS", "true")
+    monkeypatch.setenv("AIRFLOW__STASH__POOL_SLOTS", "3")
+    assert main(["pools"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "stash-ns-demo: created",
+        "stash-ns-team-b: created",
+    ]
+    assert Pool.get_pool("stash-ns-demo").slots == 3  # type: ignore[union-attr]
+
+    Pool.create_or_update_pool("stash-ns-demo", 7, "resized", include_deferred=True)
+    assert main(["pools"]) == 0
+    assert "stash-ns-demo: exists" in capsys.readouterr().out
+    assert Pool.get_pool("stash-ns-demo").slots == 7  # type: ignore[union-attr]

@@ -47,7 +47,7 @@ def test_recovery_and_maintenance_dag_docs(demo_dags: tuple[dict, str]) -> None:
     recovery = dags["stash-recovery.demo.demo-restore"].doc_md
     assert "**Schedule:** once" in recovery and "kind: Recovery" in recovery
     maintenance = dags["stash-maintenance.demo.local-repo"].doc_md
-    assert "every day at midnight (UTC)" in maintenance
+    assert "`@daily`, spread over its interval" in maintenance  # [stash] spread_schedules
     assert "restic check" in maintenance and "kind: Repository" in maintenance
 
 

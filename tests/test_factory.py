@@ -284,3 +284,60 @@ def test_dagbag_with_only_valid_resources(
     assert bag.import_errors == {}
     assert len(bag.dags) == 6
     assert BACKUP.format("good") in bag.dags
+
+
+def _hourly_docs(root: Path) -> list[dict[str, Any]]:
+    return [
+        secret_doc("repo-secret", NS, RESTIC_PASSWORD=PASSWORD),
+        deployment_doc("app", NS, root / "data"),
+        repository_doc(
+            "repo", NS, {"local": {"mountPath": "/repo", "hostPath": {"path": str(root / "repo")}}}
+        ),
+        restic_doc("hourly", NS, "repo", "app", schedule="@hourly"),
+        restic_doc("nightly", NS, "repo", "app", schedule="0 3 * * *"),
+    ]
+
+
+def test_hourly_schedules_are_spread_unless_turned_off(
+    stash_env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow.sdk.definitions.timetables.trigger import CronTriggerTimetable
+
+    from stash_plugin.plan.schedules import stable_offset
+
+    write_manifests(stash_env["manifests"], _hourly_docs(stash_env["root"]))
+    dag_id = BACKUP.format("hourly")
+    dags, _ = build()
+    assert dags[dag_id].schedule == f"{stable_offset(dag_id, 60)} * * * *"
+    assert isinstance(dags[dag_id].timetable, CronTriggerTimetable)
+    assert "`@hourly`, spread over its interval" in (dags[dag_id].doc_md or "")
+    assert dags[BACKUP.format("nightly")].schedule == "0 3 * * *"  # written by the user
+    maintenance = dags["stash-maintenance.demo.repo"]
+    assert maintenance.schedule != "@daily" and maintenance.schedule.endswith(" * * *")
+
+    monkeypatch.setenv("AIRFLOW__STASH__SPREAD_SCHEDULES", "false")
+    dags, _ = build()
+    assert dags[dag_id].schedule == "@hourly"
+    assert dags["stash-maintenance.demo.repo"].schedule == "@daily"
+    assert dags[BACKUP.format("nightly")].schedule == "0 3 * * *"
+
+
+def test_agent_tasks_run_in_their_namespace_pool_when_pools_are_on(
+    mixed: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dags, _ = build()
+    assert {t.pool for d in dags.values() for t in d.tasks} == {"default_pool"}
+
+    monkeypatch.setenv("AIRFLOW__STASH__POOLS", "true")
+    dags, _ = build()
+    backup = dags[BACKUP.format("good")]
+    pools = {t.task_id: t.pool for t in backup.tasks}
+    assert pools == {
+        "backup": "stash-ns-demo",
+        "retention": "stash-ns-demo",
+        "verify": "stash-ns-demo",
+        "update_status": "default_pool",  # writes status, starts no agent
+    }
+    assert dags["stash-recovery.demo.restore"].task_dict["restore"].pool == "stash-ns-demo"
+    checks = [t for t in dags["stash-maintenance.demo.repo"].tasks if t.task_id != "update_status"]
+    assert checks and {t.pool for t in checks} == {"stash-ns-demo"}

@@ -26,7 +26,7 @@ from .commands import Agent, agent_step, database_command_problems
 from .model import BackupPlan, PlanError, RecoveryPlan, SecretEnv, Step, TargetRef
 from .placement import Placement
 from .recovery import recovery_plan, snapshot_ref
-from .restic import agent_run, check_tag, forget_args, snapshots_args, tag_list
+from .restic import agent_run, check_tag, forget_args, keep_last, snapshots_args, tag_list
 from .volume import restic_schedule
 
 SCHEMES = {
@@ -493,6 +493,7 @@ def _plan_one(
         verify=verify,
         snapshot_paths=(path,),
         runtime=placement.runtime,
+        retention_keep_last=keep_last(policy) if policy is not None else None,
     )
 
 

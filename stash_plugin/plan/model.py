@@ -102,6 +102,9 @@ class Schedule:
 
     kind: Literal["cron", "every", "once", "none"]
     value: str | int | None = None
+    spread_from: str | None = None
+    """The preset or ``@every`` this cron expression spreads over its interval
+    (``schedules.spread_schedule``); None for a schedule that runs as written."""
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,10 @@ class BackupPlan:
     owner: tuple[str, str, str] | None = None
     """(kind, namespace, name) of the workload whose annotation asked for this DAG (a
     BackupTemplate's target); None for a Restic's target."""
+    retention_keep_last: int | None = None
+    """The smallest ``--keep-last`` of the retention commands (at least 1): while the
+    target holds no more snapshots than this, retention cannot remove any and is
+    skipped. None: always run retention."""
 
     @property
     def task_ids(self) -> tuple[str, ...]:

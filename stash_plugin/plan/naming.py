@@ -148,3 +148,12 @@ def dump_file(engine: str, database: str) -> str:
     if engine == "redis":
         return "dump.rdb"
     return f"{safe_component(database)}.sql"
+
+
+POOL_PREFIX = "stash-ns-"
+
+
+def pool_name(namespace: str) -> str:
+    """The Airflow pool of a namespace's agent steps (``[stash] pools``): a namespace is
+    a DNS label, so the name is always a valid pool name."""
+    return f"{POOL_PREFIX}{namespace}"

@@ -125,6 +125,12 @@ def backup_args(path: str, host: str, tags: Sequence[str]) -> list[str]:
     ]
 
 
+def keep_last(policy: RetentionPolicy) -> int:
+    """The ``--keep-last`` retention runs with: never below 1, so that the newest
+    snapshot is always kept."""
+    return max(policy.keep_last or 0, 1)
+
+
 def stash08_selection(user_tags: Sequence[str], path: str | None) -> list[str]:
     """restic filters that add Stash 0.8's snapshots of one folder to a target's own.
 
@@ -151,7 +157,7 @@ def forget_args(
     args = ["restic", "forget", "--json", f"--host={host}", f"--tag={tag_list(tags)}"]
     if also:
         args += [*also, "--group-by=host"]
-    args.append(f"--keep-last={max(policy.keep_last or 0, 1)}")
+    args.append(f"--keep-last={keep_last(policy)}")
     for flag, value in (
         ("--keep-hourly", policy.keep_hourly),
         ("--keep-daily", policy.keep_daily),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import UTC, datetime
 
@@ -93,6 +94,55 @@ def _check_cron(text: str) -> None:
         ) from None
 
 
+def stable_offset(key: str, period: int) -> int:
+    """A number in ``[0, period)`` that depends only on ``key``: the same in every
+    process and every release (a digest, never Python's per-process salted ``hash``)."""
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % period
+
+
+# Presets by the day-of-month, month and day-of-week fields they keep; each is spread
+# over its day (hour and minute), so @weekly stays on Sunday and @monthly on the 1st.
+_PRESET_DAYS = {
+    "@daily": "* * *",
+    "@midnight": "* * *",
+    "@weekly": "* * 0",
+    "@monthly": "1 * *",
+    "@quarterly": "1 1,4,7,10 *",
+    "@yearly": "1 1 *",
+    "@annually": "1 1 *",
+}
+
+
+def spread_schedule(schedule: Schedule, key: str) -> Schedule:
+    """``schedule`` moved by a stable offset within its interval, so that thousands of
+    targets written ``@hourly`` or ``@every 1h`` do not all start at minute 0.
+
+    ``@hourly`` gets a minute, the daily and longer presets an hour and minute of their
+    day, and an ``@every`` whose minutes divide an hour (or whose hours divide a day)
+    the cron expression of the same period shifted by the offset. A cron expression
+    the user wrote, an ``@every`` that no single cron expression repeats (``@every
+    90m``, ``@every 45s``) and ``@every 1m`` stay as written. ``key`` is the DAG id.
+    """
+    if schedule.kind == "cron" and schedule.value == "@hourly":
+        return Schedule("cron", f"{stable_offset(key, 60)} * * * *", "@hourly")
+    if schedule.kind == "cron" and schedule.value in _PRESET_DAYS:
+        minute = stable_offset(key, 24 * 60)
+        days = _PRESET_DAYS[str(schedule.value)]
+        return Schedule("cron", f"{minute % 60} {minute // 60} {days}", str(schedule.value))
+    if schedule.kind != "every" or not isinstance(schedule.value, int) or schedule.value % 60:
+        return schedule
+    minutes = schedule.value // 60
+    if 1 < minutes < 60 and 60 % minutes == 0:
+        cron = f"{stable_offset(key, minutes)}-59/{minutes} * * * *"
+        return Schedule("cron", cron, f"@every {minutes}m")
+    if minutes % 60 == 0 and 24 % (minutes // 60) == 0:
+        hours, offset = minutes // 60, stable_offset(key, minutes)
+        hour_field = {1: "*", 24: str(offset // 60)}.get(hours, f"{offset // 60}-23/{hours}")
+        return Schedule("cron", f"{offset % 60} {hour_field} * * *", f"@every {hours}h")
+    return schedule
+
+
 def _span(seconds: float) -> str:
     """``90`` -> ``1m30s``: a duration the way users write ``@every``."""
     whole = int(seconds)
@@ -129,6 +179,11 @@ def describe_schedule(schedule: Schedule, paused: bool = False) -> str:
         return "never by itself: manual runs only"
     if schedule.kind == "every":
         return f"every {_span(float(schedule.value or 0))}"
+    if schedule.spread_from:
+        return (
+            f"`{schedule.spread_from}`, spread over its interval: by the cron expression "
+            f"`{schedule.value}` (UTC; `[stash] spread_schedules`)"
+        )
     words = {
         "@hourly": "every hour, on the hour",
         "@daily": "every day at midnight (UTC)",

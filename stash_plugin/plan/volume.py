@@ -18,6 +18,7 @@ from .restic import (
     backup_args,
     check_tag,
     forget_args,
+    keep_last,
     snapshots_args,
     stash08_selection,
 )
@@ -329,4 +330,7 @@ def _plan_instance(
         snapshot_paths=tuple(d.workload_path for d in dirs),
         runtime=t.placement.runtime,
         offline=offline,
+        retention_keep_last=min(
+            (keep_last(d.policy) for d in dirs if d.policy is not None), default=None
+        ),
     )

@@ -101,6 +101,15 @@ def test_backup_retention_and_recovery(
     state_2 = tree_state(source)
     second = run_dag(build(BACKUP_DAG))
     assert task_states(second)["update_status"] == "success"
+    # Two snapshots under keepLast 2: retention can remove nothing and does not open the
+    # repository; verify trusts the backup's summary (the first backup was listed).
+    assert task_states(second)["retention"] == "skipped"
+    assert xcom(second, "verify") == {
+        "confirmed": [xcom(second, "backup")["backups"][0]["snapshot_id"]],
+        "confirmed_by": "backup summary",
+        "snapshot_count": 2,
+    }
+    assert repo_status(state)["backupRepos"][0]["snapshotCount"] == 2
     made2 = xcom(second, "backup")["backups"][0]
     assert made2["files_new"] == 1
     assert made2["files_unmodified"] >= 2000
@@ -117,6 +126,8 @@ def test_backup_retention_and_recovery(
     kept = sorted(s["short_id"] for s in restic_snapshots(world["repo"]))
     assert kept == sorted([snapshot_2, snapshot_3])
     forget = xcom(third, "retention")["forgets"][0]
+    assert sorted(forget.pop("kept_ids")) == kept
+    assert xcom(third, "verify")["confirmed_by"] == "retention"  # forget listed them
     freed = forget.pop("bytes_freed")
     assert forget == {"path": "/source/data", "kept": 2, "removed": 1, "dry_run": False}
     assert freed > 0  # the policy prunes: the data only the first snapshot had is gone

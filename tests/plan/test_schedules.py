@@ -67,3 +67,100 @@ def test_bad_schedules_raise_a_helpful_value_error(text: str, hint: str) -> None
     assert hint in message
     # The message quotes what the user wrote, so it can be found in the manifest.
     assert repr(text.strip()) in message or text.strip() in message
+
+
+# --------------------------------------------------------------------------- spreading
+
+
+def _fires(cron: str, hours: int) -> list[float]:
+    from datetime import datetime
+
+    from croniter import croniter
+
+    it = croniter(cron, datetime(2024, 1, 1))
+    fires, end = [], datetime(2024, 1, 1).timestamp() + hours * 3600
+    while (t := it.get_next(float)) < end:
+        fires.append(t)
+    return fires
+
+
+def test_offsets_are_stable_across_processes() -> None:
+    """A digest, not Python's salted hash(): another interpreter (another hash seed)
+    gives every DAG the same minute, so a restarted scheduler keeps each schedule."""
+    import subprocess
+    import sys
+
+    from stash_plugin.plan.schedules import stable_offset
+
+    ids = [f"stash-backup.ns{i}.r.deployment.app" for i in range(50)]
+    code = (
+        "import sys; from stash_plugin.plan.schedules import stable_offset; "
+        "print([stable_offset(i, 1440) for i in sys.argv[1:]])"
+    )
+    other = subprocess.run(
+        [sys.executable, "-c", code, *ids],
+        env={"PYTHONHASHSEED": "12345", "PATH": ""},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert other.stdout.strip() == str([stable_offset(i, 1440) for i in ids])
+    assert len({stable_offset(i, 1440) for i in ids}) > 40  # not one minute for all
+
+
+def test_ten_thousand_hourly_targets_spread_over_the_hour() -> None:
+    from collections import Counter
+
+    from stash_plugin.plan.schedules import spread_schedule
+
+    minutes: Counter[int] = Counter()
+    for i in range(10_000):
+        spread = spread_schedule(parse_schedule("@hourly"), f"stash-backup.t{i}.r.deployment.a")
+        assert spread.spread_from == "@hourly"
+        minute, rest = str(spread.value).split(" ", 1)
+        assert rest == "* * * *"
+        minutes[int(minute)] += 1
+    assert sorted(minutes) == list(range(60))
+    # 166.7 a minute on average; a fair spread stays well inside +-35%.
+    assert 110 < min(minutes.values()) and max(minutes.values()) < 225, minutes.most_common(3)
+
+
+@pytest.mark.parametrize(
+    ("text", "hours", "runs"),
+    [
+        ("@every 1h", 24, 24),
+        ("@every 15m", 2, 8),
+        ("@every 6h", 48, 8),
+        ("@every 24h", 72, 3),
+        ("@daily", 72, 3),
+        ("@weekly", 24 * 21, 3),
+    ],
+)
+def test_a_spread_schedule_keeps_its_period(text: str, hours: int, runs: int) -> None:
+    from stash_plugin.plan.schedules import schedule_interval, spread_schedule
+
+    schedule = parse_schedule(text)
+    period = schedule_interval(schedule)
+    spread = spread_schedule(schedule, "stash-backup.demo.app-backup.deployment.app")
+    assert spread.kind == "cron" and spread.value != text
+    fires = _fires(str(spread.value), hours)
+    assert len(fires) == runs
+    assert {b - a for a, b in zip(fires, fires[1:], strict=False)} == {period}
+
+
+def test_weekly_and_monthly_keep_their_day() -> None:
+    from stash_plugin.plan.schedules import spread_schedule
+
+    weekly = str(spread_schedule(parse_schedule("@weekly"), "x").value).split()
+    monthly = str(spread_schedule(parse_schedule("@monthly"), "x").value).split()
+    assert weekly[2:] == ["*", "*", "0"] and monthly[2:] == ["1", "*", "*"]
+
+
+@pytest.mark.parametrize(
+    "text", ["0 3 * * *", "*/5 * * * *", "@every 90m", "@every 45s", "@every 1m"]
+)
+def test_what_no_single_offset_cron_repeats_or_a_user_wrote_stays(text: str) -> None:
+    from stash_plugin.plan.schedules import spread_schedule
+
+    schedule = parse_schedule(text)
+    assert spread_schedule(schedule, "stash-backup.a.b.deployment.c") == schedule

@@ -100,3 +100,25 @@ def test_the_drop_rule(
     assert (reason is None) is (flagged is None)
     if flagged:
         assert reason is not None and flagged in reason
+
+
+def test_retention_is_skipped_only_while_keep_last_keeps_everything() -> None:
+    from stash_plugin.runtime.guard import TargetHistory, retention_skip_reason
+
+    four = TargetHistory(backups_on_record=4, snapshot_count=4)
+    assert "nothing can be removed" in str(retention_skip_reason(5, four, 1))
+    assert retention_skip_reason(5, TargetHistory(5, 5), 1) is None  # 6 > 5
+    assert retention_skip_reason(5, TargetHistory(3, None), 1) is None  # count unknown
+    assert retention_skip_reason(None, four, 1) is None  # no keep-last known
+    assert retention_skip_reason(5, None, 1) is None  # no history (an older backup task)
+
+
+def test_verify_lists_the_repository_on_the_first_and_every_nth_backup() -> None:
+    from stash_plugin.runtime.guard import TargetHistory, listing_due
+
+    due = [n for n in range(25) if listing_due(TargetHistory(n, n), 10)]
+    assert due == [0, 10, 20]
+    assert all(listing_due(TargetHistory(n, n), 1) for n in range(5))
+    assert listing_due(None, 10)
+    assert TargetHistory.from_xcom(TargetHistory(3, None).to_xcom()) == TargetHistory(3, None)
+    assert TargetHistory.from_xcom({"snapshot_count": 2}) is None

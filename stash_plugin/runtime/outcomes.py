@@ -344,11 +344,14 @@ def apply_outcome(
     )
     if entry is None and outcome.succeeded and outcome.found is not None:
         # No record of this target (a lost status): continue from its snapshots, this
-        # run's among them, rather than from zero.
+        # run's among them, rather than from zero. Only a snapshot older than this run
+        # says when the first backup was (this run's own is stamped after it started).
+        oldest = outcome.found.oldest
+        earlier = oldest is not None and oldest < outcome.started
         base = base.model_copy(
             update={
                 "backup_count": outcome.found.backups - 1,
-                "first_backup_time": outcome.found.oldest,
+                "first_backup_time": oldest if earlier else None,
             }
         )
     if not outcome.succeeded:

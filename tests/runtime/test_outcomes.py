@@ -169,6 +169,17 @@ def test_a_target_without_status_counts_on_from_its_snapshots() -> None:
     assert again.first_backup_time == entry.first_backup_time
 
 
+def test_a_true_first_backup_is_its_own_first_backup_time() -> None:
+    """The only snapshot verify finds is this run's (stamped after the run started):
+    the first backup time is this run's, as with a status that was never lost."""
+    plan = _backup_plan()
+    own = {"backups_found": 1, "oldest_time": "2099-01-02T03:04:05+00:00"}
+    verify = TaskReport("verify", "success", {"snapshot_count": 1, "confirmed": ["abc"], **own})
+    _, entry = _entry(plan, _reports(plan, verify=verify))
+    assert entry.backup_count == 1
+    assert entry.first_backup_time == entry.last_backup_time == STARTED
+
+
 def test_the_stored_repository_record_is_remembered() -> None:
     plan = _backup_plan()
     backup = TaskReport("backup", "success", {**GOOD_BACKUP.to_dict(), "record_digest": "d1"})

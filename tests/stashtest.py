@@ -102,6 +102,13 @@ def task_states(dagrun: Any) -> dict[str, str]:
     return {ti.task_id: str(ti.state) for ti in dagrun.get_task_instances()}
 
 
+def green(dagrun: Any) -> bool:
+    """The run a user sees as good: every task succeeded or was skipped (retention is
+    skipped while it can remove nothing) and the status was written."""
+    states = task_states(dagrun)
+    return set(states.values()) <= {"success", "skipped"} and states["update_status"] == "success"
+
+
 def build_dag(dag_id: str) -> Any:
     """The DAG ``dag_id`` as the factory builds it from ``[stash]`` settings now."""
     from stash_plugin.factory import build_dags

@@ -176,6 +176,49 @@ def _pod_task(var: str, step: Any, light: bool = False) -> str:
 """
 
 
+_MINIMAL_HEADER = '''"""{n} minimal hand-written DAGs (generated): two KubernetesPodOperator with
+plain arguments and two PythonOperator each, no factory."""
+
+from datetime import datetime, timedelta, timezone
+
+from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from airflow.providers.standard.operators.python import PythonOperator
+from airflow.sdk import DAG
+
+START = datetime(2024, 1, 1, tzinfo=timezone.utc)
+
+
+def noop(**context):
+    return None
+
+'''
+
+
+def write_minimal_file(dag_ids: list[str], out: Path) -> int:
+    """The same number of DAGs, each the shape of a backup DAG with plain arguments."""
+    parts = [_MINIMAL_HEADER.format(n=len(dag_ids))]
+    for i, dag_id in enumerate(dag_ids):
+        parts.append(
+            f"""
+with DAG(dag_id={dag_id!r}, schedule=timedelta(hours=1), start_date=START, catchup=False):
+    backup = KubernetesPodOperator(
+        task_id="backup", name="backup-{i}", namespace="bench", image="agent:1",
+        cmds=["stash-agent"], arguments=["run", "--", "/data", "restic", "backup"],
+    )
+    retention = KubernetesPodOperator(
+        task_id="retention", name="retention-{i}", namespace="bench", image="agent:1",
+        cmds=["stash-agent"], arguments=["run", "--", "/data", "restic", "forget"],
+    )
+    verify = PythonOperator(task_id="verify", python_callable=noop)
+    status = PythonOperator(task_id="update_status", python_callable=noop, trigger_rule="all_done")
+    backup >> retention >> verify >> status
+"""
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "minimal_dags.py").write_text("".join(parts))
+    return len(dag_ids)
+
+
 def write_baseline_file(manifests: Path, out: Path, light: bool = False) -> int:
     from stash_plugin.plan import make_plans
     from stash_plugin.source import load_directory
@@ -278,12 +321,16 @@ def measure(
     expect: int,
     repeat: int,
     profile: Path | None = None,
+    wipe: Path | None = None,
 ) -> dict[str, Any]:
+    """``wipe``: a folder emptied before each run (the state: index and caches)."""
     runs = []
     # The first run is a warm-up (byte-code caches, page cache); a profiled run (slower
     # under cProfile) comes last and is not counted.
     for i in range(repeat + 1 + bool(profile)):
         prof = str(profile) if profile and i == repeat + 1 else None
+        if wipe is not None:
+            shutil.rmtree(wipe, ignore_errors=True)
         cmd = [sys.executable, __file__, "--child", str(folder), "--expect", str(expect)]
         if prof:
             cmd += ["--child-profile", prof]
@@ -309,20 +356,54 @@ def measure(
     }
 
 
+KINDS = ("factory", "cold", "shards", "minimal", "baseline", "light", "context")
+SHARDS = 8
+
+
+def shard_file(dag_id: str) -> Path:
+    from stash_plugin.dagindex import shard_of
+
+    return DAGS / f"stash_dags_{shard_of(dag_id, SHARDS):02d}.py"
+
+
+def measure_shards(env: dict[str, str], repeat: int, state: Path) -> dict[str, Any]:
+    """Each shard file parsed alone (as the DAG processor does, one process per file):
+    the first one with no index (it plans everything and writes the index), then every
+    shard with the index fresh."""
+    shards = [DAGS / f"stash_dags_{i:02d}.py" for i in range(SHARDS)]
+    first = measure(shards[0], env, -1, repeat, wipe=state)
+    each = [measure(path, env, -1, repeat) for path in shards]
+    return {
+        "first_s": first["parse_s"],
+        "first_peak_mib": first["peak_mib"],
+        "slowest_s": max(r["parse_s"] for r in each),
+        "total_s": sum(r["parse_s"] for r in each),
+        "peak_mib": max(r["peak_mib"] for r in each),
+        "dags": sum(r["dags"] for r in each),
+        "each_s": [round(r["parse_s"], 3) for r in each],
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--sizes", default="10,100,1000,5000")
-    ap.add_argument("--context-sizes", default="1000,5000")
+    ap.add_argument("--sizes", default="10,1000,5000,10000")
+    ap.add_argument("--context-sizes", default="10,1000,5000,10000")
+    ap.add_argument("--baseline-sizes", default="10,1000", help="sizes that get the full baselines")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--keep", type=Path, help="keep the generated manifests and DAG files here")
     ap.add_argument("--profile", type=Path, help="write cProfile stats of the last runs here")
-    ap.add_argument("--only", choices=("factory", "baseline", "light", "context"), action="append")
+    ap.add_argument("--only", choices=KINDS, action="append")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--expect", type=int, default=-1, help=argparse.SUPPRESS)
     ap.add_argument("--child-profile", help=argparse.SUPPRESS)
     ap.add_argument("--gen-baseline", nargs=2, type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--gen-light", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--gen-minimal", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.gen_minimal:
+        ids = [f"dag-{i:05d}" for i in range(int(args.gen_minimal[0]))]
+        write_minimal_file(ids, Path(args.gen_minimal[1]))
+        return
     if args.gen_baseline:
         write_baseline_file(*args.gen_baseline, light=args.gen_light)
         return
@@ -332,7 +413,8 @@ def main() -> None:
 
     sizes = [int(s) for s in args.sizes.split(",") if s]
     context_sizes = {int(s) for s in args.context_sizes.split(",") if s}
-    only = set(args.only or ("factory", "baseline", "light", "context"))
+    baseline_sizes = {int(s) for s in args.baseline_sizes.split(",") if s}
+    only = set(args.only or KINDS)
     work = args.keep or Path(tempfile.mkdtemp(prefix="stash-bench-parse-"))
     work.mkdir(parents=True, exist_ok=True)
     if args.profile:
@@ -368,11 +450,26 @@ def main() -> None:
             def prof(name: str, n: int = n) -> Path | None:
                 return args.profile / f"{name}-{n}.prof" if args.profile else None
 
+            state = work / "state"
             if "factory" in only:
-                row["factory"] = measure(DAGS, env, n, args.repeat, prof("factory"))
+                # Steady state: the warm-up run wrote the index, the measured runs read it.
+                row["factory"] = measure(DAGS, env, n + 1, args.repeat, prof("factory"))
                 print(f"N={n} factory  {json.dumps(row['factory'])}", flush=True)
+            if "cold" in only:
+                # No index, no parse cache: the whole folder planned from the manifests.
+                row["cold"] = measure(DAGS, env, n + 1, args.repeat, prof("cold"), wipe=state)
+                print(f"N={n} cold     {json.dumps(row['cold'])}", flush=True)
+            if "shards" in only:
+                row["shards"] = measure_shards(env, args.repeat, state)
+                print(f"N={n} shards   {json.dumps(row['shards'])}", flush=True)
+            if "minimal" in only:
+                minimal = work / f"minimal-{n}"
+                gen = [sys.executable, __file__, "--gen-minimal", str(n), str(minimal)]
+                subprocess.run(gen, env=env, check=True)  # noqa: S603 - fixed argv
+                row["minimal"] = measure(minimal, env, n, args.repeat, prof("minimal"))
+                print(f"N={n} minimal  {json.dumps(row['minimal'])}", flush=True)
             for variant in ("baseline", "light"):
-                if variant not in only:
+                if variant not in only or n not in baseline_sizes:
                     continue
                 handwritten = work / f"handwritten-{variant}-{n}"
                 # In a child: planning 5,000 targets here would grow this process, and a
@@ -383,9 +480,15 @@ def main() -> None:
                 row[variant] = measure(handwritten, env, n, args.repeat, prof(variant))
                 print(f"N={n} {variant:<8} {json.dumps(row[variant])}", flush=True)
             if "context" in only and n in context_sizes:
+                # What a worker parses before one task: the DAG's own shard file, with the
+                # parsing context naming the DAG; the index is fresh (written by a full
+                # parse), as it is after the DAG processor's first pass.
                 wanted = dag_ids[n // 2]
                 cenv = {**env, "_AIRFLOW_PARSING_CONTEXT_DAG_ID": wanted}
-                row["context"] = measure(DAGS, cenv, 1, args.repeat, prof("context"))
+                subprocess.run(  # noqa: S603 - fixed argv
+                    [sys.executable, __file__, "--child", str(DAGS)], env=env, check=True
+                )
+                row["context"] = measure(shard_file(wanted), cenv, 1, args.repeat, prof("context"))
                 print(f"N={n} context  {json.dumps(row['context'])}", flush=True)
             rows.append(row)
     finally:
@@ -394,7 +497,55 @@ def main() -> None:
     print_table(rows)
 
 
+def print_scale_table(rows: list[dict[str, Any]]) -> None:
+    def get(row: dict[str, Any], key: str, field: str, fmt: str) -> str:
+        return format(row[key][field], fmt) if key in row and field in row[key] else "-"
+
+    print()
+    print(
+        "Scale (median of runs; s = parse time after imports; peak = max RSS of the parsing "
+        "process, incl. Airflow)"
+    )
+    head = (
+        f"{'targets':>7} | {'folder s':>8} {'peak':>5} | {'cold s':>7} {'peak':>5} | "
+        f"{'minimal s':>9} {'ratio':>5} | {'slowest shard':>13} {'sum':>6} {'peak':>5} | "
+        f"{'1st shard':>9} {'peak':>5} | {'one DAG s':>9} {'peak':>5} {'vs 10':>5}"
+    )
+    print(head)
+    print("-" * len(head))
+    first = next((r for r in rows if "context" in r), None)
+    for r in rows:
+        ratio = "-"
+        if "factory" in r and "minimal" in r:
+            ratio = f"{r['factory']['parse_s'] / r['minimal']['parse_s']:.2f}"
+        vs = "-"
+        if first is not None and "context" in r:
+            vs = f"{r['context']['parse_s'] / first['context']['parse_s']:.2f}"
+        print(
+            f"{r['n']:>7} | {get(r, 'factory', 'parse_s', '8.2f')} "
+            f"{get(r, 'factory', 'peak_mib', '5.0f')} | {get(r, 'cold', 'parse_s', '7.2f')} "
+            f"{get(r, 'cold', 'peak_mib', '5.0f')} | {get(r, 'minimal', 'parse_s', '9.2f')} "
+            f"{ratio:>5} | {get(r, 'shards', 'slowest_s', '13.2f')} "
+            f"{get(r, 'shards', 'total_s', '6.2f')} {get(r, 'shards', 'peak_mib', '5.0f')} | "
+            f"{get(r, 'shards', 'first_s', '9.2f')} {get(r, 'shards', 'first_peak_mib', '5.0f')}"
+            f" | {get(r, 'context', 'parse_s', '9.3f')} {get(r, 'context', 'peak_mib', '5.0f')} "
+            f"{vs:>5}"
+        )
+    print(
+        "folder = DagBag of dags/ in one process, index fresh; cold = the same with no index "
+        "and no parse cache;\nminimal = hand-written 2 KubernetesPodOperator + 2 PythonOperator "
+        "DAGs (ratio = folder / minimal);\nshards = each stash_dags_NN.py alone, index fresh; "
+        "1st shard = one shard with no index (it plans all and writes the index);\n"
+        "one DAG = the DAG's shard file with the parsing context set, index fresh "
+        "(vs 10 = ratio to the smallest size)"
+    )
+
+
 def print_table(rows: list[dict[str, Any]]) -> None:
+    print_scale_table(rows)
+    if not any("baseline" in r for r in rows):
+        return
+
     def cell(row: dict[str, Any], key: str, field: str, fmt: str) -> str:
         return format(row[key][field], fmt) if key in row else "-"
 

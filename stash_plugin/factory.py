@@ -7,6 +7,7 @@ that parses for one task (``get_parsing_context().dag_id``) builds only that DAG
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import gc
@@ -15,14 +16,19 @@ import importlib.metadata
 import json
 import logging
 import os
+import re
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from airflow import __version__ as airflow_version
 from airflow.sdk import DAG, DeltaTriggerTimetable, Param, get_parsing_context
 
+from stash_plugin import dagindex
 from stash_plugin.api.errors import ResourceError
 from stash_plugin.api.resourceset import ResourceSet
+from stash_plugin.dagindex import Entry, Index, shard_of
 from stash_plugin.operators.step import (
     StashBackupOperator,
     StashRestoreOperator,
@@ -42,7 +48,7 @@ from stash_plugin.plan.schedules import parse_schedule, spread_schedule
 from stash_plugin.sensors.snapshot import SnapshotSensor
 from stash_plugin.sensors.workload import WorkloadReadySensor, WorkloadStoppedSensor
 from stash_plugin.settings import Settings, load_settings
-from stash_plugin.source import load_directory
+from stash_plugin.source import SourceStamp, load_stamped
 
 log = logging.getLogger(__name__)
 START_DATE = datetime(2024, 1, 1, tzinfo=UTC)
@@ -104,18 +110,47 @@ def around(task: Any, workload: QuiescedWorkload, settings: Settings) -> tuple[A
     return quiesce, ready
 
 
-def backup_dag(plan: BackupPlan, settings: Settings, resources: ResourceSet | None = None) -> DAG:
-    """``[quiesce -> wait_quiesced] -> backup -> [resume -> wait_ready] -> retention ->
-    verify -> update_status``; resume runs whatever happened to the backup."""
+def _spread(plan: Any, settings: Settings) -> Any:
+    """The plan with the schedule its DAG runs on (what its doc describes too)."""
+    return dataclasses.replace(plan, schedule=spread(plan.schedule, plan.dag_id, settings))
+
+
+def backup_doc(plan: BackupPlan, resources: ResourceSet | None) -> str:
     t = plan.target
     rs = resources or ResourceSet()
-    plan = dataclasses.replace(plan, schedule=spread(plan.schedule, plan.dag_id, settings))
-    doc = docs.backup_doc(
+    return docs.backup_doc(
         plan,
         rs.restics.get((t.restic_namespace, t.restic_name)),
         rs.repositories.get((t.repository_namespace, t.repository_name)),
         rs.deprecation("Restic", t.restic_namespace, t.restic_name),
     )
+
+
+def recovery_doc(plan: RecoveryPlan, resources: ResourceSet | None) -> str:
+    rs = resources or ResourceSet()
+    return docs.recovery_doc(
+        plan,
+        rs.recoveries.get((plan.namespace, plan.name)),
+        rs.repositories.get((plan.repository_namespace, plan.repository_name)),
+        rs.deprecation("Recovery", plan.namespace, plan.name),
+    )
+
+
+def maintenance_doc(plan: MaintenancePlan, resources: ResourceSet | None) -> str:
+    repository = (resources or ResourceSet()).repositories.get((plan.namespace, plan.name))
+    return docs.maintenance_doc(plan, repository)
+
+
+def backup_dag(
+    plan: BackupPlan,
+    settings: Settings,
+    resources: ResourceSet | None = None,
+    doc: str | None = None,
+) -> DAG:
+    """``[quiesce -> wait_quiesced] -> backup -> [resume -> wait_ready] -> retention ->
+    verify -> update_status``; resume runs whatever happened to the backup."""
+    plan = _spread(plan, settings)
+    doc = backup_doc(plan, resources) if doc is None else doc
     with DAG(
         dag_id=plan.dag_id,
         schedule=airflow_schedule(plan.schedule, plan.paused),
@@ -173,17 +208,14 @@ def backup_dag(plan: BackupPlan, settings: Settings, resources: ResourceSet | No
 
 
 def recovery_dag(
-    plan: RecoveryPlan, settings: Settings, resources: ResourceSet | None = None
+    plan: RecoveryPlan,
+    settings: Settings,
+    resources: ResourceSet | None = None,
+    doc: str | None = None,
 ) -> DAG:
     """``[quiesce -> wait_quiesced] -> restore -> [resume -> wait_ready] -> update_status``,
     run once."""
-    rs = resources or ResourceSet()
-    doc = docs.recovery_doc(
-        plan,
-        rs.recoveries.get((plan.namespace, plan.name)),
-        rs.repositories.get((plan.repository_namespace, plan.repository_name)),
-        rs.deprecation("Recovery", plan.namespace, plan.name),
-    )
+    doc = recovery_doc(plan, resources) if doc is None else doc
     with DAG(
         dag_id=plan.dag_id,
         schedule="@once",
@@ -211,12 +243,14 @@ def recovery_dag(
 
 
 def maintenance_dag(
-    plan: MaintenancePlan, settings: Settings, resources: ResourceSet | None = None
+    plan: MaintenancePlan,
+    settings: Settings,
+    resources: ResourceSet | None = None,
+    doc: str | None = None,
 ) -> DAG:
     """``check.<repoDir>`` for each restic repository of the Repository, then
     ``update_status`` (whatever the checks did)."""
-    repository = (resources or ResourceSet()).repositories.get((plan.namespace, plan.name))
-    plan = dataclasses.replace(plan, schedule=spread(plan.schedule, plan.dag_id, settings))
+    plan = _spread(plan, settings)
     with DAG(
         dag_id=plan.dag_id,
         schedule=airflow_schedule(plan.schedule, False),
@@ -224,7 +258,7 @@ def maintenance_dag(
         catchup=False,
         max_active_runs=1,
         tags=[t[:100] for t in plan.tags],
-        doc_md=docs.maintenance_doc(plan, repository),
+        doc_md=maintenance_doc(plan, resources) if doc is None else doc,
         description=plan.description[:200],
         is_paused_upon_creation=False,
         auto_register=False,  # as in backup_dag
@@ -251,38 +285,73 @@ def load_resources_and_plans(
     settings: Settings, only_dag_id: str | None = None
 ) -> tuple[ResourceSet, PlanSet]:
     """The resources of the source and every plan made from them."""
-    resources = load_directory(settings.manifests_dir)
-    plans = make_plans(
+    resources, _ = _load(settings)
+    return resources, _plan(resources, settings, only_dag_id)
+
+
+def _load(settings: Settings) -> tuple[ResourceSet, SourceStamp]:
+    """The source, reading again only the files that changed since the last load."""
+    cache = settings.state_dir / dagindex.SOURCE_CACHE_FILE
+    return load_stamped(settings.manifests_dir, cache)
+
+
+def _plan(resources: ResourceSet, settings: Settings, only_dag_id: str | None) -> PlanSet:
+    return make_plans(
         resources,
         settings.runtime,
         only_dag_id=only_dag_id,
         maintenance=maintenance_options(settings),
     )
-    return resources, plans
 
 
 def load_plans(settings: Settings, only_dag_id: str | None = None) -> PlanSet:
     return load_resources_and_plans(settings, only_dag_id)[1]
 
 
+# Each kind of DAG: its builder and its doc.
+_BUILDERS: dict[str, tuple[Any, Any]] = {
+    "backup": (backup_dag, backup_doc),
+    "recovery": (recovery_dag, recovery_doc),
+    "maintenance": (maintenance_dag, maintenance_doc),
+}
+
+
+def _owned(plans: PlanSet) -> Iterator[tuple[str, str, str, str, str, Any]]:
+    """(dag_id, DAG kind, owner kind, namespace, name, plan) of every planned DAG; the
+    owner is the object named when Airflow refuses the DAG."""
+    for i, p in plans.backups.items():
+        t = p.target
+        yield i, "backup", *(p.owner or ("Restic", t.restic_namespace, t.restic_name)), p
+    for i, r in plans.recoveries.items():
+        yield i, "recovery", *(r.owner or ("Recovery", r.namespace, r.name)), r
+    for i, m in plans.maintenance.items():
+        yield i, "maintenance", "Repository", m.namespace, m.name, m
+
+
 def _guarded(
     dags: dict[str, DAG],
-    plans: PlanSet,
+    refused: list[ResourceError],
     dag_id: str,
-    kind: str,
-    namespace: str,
-    name: str,
-    build: Any,
+    entry: Entry,
+    settings: Settings,
+    resources: ResourceSet | None = None,
 ) -> None:
     """Build one DAG and run the checks DagBag runs on it after import (about 10 us a
     DAG); if Airflow refuses it, name the resource and keep the others."""
+    make = _BUILDERS[entry.dag][0]
     try:
-        dag = build()
+        dag = make(entry.plan, settings, resources, entry.doc or None)
         dag.validate()
         dag.check_cycle()
     except Exception as exc:  # one bad DAG must never hide the rest
-        plans.errors.append(
-            ResourceError(kind, namespace, name, None, f"Airflow refused DAG {dag_id}: {exc}")
+        refused.append(
+            ResourceError(
+                entry.kind,
+                entry.namespace,
+                entry.name,
+                None,
+                f"Airflow refused DAG {dag_id}: {exc}",
+            )
         )
     else:
         dags[dag_id] = dag
@@ -295,48 +364,32 @@ def _build(
     resources: ResourceSet | None = None,
 ) -> dict[str, DAG]:
     """The DAGs of ``plans`` (only ``wanted`` if set); refusals go to ``plans.errors``."""
-    # Each plan with the object that owns its DAG (named when Airflow refuses it).
-    owned: list[tuple[str, Any, str, str, str, Any]] = [
-        *(
-            (i, p, *(p.owner or ("Restic", t.restic_namespace, t.restic_name)), backup_dag)
-            for i, p in plans.backups.items()
-            for t in (p.target,)
-        ),
-        *(
-            (i, p, *(p.owner or ("Recovery", p.namespace, p.name)), recovery_dag)
-            for i, p in plans.recoveries.items()
-        ),
-        *(
-            (i, p, "Repository", p.namespace, p.name, maintenance_dag)
-            for i, p in plans.maintenance.items()
-        ),
-    ]
     dags: dict[str, DAG] = {}
-    for dag_id, plan, kind, namespace, name, make in owned:
+    for dag_id, dag, kind, namespace, name, plan in _owned(plans):
         if not wanted or dag_id == wanted:
-            _guarded(
-                dags,
-                plans,
-                dag_id,
-                kind,
-                namespace,
-                name,
-                lambda p=plan, m=make: m(p, settings, resources),
-            )  # type: ignore[misc]
+            entry = Entry(dag, kind, namespace, name, plan, "")
+            _guarded(dags, plans.errors, dag_id, entry, settings, resources)
     return dags
 
 
-REFUSALS_FILE = "dag-refusals.json"
+def _build_entries(
+    index: Index, dag_ids: list[str], settings: Settings
+) -> tuple[dict[str, DAG], list[ResourceError]]:
+    dags: dict[str, DAG] = {}
+    refused: list[ResourceError] = []
+    for dag_id, entry in index.entries(dag_ids):
+        _guarded(dags, refused, dag_id, entry, settings)
+    return dags, refused
 
 
-def _refusals_key(settings: Settings, plans: PlanSet) -> str:
-    """Everything a DAG build depends on: plans, settings, Airflow and Stash versions
-    (about 30 ms for 1,000 targets)."""
-    digest = hashlib.blake2b(repr((_versions(), settings)).encode(), digest_size=20)
-    for table in (plans.backups, plans.recoveries, plans.maintenance):
-        for item in table.items():  # one at a time: a single repr is megabytes
-            digest.update(repr(item).encode())
-    return digest.hexdigest()
+# --------------------------------------------------------------------------- the index
+
+
+def _index_key(settings: Settings) -> str:
+    """Everything but the source that a plan depends on: settings, Airflow and Stash
+    versions, Stash's code."""
+    data = repr((_versions(), dagindex.code_stamp(), settings)).encode()
+    return hashlib.blake2b(data, digest_size=20).hexdigest()
 
 
 @functools.cache
@@ -348,21 +401,70 @@ def _versions() -> tuple[str, str]:
     return airflow_version, stash
 
 
-def _read_refusals(settings: Settings, key: str) -> list[ResourceError] | None:
-    """The refusals recorded by the last build of exactly these plans, if any."""
+def fresh_index(settings: Settings) -> Index | None:
+    """The index of the source as it is now, or None (never a stale one)."""
+    return dagindex.fresh(settings.state_dir, _index_key(settings), settings.manifests_dir)
+
+
+def current_index(settings: Settings) -> Index:
+    """The index of the source as it is now, planned from the source if there is none
+    (one process at a time: the others wait, then read it)."""
+    key = _index_key(settings)
+    index = dagindex.fresh(settings.state_dir, key, settings.manifests_dir)
+    if index is not None:
+        return index
+    with dagindex.building(settings.state_dir):
+        index = dagindex.fresh(settings.state_dir, key, settings.manifests_dir)
+        if index is not None:
+            return index
+        return _make_index(settings, key)
+
+
+def _make_index(settings: Settings, key: str) -> Index:
+    resources, stamp = _load(settings)
+    plans = _plan(resources, settings, None)
+    entries = {
+        dag_id: Entry(dag, kind, ns, name, plan, _doc(dag, plan, resources, settings))
+        for dag_id, dag, kind, ns, name, plan in _owned(plans)
+    }
+    return dagindex.write(settings.state_dir, key, stamp, plans.errors, entries, plans.warnings)
+
+
+def _doc(dag: str, plan: Any, resources: ResourceSet, settings: Settings) -> str:
+    """The doc the DAG's builder would write (of the plan as it runs: spread)."""
+    if dag != "recovery":
+        plan = _spread(plan, settings)
+    return str(_BUILDERS[dag][1](plan, resources))
+
+
+# --------------------------------------------------------------------------- refusals
+
+REFUSALS_FILE = "dag-refusals-{shard}-of-{shards}.json"
+
+
+def _refusals_path(settings: Settings, shard: int, shards: int) -> Path:
+    return settings.state_dir / REFUSALS_FILE.format(shard=shard, shards=shards)
+
+
+def _read_refusals(
+    settings: Settings, index: Index, shard: int, shards: int
+) -> list[ResourceError] | None:
+    """What Airflow refused when the shard's DAGs were last built from this index."""
     try:
-        record = json.loads((settings.state_dir / REFUSALS_FILE).read_text())
-        if record["key"] != key:
+        record = json.loads(_refusals_path(settings, shard, shards).read_text())
+        if record["index"] != index.version:
             return None
         return [ResourceError(**e) for e in record["errors"]]
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def _write_refusals(settings: Settings, key: str, errors: list[ResourceError]) -> None:
-    """Best effort: without the record, stash_errors.py builds the DAGs itself."""
-    path = settings.state_dir / REFUSALS_FILE
-    text = json.dumps({"key": key, "errors": [dataclasses.asdict(e) for e in errors]})
+def _write_refusals(
+    settings: Settings, index: Index, shard: int, shards: int, errors: list[ResourceError]
+) -> None:
+    """Best effort: without the record, stash_errors.py builds the shard's DAGs itself."""
+    path = _refusals_path(settings, shard, shards)
+    text = json.dumps({"index": index.version, "errors": [dataclasses.asdict(e) for e in errors]})
     try:
         if path.exists() and path.read_text() == text:
             return
@@ -374,28 +476,79 @@ def _write_refusals(settings: Settings, key: str, errors: list[ResourceError]) -
         log.debug("Stash: cannot record DAG refusals in %s: %s", path, exc)
 
 
-def build_dags(settings: Settings | None = None) -> tuple[dict[str, DAG], list[ResourceError]]:
-    """Every DAG the resources describe, plus the errors of the resources that made none."""
+# --------------------------------------------------------------------------- DAG files
+
+SHARD_FILE = re.compile(r"stash_dags_(\d+)\.py$")
+
+
+def shard_file_name(shard: int) -> str:
+    return f"stash_dags_{shard:02d}.py"
+
+
+def build_shard(dag_file: str) -> dict[str, DAG]:
+    """The DAGs of the shard that ``dags/stash_dags_NN.py`` stands for."""
+    match = SHARD_FILE.search(dag_file)
+    if match is None:
+        raise ValueError(f"{dag_file}: a Stash shard file is named stash_dags_NN.py")
+    return build_dags(shard=int(match.group(1)))[0]
+
+
+def _no_gc() -> contextlib.AbstractContextManager[None]:
+    """Thousands of DAGs are millions of long-lived objects and almost no garbage: the
+    cyclic GC's full passes over them were a fifth of the time for 5,000 targets."""
+
+    @contextlib.contextmanager
+    def paused() -> Iterator[None]:
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            yield
+        finally:
+            if was_enabled:
+                gc.enable()
+
+    return paused()
+
+
+def build_dags(
+    settings: Settings | None = None, shard: int | None = None
+) -> tuple[dict[str, DAG], list[ResourceError]]:
+    """Every DAG of ``shard`` (all of them if None), plus the errors of the resources
+    that made none.
+
+    A worker that parses for one task builds that DAG only, from the index when the
+    index is fresh (no manifest read), else from the source.
+    """
     settings = settings or load_settings()
+    shards = settings.dag_shards if shard is not None else 1
     wanted = get_parsing_context().dag_id
-    # Thousands of DAGs are millions of long-lived objects and almost no garbage: the
-    # cyclic GC's full passes over them were a fifth of the time for 5,000 targets.
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        resources, plans = load_resources_and_plans(settings, only_dag_id=wanted)
-        planned = len(plans.errors)
-        dags = _build(plans, settings, wanted, resources)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    if not wanted:
-        _write_refusals(settings, _refusals_key(settings, plans), plans.errors[planned:])
-    for error in plans.errors:
+    if shard is not None and (shard >= shards or (wanted and shard_of(wanted, shards) != shard)):
+        return {}, []
+    with _no_gc():
+        if wanted:
+            dags, errors, warnings = _build_one(settings, wanted)
+        else:
+            index = current_index(settings)
+            mine = [i for i in index.dag_ids if shard_of(i, shards) == (shard or 0)]
+            dags, refused = _build_entries(index, mine, settings)
+            _write_refusals(settings, index, shard or 0, shards, refused)
+            errors, warnings = [*index.errors, *refused], index.warnings
+    for error in errors:
         log.warning("Stash: %s", error)
-    for warning in plans.warnings:
+    for warning in warnings:
         log.warning("Stash: deprecated: %s", warning)
-    return dags, plans.errors
+    return dags, errors
+
+
+def _build_one(
+    settings: Settings, wanted: str
+) -> tuple[dict[str, DAG], list[ResourceError], list[ResourceError]]:
+    index = fresh_index(settings)
+    if index is None:
+        resources, plans = load_resources_and_plans(settings, only_dag_id=wanted)
+        return _build(plans, settings, wanted, resources), plans.errors, plans.warnings
+    dags, refused = _build_entries(index, [wanted], settings)
+    return dags, [*index.errors, *refused], index.warnings
 
 
 class StashResourceErrors(Exception):
@@ -407,33 +560,51 @@ class StashResourceErrors(Exception):
         self.errors = errors
 
 
-def raise_resource_errors(settings: Settings | None = None) -> None:
+def raise_resource_errors(settings: Settings | None = None, dags_folder: str | None = None) -> None:
     """Surface every resource error in the Airflow UI (the DAG import errors list)
-    without touching the good DAGs, which another file builds.
+    without touching the good DAGs, which the shard files build.
 
     That includes the DAGs Airflow refuses, which only building them shows. The DAG
-    processor parses each file in its own process: ``stash_dags.py`` records what it
-    refused (in ``state_dir``, keyed by everything the build depends on) and this file
-    reuses that record; without a matching one it builds the DAGs itself and drops
-    them (about 0.6 s more per 1,000 targets), so a refusal is never unreported.
+    processor parses each file in its own process: each shard records what it refused
+    (in ``state_dir``, keyed by the index it built from) and this file reuses those
+    records; for a shard without a matching one it builds that shard's DAGs itself and
+    drops them, so a refusal is never unreported. ``dags_folder`` (this file's folder)
+    is checked for a missing shard file, whose DAGs would silently be missing.
     """
     if get_parsing_context().dag_id:
         return
     settings = settings or load_settings()
-    gc_was_enabled = gc.isenabled()
-    gc.disable()  # as in build_dags: many long-lived objects, almost no garbage
-    try:
-        resources, plans = load_resources_and_plans(settings)
-        key = _refusals_key(settings, plans)
-        refused = _read_refusals(settings, key)
-        if refused is None:
-            planned = len(plans.errors)
-            _build(plans, settings, None, resources)
-            _write_refusals(settings, key, plans.errors[planned:])
-        else:
-            plans.errors.extend(refused)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    if plans.errors:
-        raise StashResourceErrors(plans.errors)
+    shards = settings.dag_shards
+    with _no_gc():
+        index = current_index(settings)
+        errors = list(index.errors)
+        by_shard: dict[int, list[str]] = {}
+        for dag_id in index.dag_ids:
+            by_shard.setdefault(shard_of(dag_id, shards), []).append(dag_id)
+        for shard in range(shards):
+            refused = _read_refusals(settings, index, shard, shards)
+            if refused is None:
+                _, refused = _build_entries(index, by_shard.get(shard, []), settings)
+                _write_refusals(settings, index, shard, shards, refused)
+            errors += refused
+    if dags_folder is not None:
+        errors += _missing_shard_files(Path(dags_folder), shards)
+    if errors:
+        raise StashResourceErrors(errors)
+
+
+def _missing_shard_files(folder: Path, shards: int) -> list[ResourceError]:
+    missing = [n for n in map(shard_file_name, range(shards)) if not (folder / n).exists()]
+    if not missing:
+        return []
+    return [
+        ResourceError(
+            "setting",
+            None,
+            "[stash] dag_shards",
+            None,
+            f"is {shards}, but the DAG folder has no {', '.join(missing)}: the DAGs of "
+            f"those shards are missing; copy {shard_file_name(0)} under each missing name "
+            f"(or lower dag_shards)",
+        )
+    ]

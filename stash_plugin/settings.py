@@ -91,6 +91,10 @@ class Settings:
     """Namespaces whose Cluster Restics and Recoveries may use the Airflow connection's
     Kubernetes access in the local runtime (comma-separated); none by default. In the
     kubernetes runtime the agent pod's ServiceAccount decides what it may read."""
+    dag_shards: int = 8
+    """How many DAG files (``dags/stash_dags_NN.py``) share the DAGs, by a stable hash of
+    the DAG id; the DAG processor parses them in parallel."""
+
     shrink_keep: int = 1
     """How many snapshots taken before a flagged drop retention keeps until the tag
     ``stash-before-drop`` is removed from them; 0: none."""
@@ -133,7 +137,11 @@ def load_settings() -> Settings:
     keep = int(_get("shrink_keep", str(Settings.shrink_keep)))
     if keep < 0:
         raise ValueError(f"[stash] shrink_keep = {keep}: must be 0 or more")
+    shards = int(_get("dag_shards", str(Settings.dag_shards)))
+    if not 1 <= shards <= 100:
+        raise ValueError(f"[stash] dag_shards = {shards}: must be between 1 and 100")
     return Settings(
+        dag_shards=shards,
         manifests_dir=Path(_get("manifests_dir", str(home / "stash-manifests"))).expanduser(),
         runtime=cast(Runtime, runtime),
         state_dir=Path(_get("state_dir", str(home / "stash-state"))).expanduser(),

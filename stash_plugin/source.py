@@ -18,10 +18,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import marshal
 import os
+import pickle
 import stat
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,7 @@ from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode
 
 from .api.errors import ResourceError
+from .api.kubeobjects import Secret
 from .api.parse import Parsed, parse_document
 from .api.resourceset import ResourceSet
 
@@ -299,18 +304,40 @@ def manifest_files(root: Path) -> tuple[list[Path], list[ResourceError]]:
     folders that could not be listed."""
     if not root.is_dir():
         return [root], []
-    files: list[Path] = []
+    entries, errors = _walk(str(root))
+    return [Path(entry.path) for _, entry in entries], errors
+
+
+def _walk(root: str) -> tuple[list[tuple[str, os.DirEntry[str]]], list[ResourceError]]:
+    """Each candidate file under the folder ``root`` as (relative path, entry), in a
+    stable order: a folder's files by name, then its sub-folders by name (dot-folders
+    and links to folders are not entered)."""
+    files: list[tuple[str, os.DirEntry[str]]] = []
     errors: list[ResourceError] = []
-
-    def unlisted(exc: OSError) -> None:
-        where = os.path.relpath(exc.filename, root) if exc.filename else str(root)
-        errors.append(
-            ResourceError("folder", None, where, None, f"cannot be listed: {exc.strerror}")
-        )
-
-    for dirpath, dirnames, filenames in os.walk(root, onerror=unlisted):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        files += [Path(dirpath, f) for f in sorted(filenames) if f.endswith(SUFFIXES)]
+    pending: list[tuple[str, str]] = [(root, "")]
+    while pending:
+        top, rel = pending.pop()
+        try:
+            with os.scandir(top) as listing:
+                entries = sorted(listing, key=lambda e: e.name)
+        except OSError as exc:
+            where = os.path.relpath(exc.filename, root) if exc.filename else root
+            errors.append(
+                ResourceError("folder", None, where, None, f"cannot be listed: {exc.strerror}")
+            )
+            continue
+        folders = []
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                is_dir = False
+            if is_dir:
+                if not entry.name.startswith(".") and not entry.is_symlink():
+                    folders.append((entry.path, f"{rel}{entry.name}{os.sep}"))
+            elif entry.name.endswith(SUFFIXES):
+                files.append((rel + entry.name, entry))
+        pending.extend(reversed(folders))
     return files, errors
 
 
@@ -335,13 +362,15 @@ def _kind_of(mode: int) -> str:
     return "not a regular file"
 
 
-def _check_target(path: Path, folder: str | None) -> os.stat_result:
+def _check_target(path: Path, folder: str | None) -> tuple[os.stat_result, str]:
     """stat() of what ``path`` names, refusing a link that leaves ``folder`` before
-    anything out there is even looked at."""
+    anything out there is even looked at; and where a link points ("" for a file)."""
+    real = ""
     try:
         st = os.lstat(path)
         if stat.S_ISLNK(st.st_mode):
-            if folder is not None and not _inside(os.path.realpath(path), folder):
+            real = os.path.realpath(path)
+            if folder is not None and not _inside(real, folder):
                 raise _Unreadable("is a symbolic link to outside the manifests folder; not read")
             st = os.stat(path)
     except FileNotFoundError:
@@ -350,7 +379,7 @@ def _check_target(path: Path, folder: str | None) -> os.stat_result:
         raise _Unreadable(f"cannot be read: {exc.strerror}") from None
     if not stat.S_ISREG(st.st_mode):
         raise _Unreadable(f"is {_kind_of(st.st_mode)}, not a regular file; not read")
-    return st
+    return st, real
 
 
 def _opened_path(fd: int, path: Path) -> str:
@@ -374,7 +403,7 @@ def read_manifest(path: Path, folder: str | None) -> bytes:
     source is that one file), at most the size limit of its format."""
     limit = MAX_JSON_BYTES if path.suffix == ".json" else MAX_YAML_BYTES
     too_big = f"is larger than {limit >> 20} MiB (the limit for {path.suffix} files); split it"
-    if _check_target(path, folder).st_size > limit:
+    if _check_target(path, folder)[0].st_size > limit:
         raise _Unreadable(too_big)
     try:
         # O_NONBLOCK: a FIFO swapped in after the check opens at once and fails below.
@@ -445,33 +474,193 @@ def load_directory(root: str | Path) -> ResourceSet:
     The one loader of manifests: DAG parsing, ``stash validate`` and tasks reading
     Secrets at run time all come through here.
     """
+    return load_stamped(root)[0]
+
+
+# --------------------------------------------------------------------------- stamps
+#
+# What the source looked like when it was read, cheap to check again without reading
+# it: each candidate file's stat (size, mtime, ctime, inode, device; for a link also
+# where it points), the folders that could not be listed, and the list of names. Any
+# write changes ctime (which no user can set back), a new or removed file changes the
+# list. A file written within RACY_NS of the moment it was stat'ed could be written
+# again within the same timestamp tick with the same size: for such a "racy" file the
+# digest of the bytes actually parsed is kept and checked (as git does for its index).
+
+RACY_NS = 2_000_000_000  # above the timestamp granularity of common filesystems (1 s)
+Stamp = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class SourceStamp:
+    """A source as it was read: ``digest`` of every file's stat and name, plus the
+    content digest of each racy file."""
+
+    digest: str
+    racy: tuple[tuple[str, bytes], ...]
+
+
+def _stamp(path: Path, folder: str | None) -> Stamp:
+    """A file's stat as it would be read (a link: its target's, and where it points),
+    or why it would not be read."""
+    try:
+        st, real = _check_target(path, folder)
+    except _Unreadable as exc:
+        try:
+            lst = os.lstat(path)
+            return ("!", str(exc), lst.st_mtime_ns, lst.st_ctime_ns, lst.st_ino)
+        except OSError:
+            return ("!", str(exc))
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev, real)
+
+
+def _entry_stamp(entry: os.DirEntry[str], folder: str) -> Stamp:
+    """``_stamp`` with one lstat for a plain file (the common case)."""
+    if not entry.is_symlink():
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            st = None
+        if st is not None and stat.S_ISREG(st.st_mode):
+            return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev, "")
+    return _stamp(Path(entry.path), folder)
+
+
+def _is_racy(stamp: Stamp, taken_ns: int) -> bool:
+    return stamp[0] != "!" and max(stamp[1], stamp[2]) >= taken_ns - RACY_NS
+
+
+Scanned = list[tuple[str, Path | os.DirEntry[str], Stamp]]
+
+
+def _scan(root: Path) -> tuple[Scanned, list[ResourceError], int]:
+    """Every candidate file with its stamp, the listing errors, and when it started."""
+    taken_ns = time.time_ns()
+    if not root.is_dir():
+        if not root.exists():
+            error = ResourceError("manifests", None, str(root), None, "folder does not exist")
+            return [], [error], taken_ns
+        return [(root.name, root, _stamp(root, None))], [], taken_ns
+    folder = os.path.realpath(root)
+    entries, errors = _walk(str(root))
+    return [(rel, e, _entry_stamp(e, folder)) for rel, e in entries], errors, taken_ns
+
+
+def _path(item: Path | os.DirEntry[str]) -> Path:
+    return item if isinstance(item, Path) else Path(item.path)
+
+
+def _scan_digest(root: Path, scanned: Scanned, errors: list[ResourceError]) -> str:
+    listing = [(rel, stamp) for rel, _, stamp in scanned]
+    data = marshal.dumps((str(root), [str(e) for e in errors], listing))
+    return hashlib.blake2b(data, digest_size=20).hexdigest()
+
+
+def source_unchanged(root: str | Path, recorded: SourceStamp) -> bool:
+    """Whether ``root`` still holds exactly what was read when ``recorded`` was taken.
+
+    A stat of every file (about 2 us each) and a read of the racy ones only; False as
+    soon as anything differs, so a stale record is never taken for a fresh one.
+    """
+    root = Path(root)
+    scanned, errors, _ = _scan(root)
+    if _scan_digest(root, scanned, errors) != recorded.digest:
+        return False
+    items = {rel: item for rel, item, _ in scanned} if recorded.racy else {}
+    folder = os.path.realpath(root) if root.is_dir() else None
+    for rel, want in recorded.racy:
+        try:
+            data = read_manifest(_path(items[rel]), folder)
+        except (_Unreadable, KeyError):
+            return False
+        if hashlib.blake2b(data, digest_size=20).digest() != want:
+            return False
+    return True
+
+
+# What each file parsed to, kept on disk between processes (``cache``): a file whose
+# stamp is unchanged (and not racy) is not read again. The parsed models are plain
+# data; the cache file lives in ``[stash] state_dir``, which only Airflow writes. A file
+# that holds a Secret is left out (read each time): its values stay in the manifests.
+_DiskCache = dict[str, tuple[Stamp, bytes, _Parsed]]
+CACHE_FORMAT = 1
+
+
+def _holds_secret(parsed: _Parsed) -> bool:
+    return not isinstance(parsed, ResourceError) and any(
+        isinstance(result, Secret) for _, result in parsed
+    )
+
+
+def _read_disk_cache(cache: Path | None, root: Path) -> _DiskCache:
+    if cache is None:
+        return {}
+    try:
+        with cache.open("rb") as fh:
+            record = pickle.load(fh)  # noqa: S301 - written by this module in state_dir
+        if record["format"] == CACHE_FORMAT and record["root"] == str(root):
+            return dict(record["files"])
+    except Exception:  # noqa: BLE001 - missing, torn or of another code version: read afresh
+        pass
+    return {}
+
+
+def _write_disk_cache(cache: Path, root: Path, files: _DiskCache) -> None:
+    """Best effort, atomic: a reader sees the old cache or the new one."""
+    tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with tmp.open("wb") as fh:
+            pickle.dump(
+                {"format": CACHE_FORMAT, "root": str(root), "files": files},
+                fh,
+                protocol=pickle.HIGHEST_PROTOCOL,
+            )
+        os.replace(tmp, cache)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
+def load_stamped(root: str | Path, cache: Path | None = None) -> tuple[ResourceSet, SourceStamp]:
+    """``load_directory`` plus the stamp of what was read; with ``cache`` (a file), the
+    files whose stamp did not change since the last call are not read again."""
     root = Path(root)
     resources = ResourceSet()
-    if not root.exists():
-        resources.errors.append(
-            ResourceError("manifests", None, str(root), None, "folder does not exist")
-        )
-        return resources
+    scanned, listing_errors, taken_ns = _scan(root)
+    resources.errors.extend(listing_errors)
     # The folder as configured may be a link (trusted: the operator set it); what is
     # inside must stay inside its real path. A single-file source is that file.
     folder = os.path.realpath(root) if root.is_dir() else None
-    files, listing_errors = manifest_files(root)
-    resources.errors.extend(listing_errors)
+    on_disk = _read_disk_cache(cache, root)
     cached = _CACHE.pop(str(root), {})
     seen: dict[str, tuple[bytes, _Parsed]] = {}
-    for path in files:
-        rel = str(path.relative_to(root)) if path != root else path.name
-        try:
-            data = read_manifest(path, folder)
-        except _Unreadable as exc:
-            resources.errors.append(ResourceError("file", None, rel, None, str(exc)))
+    kept: _DiskCache = {}
+    changed = False
+    racy: list[tuple[str, bytes]] = []
+    for rel, item, stamp in scanned:
+        path = _path(item)
+        if stamp[0] == "!":
+            resources.errors.append(ResourceError("file", None, rel, None, stamp[1]))
             continue
-        digest = hashlib.blake2b(data, digest_size=20).digest()
-        entry = cached.get(rel)
-        if entry is None or entry[0] != digest:
-            entry = (digest, _parse_file(path, rel, data))
-        seen[rel] = entry
-        parsed = entry[1]
+        is_racy = _is_racy(stamp, taken_ns)
+        old = on_disk.get(rel)
+        if old is not None and old[0] == stamp and not is_racy:
+            digest, parsed = old[1], old[2]
+        else:
+            changed = True
+            try:
+                data = read_manifest(path, folder)
+            except _Unreadable as exc:
+                resources.errors.append(ResourceError("file", None, rel, None, str(exc)))
+                continue
+            digest = hashlib.blake2b(data, digest_size=20).digest()
+            entry = cached.get(rel)
+            parsed = entry[1] if entry and entry[0] == digest else _parse_file(path, rel, data)
+            if is_racy:
+                racy.append((rel, digest))
+        seen[rel] = (digest, parsed)
+        if not _holds_secret(parsed):  # a Secret's values are never copied to disk
+            kept[rel] = (stamp, digest, parsed)
         if isinstance(parsed, ResourceError):
             resources.errors.append(parsed)
             continue
@@ -485,4 +674,6 @@ def load_directory(root: str | Path) -> ResourceSet:
     _CACHE[str(root)] = seen
     while len(_CACHE) > _CACHE_ROOTS:
         _CACHE.popitem(last=False)
-    return resources
+    if cache is not None and (changed or kept.keys() != on_disk.keys()):
+        _write_disk_cache(cache, root, kept)
+    return resources, SourceStamp(_scan_digest(root, scanned, listing_errors), tuple(racy))

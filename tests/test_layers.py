@@ -25,6 +25,7 @@ LAYERS: list[tuple[str, ...]] = [
         "stash_plugin.settings",
         "stash_plugin.sync",
         "stash_plugin.discover",
+        "stash_plugin.dagindex",
     ),
     ("stash_plugin.operators", "stash_plugin.sensors"),
     (

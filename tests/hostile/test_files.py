@@ -395,7 +395,7 @@ def test_refusal_is_an_import_error_naming_the_restic(refused: Path) -> None:
     bag = dagbag(DAGS_FOLDER)
     assert set(bag.dags) == {GOOD, "stash-maintenance.demo.repo"}
     errors = import_errors(bag)
-    assert set(errors) == {"stash_errors.py"}, errors  # stash_dags.py imports cleanly
+    assert set(errors) == {"stash_errors.py"}, errors  # the shard files import cleanly
     assert (
         f"Restic {NS}/{LONG}: Airflow refused DAG stash-backup.{NS}.{LONG}"
         in errors["stash_errors.py"]
@@ -404,10 +404,14 @@ def test_refusal_is_an_import_error_naming_the_restic(refused: Path) -> None:
 
 def test_refusal_is_found_by_stash_errors_parsed_alone(refused: Path) -> None:
     """The DAG processor parses each file in its own process: nothing to reuse there."""
+    from stash_plugin.dagindex import shard_of
     from stash_plugin.factory import REFUSALS_FILE
+    from stash_plugin.settings import load_settings
 
-    record = refused.parent / "state" / REFUSALS_FILE
-    assert not record.exists()  # no stash_dags.py parse recorded its refusals yet
+    shards = load_settings().dag_shards
+    shard = shard_of(f"stash-backup.{NS}.{LONG}.deployment.app", shards)
+    record = refused.parent / "state" / REFUSALS_FILE.format(shard=shard, shards=shards)
+    assert not record.exists()  # no shard's parse recorded its refusals yet
     bag = dagbag(DAGS_FOLDER / "stash_errors.py")
     assert bag.dags == {}  # the DAGs it built to find refusals are not exported
     assert f"Restic {NS}/{LONG}: Airflow refused DAG" in import_errors(bag)["stash_errors.py"]

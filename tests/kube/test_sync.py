@@ -91,9 +91,10 @@ def test_sync_lists_in_pages_and_keeps_only_what_the_planner_reads(
         assert "status" not in kept and "managedFields" not in kept["metadata"]
         assert "annotations" not in kept["metadata"] and "resourceVersion" not in kept["metadata"]
         assert parse_workload(kept, NS, name) == parse_workload(obj, NS, name)
-    assert items[("Restic", "app-backup")]["spec"] == restic_doc(
-        "app-backup", NS, "repo", "app-1"
-    )["spec"]
+    assert (
+        items[("Restic", "app-backup")]["spec"]
+        == restic_doc("app-backup", NS, "repo", "app-1")["spec"]
+    )
     # Unchanged cluster, unchanged file: nothing for the dag-processor to re-parse.
     assert sync_once(api_client(server), out, page_size=3) is False
 

@@ -51,8 +51,9 @@ def _stash_object(obj: Obj) -> Obj:
 
 
 def _workload(obj: Obj) -> Obj:
-    """What ``parse_workload`` reads: labels, owner, replicas, template labels and
-    volumes, claim template names; a Deployment's containers and status are dropped."""
+    """What ``parse_workload`` reads: uid, labels, Stash annotations, owner, replicas,
+    template labels and volumes, claim template names; a Deployment's containers and
+    status are dropped."""
     spec = obj.get("spec") or {}
     template = spec.get("template") or {}
     pod_spec = template.get("spec") or {}
@@ -69,7 +70,14 @@ def _workload(obj: Obj) -> Obj:
     ]
     if claims:
         kept["volumeClaimTemplates"] = claims
-    meta = _metadata(obj, ("name", "namespace", "labels"))
+    meta = _metadata(obj, ("name", "namespace", "uid", "labels"))
+    stash = {
+        k: v
+        for k, v in ((obj.get("metadata") or {}).get("annotations") or {}).items()
+        if k.startswith(f"{GROUP}/")  # a tenant's template values; others change on rollouts
+    }
+    if stash:
+        meta["annotations"] = stash
     owners = [
         {"kind": o.get("kind"), "name": o.get("name"), "controller": True}
         for o in (obj.get("metadata") or {}).get("ownerReferences") or []

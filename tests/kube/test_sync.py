@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,8 @@ def heavy_deployment(name: str) -> Obj:
     doc = deployment_doc(name, NS, f"/data/{name}")
     doc["metadata"]["annotations"] = {
         "kubectl.kubernetes.io/last-applied-configuration": json.dumps(doc),
-        "team": "shop",
+        "deployment.kubernetes.io/revision": "3",
+        "stash.appscode.com/backup-template": "nightly",
     }
     doc["metadata"]["managedFields"] = [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}]
     doc["status"] = {"replicas": 1, "conditions": [{"type": "Available", "status": "True"}]}
@@ -89,8 +91,13 @@ def test_sync_lists_in_pages_and_keeps_only_what_the_planner_reads(
     for name, obj in full.items():
         kept = items[("Deployment", name)]
         assert "status" not in kept and "managedFields" not in kept["metadata"]
-        assert "annotations" not in kept["metadata"] and "resourceVersion" not in kept["metadata"]
-        assert parse_workload(kept, NS, name) == parse_workload(obj, NS, name)
+        assert "resourceVersion" not in kept["metadata"]
+        assert kept["metadata"]["annotations"] == {"stash.appscode.com/backup-template": "nightly"}
+        # What the planner reads is all there (the revision annotation it ignores).
+        assert parse_workload(kept, NS, name) == replace(
+            parse_workload(obj, NS, name), annotations=kept["metadata"]["annotations"]
+        )
+        assert parse_workload(kept, NS, name).uid == obj["metadata"]["uid"]
     assert (
         items[("Restic", "app-backup")]["spec"]
         == restic_doc("app-backup", NS, "repo", "app-1")["spec"]

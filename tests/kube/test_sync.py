@@ -60,8 +60,9 @@ def lists(server: FakeKubeServer, plural: str) -> list[Call]:
     ]
 
 
-def heavy_deployment(name: str) -> Obj:
-    """A Deployment as a real cluster returns it: managedFields, last-applied, status."""
+def heavy_deployment(name: str, settled: bool = False) -> Obj:
+    """A Deployment as a real cluster returns it: managedFields, last-applied, status
+    (``settled``: already observed, so the fake's controller adds no ReplicaSet)."""
     doc = deployment_doc(name, NS, f"/data/{name}")
     doc["metadata"]["annotations"] = {
         "kubectl.kubernetes.io/last-applied-configuration": json.dumps(doc),
@@ -70,13 +71,15 @@ def heavy_deployment(name: str) -> Obj:
     }
     doc["metadata"]["managedFields"] = [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}]
     doc["status"] = {"replicas": 1, "conditions": [{"type": "Available", "status": "True"}]}
+    if settled:
+        doc["status"]["observedGeneration"] = 1
     return doc
 
 
 def test_sync_lists_in_pages_and_keeps_only_what_the_planner_reads(
     server: FakeKubeServer, tmp_path: Path
 ) -> None:
-    full = {f"app-{i}": put(server, heavy_deployment(f"app-{i}")) for i in range(7)}
+    full = {f"app-{i}": put(server, heavy_deployment(f"app-{i}", settled=True)) for i in range(7)}
     put(server, repository_doc("repo", NS, {"local": {"path": "/repo"}}))
     put(server, restic_doc("app-backup", NS, "repo", "app-1"))
     out = tmp_path / "snapshot.json"

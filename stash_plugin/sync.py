@@ -370,23 +370,26 @@ def sync_forever(
     ]
     for follower in followers:
         follower.start()
+    mirrors = [f.mirror for f in followers]
+
+    def state() -> int:
+        return sum(f.version for f in followers)
+
     written = -1
     while not stop.is_set():
-        with changed:
-            state = sum(f.version for f in followers)
-            ready = all(f.mirror.listed for f in followers)
-            items = _items([f.mirror for f in followers]) if ready and state != written else None
-        if items is not None:
-            try:
-                if write_snapshot(items, path):
-                    log.info("cluster snapshot updated: %s", path)
-                written = state
-            except OSError as exc:
-                log.warning("cannot write the cluster snapshot %s: %s", path, exc)
-        stop.wait(interval)
-        with changed:
-            while not stop.is_set() and sum(f.version for f in followers) == written:
+        with changed:  # the first write as soon as every type is listed, then on changes
+            while not stop.is_set() and (state() == written or not all(m.listed for m in mirrors)):
                 changed.wait(1.0)
+            if stop.is_set():
+                break
+            current, items = state(), _items(mirrors)
+        try:
+            if write_snapshot(items, path):
+                log.info("cluster snapshot updated: %s", path)
+            written = current
+        except OSError as exc:
+            log.warning("cannot write the cluster snapshot %s: %s", path, exc)
+        stop.wait(interval)  # at most one write per interval
     for follower in followers:
         follower.join(timeout=1.0)  # one blocked in a quiet watch is a daemon: let it be
 

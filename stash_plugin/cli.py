@@ -267,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--output", help="snapshot file (default: [stash] manifests_dir)")
     p.add_argument("--conn-id", help="Airflow Kubernetes connection (default: kubernetes_default)")
     p.add_argument("--once", action="store_true", help="sync once and exit")
-    p.add_argument("--interval", type=float, default=10.0, help="seconds between listings")
+    p.add_argument("--interval", type=float, default=10.0, help="least seconds between two writes")
     p.set_defaults(func=cmd_sync)
     p = sub.add_parser(
         "discover",

@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -156,7 +157,30 @@ def seed(
     cluster.apply(restic())
     cluster.wait_for(lambda: len(cluster.pods(NS, "app=app")) == 2, what="the workload's pods")
     assert sync(snapshot, cluster) == 0
+    follow(snapshot, cluster)
     return snapshot, source, repo_store
+
+
+def follow(snapshot: Path, cluster: Cluster) -> None:
+    """`stash sync` as the chart runs it (list, then watch) writes what `--once` wrote."""
+    from stash_plugin.runtime.kube import hook
+    from stash_plugin.sync import SOURCES, sync_forever
+
+    once = snapshot.read_text()
+    snapshot.unlink()
+    start, stop = len(cluster.requests), threading.Event()
+    args = (lambda: hook().api_client, snapshot)
+    thread = threading.Thread(target=sync_forever, args=args, kwargs={"stop": stop}, daemon=True)
+    thread.start()
+    try:
+        cluster.wait_for(snapshot.exists, what="the watching sync's snapshot")
+        watching = lambda: sum(c.query.get("watch") == "true" for c in cluster.requests[start:])  # noqa: E731
+        cluster.wait_for(lambda: watching() >= len(SOURCES), what="a watch of each type")
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        CALLS["sync"] += cluster.requests[start:]
+    assert snapshot.read_text() == once
 
 
 def give_owners(source: Path) -> None:

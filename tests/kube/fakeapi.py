@@ -22,8 +22,10 @@ and none hides a bug of ours we know of):
   object or merges the applied fields into it (fields a manager stops applying are
   not removed; no conflicts are detected); an apply that changes nothing keeps the
   resourceVersion; ``dryRun=All`` answers without storing (apply, create);
-- lists honour ``limit``/``continue`` (the token is the last key returned); watches
-  last at most 30 s;
+- lists honour ``limit``/``continue`` (the token is the last key returned and the
+  list's version); a ``continue`` page is cut from the current objects, not from the
+  first page's snapshot; ``compact()`` expires older versions (410 Gone) at once,
+  for continue tokens and watches; watches last at most 30 s;
 - creating a CustomResourceDefinition serves its resource at once (discovery
   included) and marks it Established; deleting it removes its objects;
 - a resource type not registered is an unhandled route: add one with
@@ -359,6 +361,7 @@ class Store:
         self.history: list[Event] = []
         self.logs: dict[tuple[str, str], ContainerLog] = {}  # (pod uid, container)
         self.rv = 0
+        self.compacted = 0  # versions up to this one are gone (410) for watches and continues
         self.stopping = False
         for rt in resources:
             self.register(rt)
@@ -391,19 +394,28 @@ class Store:
             return copy.deepcopy(obj)
 
     def select(
-        self, rt: ResourceType, ns: str | None, labels: str = "", fields: str = ""
+        self,
+        rt: ResourceType,
+        ns: str | None,
+        labels: str = "",
+        fields: str = "",
+        after: tuple[str, str] | None = None,
+        limit: int = 0,
     ) -> list[Obj]:
+        """Copies of the matching objects in (namespace, name) order; ``after`` and
+        ``limit`` cut one page of a paged list (copying only that page)."""
         reqs = parse_label_selector(labels or "")
         with self.cond:
             objs = list(self.objects[(rt.group, rt.plural)].items())
         out = [
-            copy.deepcopy(obj)
-            for (obj_ns, _), obj in sorted(objs, key=lambda kv: kv[0])
-            if (ns is None or obj_ns == ns)
+            obj
+            for key, obj in sorted(objs, key=lambda kv: kv[0])
+            if (ns is None or key[0] == ns)
+            and (after is None or key > after)
             and labels_match(reqs, obj["metadata"].get("labels") or {})
             and fields_match(fields or "", obj)
         ]
-        return out
+        return [copy.deepcopy(obj) for obj in (out[:limit] if limit else out)]
 
     # -- writes
     def _commit(self, rt: ResourceType, type_: str, obj: Obj) -> Obj:
@@ -538,6 +550,14 @@ class Store:
             while i > 0 and self.history[i - 1].rv > rv:
                 i -= 1
             return self.history[i:]
+
+    def compact(self) -> None:
+        """What etcd compaction does to clients: every version so far is gone, watches
+        from one end with a 410 ERROR event and continue tokens stop working."""
+        with self.cond:
+            self.compacted = self.rv
+            self.history.clear()
+            self.cond.notify_all()
 
     def wait(self, timeout: float) -> None:
         with self.cond:
@@ -763,17 +783,21 @@ class FakeKubeServer:
         scope = ns if rt.namespaced and ns else None
         if _flag(q, "watch"):
             return self._watch(rt, scope, q)
-        items = self.store.select(rt, scope, q.get("labelSelector", ""), q.get("fieldSelector", ""))
-        meta: Obj = {"resourceVersion": str(self.store.rv)}
+        rv, after, limit = self.store.rv, None, int(q.get("limit") or 0)
         if q.get("continue"):
-            after = json.loads(base64.urlsafe_b64decode(q["continue"]))
-            items = [o for o in items if _key(o) > tuple(after)]
-        limit = int(q.get("limit") or 0)
+            token = json.loads(base64.urlsafe_b64decode(q["continue"]))
+            if token["rv"] < self.store.compacted:
+                raise ApiError(410, "Expired", "The provided continue parameter is too old")
+            rv, after = token["rv"], (token["after"][0], token["after"][1])
+        selectors = q.get("labelSelector", ""), q.get("fieldSelector", "")
+        items = self.store.select(
+            rt, scope, *selectors, after=after, limit=limit + 1 if limit else 0
+        )
+        meta: Obj = {"resourceVersion": str(rv)}
         if limit and len(items) > limit:
             items = items[:limit]
-            meta["continue"] = base64.urlsafe_b64encode(
-                json.dumps(_key(items[-1])).encode()
-            ).decode()
+            token = {"rv": rv, "after": _key(items[-1])}
+            meta["continue"] = base64.urlsafe_b64encode(json.dumps(token).encode()).decode()
         return 200, {
             "kind": f"{rt.kind}List",
             "apiVersion": rt.api_version,
@@ -963,6 +987,10 @@ class FakeKubeServer:
         for obj in initial:
             yield json.dumps({"type": "ADDED", "object": obj}).encode() + b"\n"
         while time.monotonic() < deadline and not self.store.stopping:
+            if rv < self.store.compacted:
+                gone = ApiError(410, "Expired", f"too old resource version: {rv}")
+                yield json.dumps({"type": "ERROR", "object": gone.body()}).encode() + b"\n"
+                return
             events = self.store.events_after(rv)
             if not events:
                 self.store.wait(min(0.5, max(deadline - time.monotonic(), 0)))

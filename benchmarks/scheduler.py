@@ -5,8 +5,8 @@ A real Airflow deployment (tests/airflowservers.py: ``airflow api-server``,
 PostgreSQL) parses ``--targets`` backup DAGs from manifests built with
 stash_plugin/manifests.py (local runtime; each target a Deployment over a small
 folder, its own local repository, ``@every 1h``, keepLast 5 + prune). Stash DAGs
-are unpaused at creation and ``stash_dags.py`` makes all of them in one parse, so
-all are due at the same instant: their first run is queued at once. Measured (from
+are unpaused at creation and the shard files make all of them at once, so all are
+due at the same instant: their first run is queued at once. Measured (from
 the metadata database): the time from the first run's ``queued_at`` until the last
 run ended, the spread of ``queued_at``, and each task instance's queue wait and
 duration.

@@ -162,9 +162,9 @@ def backup_dag(
         doc_md=doc,
         description=plan.description[:200],
         is_paused_upon_creation=False,
-        # Exported by dags/stash_dags.py's globals only: a DAG that Airflow refuses
-        # half-built, or one built by stash_errors.py to find refusals, must not reach
-        # the DagBag through the DAG context's auto-registration.
+        # Exported by a shard file's globals only (dags/stash_dags_NN.py): a DAG that
+        # Airflow refuses half-built, or one built by stash_errors.py to find refusals,
+        # must not reach the DagBag through the DAG context's auto-registration.
         auto_register=False,
         default_args=default_args(settings),
         params={

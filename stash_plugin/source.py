@@ -205,7 +205,7 @@ def _yaml_error(exc: yaml.YAMLError) -> str:
 
 
 # What each file parsed to, keyed by its content: a DagBag parse runs the factory once
-# per DAG file (stash_dags.py, stash_errors.py) and a process may parse many times, and
+# per DAG file (the shard files, stash_errors.py) and a process may parse many times, and
 # decoding YAML plus validating is most of the cost. An entry is used only for the same
 # bytes at the same path, so an edited file (whatever its mtime) is always read afresh.
 # The parsed models are immutable; each call still builds its own ResourceSet.

@@ -29,7 +29,13 @@ and none hides a bug of ours we know of):
 - creating a CustomResourceDefinition serves its resource at once (discovery
   included) and marks it Established; deleting it removes its objects;
 - a resource type not registered is an unhandled route: add one with
-  ``server.store.register(ResourceType(...))``.
+  ``server.store.register(ResourceType(...))``;
+- ServiceAccounts, minimally: a pod naming a ``serviceAccountName`` other than
+  ``default`` that does not exist is refused (403, as by the ServiceAccount admission
+  plugin); a token from ``store.issue_token`` (the kubelet mounts one in such pods)
+  authenticates as that account and may use only the verbs ``server.grant`` gave it
+  (discovery always), anything else is 403 Forbidden; any other token is an admin.
+  ``serve_tls`` adds an HTTPS port for in-cluster clients.
 """
 
 from __future__ import annotations
@@ -39,7 +45,9 @@ import copy
 import hashlib
 import json
 import re
+import secrets
 import socket
+import ssl
 import threading
 import time
 import traceback
@@ -363,8 +371,16 @@ class Store:
         self.rv = 0
         self.compacted = 0  # versions up to this one are gone (410) for watches and continues
         self.stopping = False
+        self.tokens: dict[str, tuple[str, str]] = {}  # token -> ServiceAccount (namespace, name)
         for rt in resources:
             self.register(rt)
+
+    def issue_token(self, namespace: str, account: str) -> str:
+        """A fresh bearer token that authenticates as ServiceAccount ``namespace/account``."""
+        token = secrets.token_urlsafe(24)
+        with self.cond:
+            self.tokens[token] = (namespace, account)
+        return token
 
     def register(self, rt: ResourceType) -> None:
         with self.cond:
@@ -601,6 +617,8 @@ class Call:
     query: dict[str, str]
     status: int = 0
     user_agent: str = ""
+    user: str = ""
+    """``system:serviceaccount:NS:NAME`` for a ServiceAccount's token, else empty."""
 
 
 def _flag(query: dict[str, str], name: str) -> bool:
@@ -618,6 +636,10 @@ class FakeKubeServer:
         """Every server-side apply, in order: (kind, namespace, name, dry run)."""
         self.state = "up"  # up | 503 | refused
         self.port = 0
+        self.tls_port = 0
+        self.grants: dict[tuple[str, str], frozenset[str]] = {}
+        """Verbs a ServiceAccount (namespace, name) may use on every resource."""
+        self._tls: ssl.SSLContext | None = None
         self.controller = WorkloadController(self.store)
         self._httpd: ThreadingHTTPServer | None = None
         self._connections: set[socket.socket] = set()
@@ -632,23 +654,44 @@ class FakeKubeServer:
         self.controller.start()
         return self
 
+    def serve_tls(self, cert_file: str, key_file: str) -> None:
+        """Also serve HTTPS (on ``tls_port``), as in-cluster clients expect."""
+        self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self._tls.load_cert_chain(cert_file, key_file)
+        self._tls_httpd = self._serve(self.tls_port, self._tls)
+        self.tls_port = self._tls_httpd.server_address[1]
+
+    def grant(self, namespace: str, account: str, verbs: list[str]) -> None:
+        self.grants[(namespace, account)] = frozenset(verbs)
+
     def _listen(self) -> None:
+        self._httpd = self._serve(self.port)
+        self.port = self._httpd.server_address[1]
+        if self._tls is not None and self.tls_port:
+            self._tls_httpd = self._serve(self.tls_port, self._tls)
+
+    def _serve(self, port: int, tls: ssl.SSLContext | None = None) -> ThreadingHTTPServer:
         server = self
 
         class Handler(_Handler):
             fake = server
 
-        self._httpd = _HTTPServer(("127.0.0.1", self.port), Handler)
-        self.port = self._httpd.server_address[1]
+        httpd = _HTTPServer(("127.0.0.1", port), Handler)
+        if tls is not None:  # the handshake happens in each handler's thread
+            httpd.socket = tls.wrap_socket(
+                httpd.socket, server_side=True, do_handshake_on_connect=False
+            )
         threading.Thread(
-            target=self._httpd.serve_forever, args=(0.05,), name="fake-kube-api", daemon=True
+            target=httpd.serve_forever, args=(0.05,), name="fake-kube-api", daemon=True
         ).start()
+        return httpd
 
     def _close_listener(self) -> None:
-        if self._httpd:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
+        for httpd in (self._httpd, getattr(self, "_tls_httpd", None)):
+            if httpd:
+                httpd.shutdown()
+                httpd.server_close()
+        self._httpd = self._tls_httpd = None
         with self._lock:
             for conn in list(self._connections):
                 try:
@@ -673,6 +716,42 @@ class FakeKubeServer:
             self.store.cond.notify_all()
         self.controller.stop()
         self._close_listener()
+
+    def authorize(self, call: Call, authorization: str) -> None:
+        """403 for a ServiceAccount token's call with a verb the account was not granted."""
+        account = self.store.tokens.get(authorization.removeprefix("Bearer ").strip())
+        if account is None:
+            return
+        call.user = f"system:serviceaccount:{account[0]}:{account[1]}"
+        parts = [p for p in call.path.split("/") if p]
+        if (
+            parts[:1] == ["version"]
+            or parts in (["api"], ["api", "v1"])
+            or (parts[:1] == ["apis"] and len(parts) <= 3)
+        ):
+            return  # discovery: every authenticated user may
+        group = "" if parts[:1] == ["api"] else parts[1]
+        rest = parts[2:] if group == "" else parts[3:]
+        namespace = rest[1] if rest[:1] == ["namespaces"] and len(rest) > 2 else ""
+        rest = rest[2:] if namespace else rest
+        named = len(rest) > 1
+        verb = {
+            "GET": "watch" if _flag(call.query, "watch") else ("get" if named else "list"),
+            "POST": "create",
+            "PUT": "update",
+            "PATCH": "patch",
+            "DELETE": "delete",
+        }[call.method]
+        if verb in self.grants.get(account, frozenset()):
+            return
+        where = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"
+        what = f'{rest[0]} "{rest[1]}"' if named else rest[0]
+        raise ApiError(
+            403,
+            "Forbidden",
+            f'{what} is forbidden: User "{call.user}" '
+            f'cannot {verb} resource "{rest[0]}" in API group "{group}"{where}',
+        )
 
     # -- routing
     def route(self, method: str, path: str, query: dict[str, str], body: Any, ctype: str) -> Any:
@@ -808,6 +887,17 @@ class FakeKubeServer:
     def _post_list(self, rt: ResourceType, ns: str, _: Any, q: Any, body: Any, __: Any) -> Any:
         if not isinstance(body, dict):
             raise ApiError(400, "BadRequest", "the body of a create must be an object")
+        account = (body.get("spec") or {}).get("serviceAccountName") or "default"
+        if rt.kind == "Pod" and account != "default":
+            try:
+                self.store.get(self.store.type_of("v1", "ServiceAccount"), ns, account)
+            except ApiError:
+                raise ApiError(
+                    403,
+                    "Forbidden",
+                    f'pods "{body["metadata"].get("name", "")}" is forbidden: error looking up '
+                    f'service account {ns}/{account}: serviceaccount "{account}" not found',
+                ) from None
         return 201, self.store.create(rt, ns, body, dry_run=q.get("dryRun") == "All")
 
     def _get_item(self, rt: ResourceType, ns: str, name: str, *_: Any) -> Any:
@@ -1064,6 +1154,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if fake.state == "503":
                 raise ApiError(503, "ServiceUnavailable", "fake kube API is down (server.down())")
+            fake.authorize(call, self.headers.get("Authorization", ""))
             body = json.loads(raw) if raw else None
             result = fake.route(method, url.path, query, body, self.headers.get("Content-Type", ""))
         except ApiError as e:

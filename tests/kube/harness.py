@@ -19,6 +19,7 @@ import yaml
 from containers import Podman
 from kube.fakeapi import ApiError, Call, FakeKubeServer, Obj
 from kube.kubelet import Kubelet
+from kube.tls import make_server_cert
 
 
 @dataclass
@@ -153,7 +154,11 @@ def start_cluster(
     root = tmp_path / "fakekube"
     (root / "kubelet").mkdir(parents=True, exist_ok=True)
     server = FakeKubeServer().start()
-    kubelet = Kubelet(server.store, root / "pv", root / "kubelet", podman).start()
+    tls = make_server_cert(root / "tls")
+    server.serve_tls(str(tls.cert_file), str(tls.key_file))
+    kubelet = Kubelet(server.store, root / "pv", root / "kubelet", podman)
+    kubelet.api = ("127.0.0.1", server.tls_port, tls.ca_file.read_text())
+    kubelet.start()
     kubeconfig = root / "kubeconfig.yaml"
     kubeconfig.write_text(
         yaml.safe_dump(

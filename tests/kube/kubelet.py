@@ -22,7 +22,13 @@ the first container (not the operator's XCom sidecar) as a host process:
   object must exist), ``emptyDir`` -> a temp dir, ``secret``/``configMap`` -> a
   temp dir with one file per key. Mount points this kubelet had to create on the
   host are removed afterwards when empty and unused;
-- stdout and stderr, interleaved, are the container log, served while it runs.
+- stdout and stderr, interleaved, are the container log, served while it runs;
+- a pod with a ``serviceAccountName`` (and ``automountServiceAccountToken`` not
+  false) gets in-cluster config when ``api`` is set: ``KUBERNETES_SERVICE_HOST`` and
+  ``KUBERNETES_SERVICE_PORT`` (the fake's HTTPS port) in its env, and at
+  ``/var/run/secrets/kubernetes.io/serviceaccount`` (read-only) ``token`` (issued by
+  the store for that account), ``ca.crt`` and ``namespace``. Other pods get neither
+  (a real kubelet mounts the ``default`` account's token in every pod).
 
 With ``podman`` (``start_cluster(..., podman=...)``) each container runs instead from
 its image, as a kubelet runs it: ``podman run --pull=never --network=host`` with the
@@ -97,6 +103,8 @@ exec "$@"
 
 #: The container that the KubernetesPodOperator adds for XCom; never ours to run.
 SIDECARS = {"airflow-xcom-sidecar"}
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+SERVICE_ACCOUNT_VOLUME = "kube-api-access"
 
 
 class NotReady(Exception):
@@ -119,6 +127,8 @@ class Kubelet:
     ) -> None:
         self.store, self.pv_root, self.workdir = store, pv_root, workdir
         self.podman = podman  # None: containers run as host processes
+        self.api: tuple[str, int, str] | None = None
+        """(host, HTTPS port, CA certificate PEM) of the API for in-cluster config."""
         self.errors: list[str] = []  # crashes of this kubelet itself: a fixture asserts none
         self.procs: dict[str, subprocess.Popen[bytes]] = {}  # pod uid -> running container
         self.started: list[tuple[str, str]] = []  # (pod name, image run, or "" on the host)
@@ -252,6 +262,7 @@ class Kubelet:
                     volumes = self._volumes(pod, scratch)
                     env = self._env(pod, main)
                     security = self._security(pod, main)
+                    main = self._service_account(pod, main, volumes, env, scratch)
                     break
                 except NotReady as e:
                     waiting = {"waiting": {"reason": e.reason, "message": e.message}}
@@ -506,6 +517,26 @@ class Kubelet:
             if value is not None:
                 env[var["name"]] = value
         return env
+
+    def _service_account(
+        self, pod: Obj, c: Obj, volumes: dict[str, Path], env: dict[str, str], scratch: Path
+    ) -> Obj:
+        """``c`` with the in-cluster config a kubelet gives a pod of a ServiceAccount
+        (see the module docstring); ``volumes`` and ``env`` get their part."""
+        spec, ns = pod["spec"], pod["metadata"]["namespace"]
+        account = spec.get("serviceAccountName")
+        if self.api is None or not account or spec.get("automountServiceAccountToken") is False:
+            return c
+        host, port, ca = self.api
+        folder = volumes[SERVICE_ACCOUNT_VOLUME] = scratch / "serviceaccount"
+        folder.mkdir(parents=True, exist_ok=True)
+        token = self.store.issue_token(ns, account)
+        for name, text in (("token", token), ("ca.crt", ca), ("namespace", ns)):
+            (folder / name).write_text(text)
+        env.setdefault("KUBERNETES_SERVICE_HOST", host)
+        env.setdefault("KUBERNETES_SERVICE_PORT", str(port))
+        mount = {"name": SERVICE_ACCOUNT_VOLUME, "mountPath": SERVICE_ACCOUNT_DIR, "readOnly": True}
+        return {**c, "volumeMounts": [*(c.get("volumeMounts") or []), mount]}
 
     def _volumes(self, pod: Obj, scratch: Path) -> dict[str, Path]:
         """Host folder for each pod volume (see the module docstring)."""

@@ -120,10 +120,28 @@ def _exit_code(pod: Any) -> int:
         return 1
 
 
+def api_refusal(exc: Any, step: Step) -> str:
+    """The API server's own reason for refusing a call of the operator (most often the
+    pod's creation: a missing ServiceAccount, a quota, a pod security rule), which the
+    provider only raises as an exception with a traceback."""
+    try:
+        message = str(json.loads(exc.body).get("message") or "")
+    except (TypeError, ValueError, AttributeError):
+        message = ""
+    reason = f"the Kubernetes API answered {exc.status} {exc.reason}: {message or '(no message)'}"
+    if step.cluster_access and "service account" in message:
+        reason += (
+            " (the chart makes the ServiceAccounts of Cluster targets in the namespaces "
+            "listed in rbac.clusterBackupNamespaces)"
+        )
+    return reason[:1000]
+
+
 def run_pod(step: Step, context: Any, settings: Settings, event: Any = None) -> dict[str, Any]:
     """Run ``step`` as a pod (or, with ``event``, finish a deferred one); returns the
     agent's result. Deferral propagates as Airflow's ``TaskDeferred``."""
     from airflow.sdk.exceptions import AirflowException, TaskDeferred
+    from kubernetes.client.exceptions import ApiException
 
     pod_op = build_pod_operator(step, context["ti"].task_id, settings)
     _RUNNING.add(pod_op)
@@ -138,6 +156,8 @@ def run_pod(step: Step, context: Any, settings: Settings, event: Any = None) -> 
         pod = pod_op.final_pod
         reason = failure_reason(pod) if pod is not None else str(exc)
         raise StepFailed(step.task_id, _exit_code(pod), reason, step.subject) from None
+    except ApiException as exc:
+        raise StepFailed(step.task_id, 1, api_refusal(exc, step), step.subject) from None
     finally:
         _RUNNING.discard(pod_op)
     return result_of(pod_op.final_pod)

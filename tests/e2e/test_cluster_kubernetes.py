@@ -204,7 +204,13 @@ def test_cluster_backup_and_restore_through_service_account_pods(
     run = run_dag(dags()[BACKUP_DAG])
     assert task_states(run)["backup"] == "failed"
     entry = cluster.get("repositories", "repo", NS)["status"]["backupRepos"][0]
-    assert 'serviceaccount "stash-cluster-reader" not found' in entry["lastFailure"], entry
+    failure = entry["lastFailure"]
+    assert '403 Forbidden: pods "stash-backup-' in failure, failure
+    assert (
+        'service account demo/stash-cluster-reader: serviceaccount "stash-cluster-reader" not found'
+        in failure
+    )
+    assert "rbac.clusterBackupNamespaces" in failure
 
 
 def _all_xcom() -> str:

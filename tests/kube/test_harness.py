@@ -7,6 +7,7 @@ check the fake's own behaviour that our product code relies on.
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -463,3 +464,62 @@ def test_unhandled_routes_are_loud(kube_cluster: Cluster) -> None:
     assert err.value.status == 500 and "unhandled route" in err.value.body
     assert kube_cluster.server.unhandled  # the fixture would fail the test at teardown
     kube_cluster.server.unhandled.clear()
+
+
+IN_CLUSTER_PROBE = """
+import os
+from stash_plugin.clusterdump import Kube, KubeError
+kube = Kube.from_env(os.environ)
+print("url", kube.scheme, kube.host, kube.port)
+print("namespace", open(os.environ["SA_DIR"] + "/namespace").read())
+print("listed", len(kube.request("GET", "/api/v1/namespaces/default/configmaps")["items"]))
+try:
+    kube.request("PATCH", "/api/v1/namespaces/default/configmaps/c", body={})
+except KubeError as e:
+    print("refused", e)
+"""
+
+
+def test_service_account_pods_get_in_cluster_config_and_only_their_verbs(
+    kube_cluster: Cluster,
+) -> None:
+    """As on a node: a pod of a ServiceAccount reaches the API over TLS with its own
+    token (through the agent's in-cluster code), and may use only the account's verbs."""
+    import sys
+
+    from kube.kubelet import SERVICE_ACCOUNT_DIR
+
+    v1 = client.CoreV1Api(api(kube_cluster))
+    pod = pod_doc("probe", "", serviceAccountName="reader")
+    pod["spec"]["containers"][0]["command"] = [sys.executable, "-c", IN_CLUSTER_PROBE]
+    pod["spec"]["containers"][0]["env"] = [{"name": "SA_DIR", "value": SERVICE_ACCOUNT_DIR}]
+    with pytest.raises(ApiException) as refused:
+        v1.create_namespaced_pod("default", pod)
+    assert refused.value.status == 403
+    message = json.loads(refused.value.body)["message"]
+    assert message == (
+        'pods "probe" is forbidden: error looking up service account default/reader: '
+        'serviceaccount "reader" not found'
+    )
+
+    kube_cluster.apply(
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "reader"}}
+    )
+    kube_cluster.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}})
+    kube_cluster.server.grant("default", "reader", ["get", "list"])
+    v1.create_namespaced_pod("default", pod)
+    kube_cluster.wait_for(
+        lambda: kube_cluster.get("Pod", "probe")["status"]["phase"] in ("Succeeded", "Failed"),
+        timeout=30,
+    )
+    log = kube_cluster.logs("probe")
+    assert kube_cluster.get("Pod", "probe")["status"]["phase"] == "Succeeded", log
+    assert f"url https 127.0.0.1 {kube_cluster.server.tls_port}" in log
+    assert "namespace default" in log and "listed 1" in log
+    assert (
+        'refused 403 Forbidden: configmaps "c" is forbidden: User '
+        '"system:serviceaccount:default:reader" cannot patch resource "configmaps" in API '
+        'group "" in the namespace "default"'
+    ) in log
+    users = {c.user for c in kube_cluster.requests if c.path.endswith("/configmaps/c")}
+    assert users == {"system:serviceaccount:default:reader"}

@@ -12,6 +12,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
+from stash_plugin.plan.maintenance import CHECK_TASK_ID, MaintenancePlan
 from stash_plugin.plan.model import BackupPlan, RecoveryPlan, Step
 from stash_plugin.protocol import RunResult
 from stash_plugin.runtime.errors import StepFailed
@@ -51,13 +52,14 @@ class StashStepOperator(BaseOperator):
         except StepFailed as exc:
             report_failure(context, exc)
         except AirflowTaskTimeout:
-            limit = self.execution_timeout
-            context["ti"].xcom_push(
-                key=ERROR_KEY,
-                value=f"timed out after {limit} (the [stash] timeout of this kind of step); "
-                "the step was stopped",
-            )
+            context["ti"].xcom_push(key=ERROR_KEY, value=self.timeout_reason())
             raise
+
+    def timeout_reason(self) -> str:
+        return (
+            f"timed out after {self.execution_timeout} (the [stash] timeout of this kind "
+            "of step); the step was stopped"
+        )
 
     def step_to_run(self, context: Any) -> Step:
         """The planned step, completed with what is only known when it runs."""
@@ -130,3 +132,30 @@ class StashRestoreOperator(StashStepOperator):
         store = status_store(self.plan.runtime, settings.state_dir, settings.kubernetes_conn_id)
         store.record_recovery(self.plan.namespace, self.plan.name, running_status(self.plan))
         return super().execute(context)
+
+
+class StashCheckOperator(StashStepOperator):
+    """One repoDir's ``restic check`` (the maintenance DAG maps this task over its
+    repoDirs). What it leaves names the repoDir: ``update_status`` pulls every
+    instance's result and reason at once, without map indexes."""
+
+    def __init__(self, *, plan: MaintenancePlan, repo_dir: str, **kwargs: Any) -> None:
+        kwargs.setdefault("task_id", CHECK_TASK_ID)
+        BaseOperator.__init__(self, **kwargs)
+        self.repo_dir = repo_dir
+        self.step = plan.check_of(repo_dir).step
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowException, AirflowTaskTimeout
+
+        ti = context["ti"]
+        try:
+            return {"repo_dir": self.repo_dir, "result": run_step(self.step, context)}
+        except StepFailed as exc:
+            ti.xcom_push(key=ERROR_KEY, value={"repo_dir": self.repo_dir, "error": str(exc)})
+            raise AirflowException(str(exc)) from None
+        except AirflowTaskTimeout:
+            ti.xcom_push(
+                key=ERROR_KEY, value={"repo_dir": self.repo_dir, "error": self.timeout_reason()}
+            )
+            raise

@@ -14,7 +14,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator, TriggerRule
 
-from stash_plugin.plan.maintenance import MaintenancePlan
+from stash_plugin.plan.maintenance import CHECK_TASK_ID, MaintenancePlan
 from stash_plugin.plan.model import BackupPlan, RecoveryPlan, Runtime
 from stash_plugin.runtime import metrics
 from stash_plugin.runtime.checks import maintenance_report
@@ -54,6 +54,28 @@ def gather(context: Any, task_ids: tuple[str, ...]) -> dict[str, TaskReport]:
         )
         for t in task_ids
     }
+
+
+def gather_checks(context: Any, plan: MaintenancePlan) -> dict[str, TaskReport]:
+    """Every mapped ``check`` instance's result and reason, keyed by the check's step
+    (two XCom reads for the whole DAG, whatever its number of repoDirs)."""
+    ti = context["ti"]
+    reports: dict[str, TaskReport] = {}
+    for key in (None, ERROR_KEY):
+        pulled = ti.xcom_pull(task_ids=CHECK_TASK_ID, key=key or "return_value")
+        for item in pulled if isinstance(pulled, list) else [pulled]:
+            if not isinstance(item, dict) or not isinstance(item.get("repo_dir"), str):
+                continue
+            try:
+                task_id = plan.check_of(item["repo_dir"]).step.task_id
+            except KeyError:  # a repoDir the plan no longer has
+                continue
+            report = reports.get(task_id) or TaskReport(task_id)
+            if key is None:
+                reports[task_id] = TaskReport(task_id, "success", item.get("result"), None)
+            else:
+                reports[task_id] = TaskReport(task_id, "failed", report.result, item.get("error"))
+    return reports
 
 
 def _started(context: Any) -> datetime:
@@ -128,7 +150,7 @@ class StashMaintenanceStatusOperator(BaseOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowException
 
-        reports = gather(context, self.plan.task_ids)
+        reports = gather_checks(context, self.plan)
         report = maintenance_report(self.plan, reports, _started(context), time.time())
         _store(self.plan.runtime).record_check(
             self.plan.namespace, self.plan.name, report.check, report.target_snapshots

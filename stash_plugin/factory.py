@@ -31,9 +31,9 @@ from stash_plugin.api.resourceset import ResourceSet
 from stash_plugin.dagindex import Entry, Index, shard_of
 from stash_plugin.operators.step import (
     StashBackupOperator,
+    StashCheckOperator,
     StashRestoreOperator,
     StashRetentionOperator,
-    StashStepOperator,
 )
 from stash_plugin.operators.update_status import (
     StashBackupStatusOperator,
@@ -42,7 +42,7 @@ from stash_plugin.operators.update_status import (
 )
 from stash_plugin.operators.workload import StashQuiesceOperator, StashResumeOperator
 from stash_plugin.plan import BackupPlan, PlanSet, RecoveryPlan, Schedule, docs, make_plans, naming
-from stash_plugin.plan.maintenance import MaintenanceOptions, MaintenancePlan
+from stash_plugin.plan.maintenance import CHECK_TASK_ID, MaintenanceOptions, MaintenancePlan
 from stash_plugin.plan.model import QuiescedWorkload, Step
 from stash_plugin.plan.schedules import parse_schedule, spread_schedule
 from stash_plugin.sensors.snapshot import SnapshotSensor
@@ -248,7 +248,8 @@ def maintenance_dag(
     resources: ResourceSet | None = None,
     doc: str | None = None,
 ) -> DAG:
-    """``check.<repoDir>`` for each restic repository of the Repository, then
+    """``check`` mapped over the Repository's restic repositories (one task at parse
+    time, one instance per repoDir at run time, labelled with it), then
     ``update_status`` (whatever the checks did)."""
     plan = _spread(plan, settings)
     with DAG(
@@ -265,11 +266,13 @@ def maintenance_dag(
         default_args=default_args(settings),
     ) as dag:
         status = StashMaintenanceStatusOperator(plan=plan, **limits(settings, "status"))
-        for check in plan.checks:
-            check_task = StashStepOperator(
-                step=check.step, **limits(settings, "check", step=check.step)
-            )
-            check_task >> status
+        checks = StashCheckOperator.partial(
+            task_id=CHECK_TASK_ID,
+            plan=plan,
+            map_index_template="{{ task.repo_dir }}",
+            **limits(settings, "check", step=plan.checks[0].step),
+        ).expand(repo_dir=[c.repo_dir for c in plan.checks])
+        checks >> status
     return dag
 
 

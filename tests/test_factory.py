@@ -341,3 +341,35 @@ def test_agent_tasks_run_in_their_namespace_pool_when_pools_are_on(
     assert dags["stash-recovery.demo.restore"].task_dict["restore"].pool == "stash-ns-demo"
     checks = [t for t in dags["stash-maintenance.demo.repo"].tasks if t.task_id != "update_status"]
     assert checks and {t.pool for t in checks} == {"stash-ns-demo"}
+
+
+def test_maintenance_dag_keeps_its_size_whatever_the_number_of_repo_dirs(
+    stash_env: dict[str, Path],
+) -> None:
+    """One mapped ``check`` task, one instance per repoDir at run time: the DAG a
+    shard parses does not grow with the targets (10,000 repoDirs were 10,000 tasks)."""
+    root = stash_env["root"]
+    shape: dict[int, tuple[list[str], list[str]]] = {}
+    for n in (1, 50):
+        docs = [
+            secret_doc("repo-secret", NS, RESTIC_PASSWORD=PASSWORD),
+            repository_doc(
+                "repo",
+                NS,
+                {"local": {"mountPath": "/repo", "hostPath": {"path": str(root / "repo")}}},
+            ),
+        ]
+        for i in range(n):
+            docs += [
+                deployment_doc(f"app{i}", NS, root / "data"),
+                restic_doc(f"r{i}", NS, "repo", f"app{i}"),
+            ]
+        write_manifests(stash_env["manifests"], docs, "good.yaml")
+        dag = build()[0]["stash-maintenance.demo.repo"]
+        check = dag.task_dict["check"]
+        repo_dirs = check.expand_input.value["repo_dir"]
+        shape[n] = (sorted(dag.task_dict), list(repo_dirs))
+        assert check.partial_kwargs["map_index_template"] == "{{ task.repo_dir }}"
+    assert shape[1][0] == shape[50][0] == ["check", "update_status"]
+    assert shape[1][1] == ["/volumes/deployment/app0"]
+    assert sorted(shape[50][1]) == sorted(f"/volumes/deployment/app{i}" for i in range(50))

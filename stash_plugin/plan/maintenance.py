@@ -54,6 +54,23 @@ class MaintenancePlan:
     def task_ids(self) -> tuple[str, ...]:
         return tuple(c.step.task_id for c in self.checks)
 
+    def check_of(self, repo_dir: str) -> RepoDirCheck:
+        """The check of ``repo_dir`` (a mapped ``check`` task instance names only that)."""
+        for check in self.checks:
+            if check.repo_dir == repo_dir:
+                return check
+        raise KeyError(f"{self.dag_id}: no check of repoDir {repo_dir!r}")
+
+    def __str__(self) -> str:
+        # Airflow keeps a mapped task's arguments in the serialized DAG as text: a
+        # summary, not ten thousand steps.
+        return f"MaintenancePlan({self.dag_id}, {len(self.checks)} repoDirs)"
+
+
+CHECK_TASK_ID = "check"
+"""The maintenance DAG's one (mapped) check task: one instance per repoDir at run time,
+so the DAG's size does not grow with the number of targets."""
+
 
 def check_task_id(repo_dir: str) -> str:
     """``check.volumes.deployment.app``: the repoDir, readable in the Airflow UI (its

@@ -125,11 +125,10 @@ def test_metrics_of_backups_a_recovery_and_a_maintenance_run(
     # The Repository's maintenance: restic check, size, snapshots.
     start = time.time()
     run = run_dag(build_dag("stash-maintenance.demo.repo"))
-    assert task_states(run) == {
-        "check.volumes.deployment.app": "success",
-        "update_status": "success",
-    }
-    size = xcom(run, "check.volumes.deployment.app")["size_bytes"]
+    assert task_states(run) == {"check": "success", "update_status": "success"}
+    checked = xcom(run, "check")
+    assert checked["repo_dir"] == "/volumes/deployment/app"
+    size = checked["result"]["size_bytes"]
     got = received(statsd)
     assert between(got.pop(REPOSITORY + "last_check_timestamp")[0], start)
     assert got == {
@@ -174,7 +173,7 @@ def test_metrics_of_backups_a_recovery_and_a_maintenance_run(
     next(p for p in sorted((repo / "data").rglob("*")) if p.is_file()).unlink()
     run = run_dag(build_dag("stash-maintenance.demo.repo"))
     assert task_states(run) == {
-        "check.volumes.deployment.app": "success",  # the check ran; it found damage
+        "check": "success",  # the check ran; it found damage
         "update_status": "failed",
     }
     got = received(statsd)

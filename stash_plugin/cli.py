@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -122,6 +124,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
     settings = _settings()
     out = Path(args.output) if args.output else settings.manifests_dir
+    # The index is of [stash] manifests_dir: only a snapshot written there changes it.
+    source = settings.manifests_dir.resolve()
+    indexed = out.resolve() == source or source in out.resolve().parents
 
     def client():  # type: ignore[no-untyped-def]
         return hook(args.conn_id or settings.kubernetes_conn_id).api_client
@@ -133,8 +138,12 @@ def cmd_sync(args: argparse.Namespace) -> int:
             print(f"error: cluster sync failed, {out} left as it was: {exc}", file=sys.stderr)
             return 1
         print(f"{out} {'updated' if changed else 'unchanged'}")
+        if changed and indexed:
+            _index_after_write()
         return 0
-    sync_forever(client, out, interval=args.interval)
+    sync_forever(
+        client, out, interval=args.interval, on_write=_index_after_write if indexed else None
+    )
     return 0
 
 
@@ -220,6 +229,27 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_index(args: argparse.Namespace) -> int:
+    """Build the DAG index now, so that the DAG processor's shards only read it."""
+    from .factory import refresh_index
+
+    settings = _settings()
+    start = time.monotonic()
+    index, built = refresh_index(settings)
+    took = time.monotonic() - start
+    state = "built" if built else "already up to date"
+    print(f"DAG index {state}: {len(index.dag_ids)} DAGs in {took:.2f} s")
+    return 0
+
+
+def _index_after_write() -> None:
+    """Refresh the index in a child process: planning every object takes far more
+    memory than the sync's mirror, and the sync keeps running."""
+    done = subprocess.run([sys.executable, "-m", "stash_plugin.cli", "index"], check=False)
+    if done.returncode != 0:
+        print("warning: stash index failed; the DAG processor builds it", file=sys.stderr)
+
+
 def cmd_pools(args: argparse.Namespace) -> int:
     """Create the namespace pools the DAGs use with ``[stash] pools = true``."""
     from .factory import load_plans
@@ -297,6 +327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--apply", action="store_true", help="create or replace them in the cluster")
     p.add_argument("--conn-id", help="Airflow Kubernetes connection (default: kubernetes_default)")
     p.set_defaults(func=cmd_migrate)
+    p = sub.add_parser("index", help="build the DAG index of [stash] manifests_dir now")
+    p.set_defaults(func=cmd_index)
     p = sub.add_parser("pools", help="create the missing stash-ns-<namespace> Airflow pools")
     p.add_argument("--slots", type=int, help="slots of a new pool (default: [stash] pool_slots)")
     p.set_defaults(func=cmd_pools)

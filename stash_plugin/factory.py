@@ -423,6 +423,18 @@ def current_index(settings: Settings) -> Index:
         return _make_index(settings, key)
 
 
+def refresh_index(settings: Settings) -> tuple[Index, bool]:
+    """The index of the source as it is now, built here if it is missing or stale
+    (``stash index``, ``stash sync``: before the DAG processor needs it); True when
+    this call built it."""
+    key = _index_key(settings)
+    with dagindex.building(settings.state_dir):
+        index = dagindex.fresh(settings.state_dir, key, settings.manifests_dir)
+        if index is not None:
+            return index, False
+        return _make_index(settings, key), True
+
+
 def _make_index(settings: Settings, key: str) -> Index:
     resources, stamp = _load(settings)
     plans = _plan(resources, settings, None)

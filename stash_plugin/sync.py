@@ -352,9 +352,11 @@ def sync_forever(
     watch_seconds: float = WATCH_SECONDS,
     retry_seconds: float = 5.0,
     page_size: int = PAGE_SIZE,
+    on_write: Callable[[], None] | None = None,
 ) -> None:
     """List once, then follow watches; write the file at most once per ``interval``
-    and only when something changed. An unreachable API server keeps the last file."""
+    and only when something changed (then call ``on_write``: ``stash sync`` refreshes
+    the DAG index there). An unreachable API server keeps the last file."""
     stop = stop or threading.Event()
     changed = threading.Condition()
     followers = [
@@ -386,6 +388,8 @@ def sync_forever(
         try:
             if write_snapshot(items, path):
                 log.info("cluster snapshot updated: %s", path)
+                if on_write is not None:
+                    on_write()
             written = current
         except OSError as exc:
             log.warning("cannot write the cluster snapshot %s: %s", path, exc)

@@ -231,3 +231,30 @@ def test_more_shards_than_files_is_an_error_naming_the_missing_files(
     bag = DagBag(dag_folder=str(DAGS_FOLDER))
     text = {Path(f).name: t for f, t in bag.import_errors.items()}["stash_errors.py"]
     assert "[stash] dag_shards" in text and "stash_dags_08.py, stash_dags_09.py" in text
+
+
+def test_stash_index_builds_the_index_the_task_start_then_reads(
+    stash_env: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``stash index`` (deploy pipeline, ``stash sync``) does the planning, so that no
+    DAG processor or worker has to: they find the index fresh and read no manifest."""
+    from stash_plugin import source
+    from stash_plugin.cli import main
+
+    monkeypatch.setattr(source, "RACY_NS", 0)
+    _folder(stash_env)
+    assert not (stash_env["state"] / "dag-index.pickle").exists()
+    assert main(["index"]) == 0
+    assert capsys.readouterr().out.startswith("DAG index built: 6 DAGs in ")
+    assert main(["index"]) == 0
+    assert capsys.readouterr().out.startswith("DAG index already up to date: 6 DAGs in ")
+
+    def no_reading(*args: Any) -> None:
+        raise AssertionError("a manifest was read")
+
+    monkeypatch.setattr(source, "read_manifest", no_reading)
+    monkeypatch.setattr(source, "_parse_file", no_reading)
+    dags, errors = _task_start(monkeypatch, GOOD)
+    monkeypatch.undo()
+    assert list(dags) == [GOOD] and errors == []
+    assert dags[GOOD].get_task("backup").plan == _plan_of(stash_env, GOOD)

@@ -223,3 +223,42 @@ def test_an_unreachable_api_server_keeps_the_last_snapshot(
     finally:
         stop.set()
         thread.join(timeout=5)
+
+
+def test_stash_sync_refreshes_the_dag_index_after_writing_a_changed_snapshot(
+    kube_cluster: Any,
+    stash_env: dict[str, Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The DAG processor then finds the index fresh: no shard plans 10,000 targets
+    within its import timeout."""
+    from stash_plugin.cli import main
+
+    monkeypatch.setenv("AIRFLOW__STASH__RUNTIME", "kubernetes")  # a cluster's snapshot
+    from stash_plugin.factory import fresh_index
+    from stash_plugin.settings import load_settings
+
+    kube_cluster.apply(deployment_doc("app-1", "default", "/data/app-1"))
+    backend = {"local": {"mountPath": "/repo", "hostPath": {"path": str(stash_env["root"])}}}
+    kube_cluster.apply(repository_doc("repo", "default", backend))
+    kube_cluster.apply(restic_doc("app-backup", "default", "repo", "app-1"))
+    index_file = stash_env["state"] / "dag-index.pickle"
+    out = stash_env["manifests"] / "cluster.json"
+
+    assert main(["sync", "--once", "--output", str(out)]) == 0
+    assert capsys.readouterr().out == f"{out} updated\n"
+    index = fresh_index(load_settings())
+    assert index is not None
+    assert "stash-backup.default.app-backup.deployment.app-1" in index.dag_ids
+    built = index_file.stat().st_mtime_ns
+
+    # Unchanged cluster: the snapshot and the index stay as they are.
+    assert main(["sync", "--once", "--output", str(out)]) == 0
+    assert capsys.readouterr().out == f"{out} unchanged\n"
+    assert index_file.stat().st_mtime_ns == built
+
+    kube_cluster.apply(restic_doc("other", "default", "repo", "app-1", schedule="@every 2h"))
+    assert main(["sync", "--once", "--output", str(out)]) == 0
+    index = fresh_index(load_settings())
+    assert index is not None and "stash-backup.default.other.deployment.app-1" in index.dag_ids

@@ -183,3 +183,42 @@ def test_metrics_of_backups_a_recovery_and_a_maintenance_run(
     assert check["result"] == "Failed"
     assert check["failure"] == "/volumes/deployment/app: restic check failed (restic exit 1)"
     assert status["status"]["backupRepos"][0]["backupCount"] == 1  # the history stays
+
+
+def test_maintenance_run_checks_every_repo_dir_each_in_its_own_mapped_instance(
+    tmp_path: Path, airflow_db: None, stash_env: dict[str, Path], statsd: socket.socket
+) -> None:
+    """Two targets, two repoDirs, one mapped ``check`` task: each repoDir gets its own
+    instance, labelled with it in the UI, and the status names the one that failed."""
+    import os
+    import subprocess
+
+    for name, password in (("app", PASSWORD), ("app2", "another-password")):
+        where = tmp_path / "repo" / "volumes" / "deployment" / name
+        env = {**os.environ, "RESTIC_REPOSITORY": str(where), "RESTIC_PASSWORD": password}
+        subprocess.run(["restic", "init"], env=env, check=True, capture_output=True)
+    write_manifests(
+        stash_env["manifests"],
+        [
+            *docs(tmp_path),
+            deployment_doc("app2", NS, tmp_path / "source2"),
+            restic_doc("app2-backup", NS, "repo", "app2"),
+        ],
+    )
+    run = run_dag(build_dag("stash-maintenance.demo.repo"))
+    checks = {
+        ti.rendered_map_index: str(ti.state)
+        for ti in run.get_task_instances()
+        if ti.task_id == "check"
+    }
+    # app2's repository does not open with the Repository's password: that check fails.
+    assert checks == {"/volumes/deployment/app": "success", "/volumes/deployment/app2": "failed"}
+    assert task_states(run)["update_status"] == "failed"
+    status = json.loads((stash_env["state"] / "repositories" / NS / "repo.json").read_text())
+    check = status["status"]["lastCheck"]
+    assert check["result"] == "Failed"
+    assert check["failure"].startswith("check.volumes.deployment.app2: ")
+    assert "wrong repository password" in check["failure"]
+    assert "deployment.app:" not in check["failure"]
+    assert check["snapshotCount"] == 0  # the good one was counted
+    assert received(statsd)[REPOSITORY + "check_success"] == (0, "gauge")

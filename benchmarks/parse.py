@@ -84,6 +84,24 @@ def write_manifests(folder: Path, n: int) -> list[str]:
     return [f"stash-backup.{NS}.app-{i:05d}-backup.deployment.app-{i:05d}" for i in range(n)]
 
 
+def write_snapshot(folder: Path) -> Path:
+    """The manifests of ``folder`` as the one file ``stash sync`` writes (its own writer;
+    Secrets left out, as sync never copies them)."""
+    import yaml
+
+    from stash_plugin.sync import write_snapshot as write
+
+    items = [
+        json.dumps(doc, separators=(",", ":"))
+        for path in sorted(folder.rglob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc and doc.get("kind") != "Secret"
+    ]
+    snapshot = folder.with_name(f"{folder.name}-snapshot.json")
+    write(items, snapshot)
+    return snapshot
+
+
 # --------------------------------------------------------------------------- baseline
 
 _HEADER = '''"""{n} backup DAGs written by hand with stock operators (generated)."""
@@ -393,6 +411,12 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, help="keep the generated manifests and DAG files here")
     ap.add_argument("--profile", type=Path, help="write cProfile stats of the last runs here")
     ap.add_argument("--only", choices=KINDS, action="append")
+    ap.add_argument(
+        "--snapshot",
+        action="store_true",
+        help="read the N targets from one cluster snapshot file (as `stash sync` writes it)\n"
+        "instead of a folder of N+1 files (the freshness check stats one file)",
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--expect", type=int, default=-1, help=argparse.SUPPRESS)
     ap.add_argument("--child-profile", help=argparse.SUPPRESS)
@@ -444,7 +468,8 @@ def main() -> None:
         for n in sizes:
             manifests = work / f"manifests-{n}"
             dag_ids = write_manifests(manifests, n)
-            env = {**base_env, "AIRFLOW__STASH__MANIFESTS_DIR": str(manifests)}
+            source = write_snapshot(manifests) if args.snapshot else manifests
+            env = {**base_env, "AIRFLOW__STASH__MANIFESTS_DIR": str(source)}
             row: dict[str, Any] = {"n": n}
 
             def prof(name: str, n: int = n) -> Path | None:

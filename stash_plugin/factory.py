@@ -141,6 +141,24 @@ def maintenance_doc(plan: MaintenancePlan, resources: ResourceSet | None) -> str
     return docs.maintenance_doc(plan, repository)
 
 
+def backup_params(plan: BackupPlan) -> dict[str, Param]:
+    """What a manual run of a backup DAG can change."""
+    return {
+        "retention": Param(
+            plan.retention is not None,
+            type="boolean",
+            description="Apply the retention policy after this backup (false: keep "
+            "every snapshot this time)",
+        ),
+        "new_repository": Param(
+            False,
+            type="boolean",
+            description="Create the repository if it is missing although this target "
+            "has backups on record (only after moving or wiping it on purpose)",
+        ),
+    }
+
+
 def backup_dag(
     plan: BackupPlan,
     settings: Settings,
@@ -167,21 +185,12 @@ def backup_dag(
         # must not reach the DagBag through the DAG context's auto-registration.
         auto_register=False,
         default_args=default_args(settings),
-        params={
-            "retention": Param(
-                plan.retention is not None,
-                type="boolean",
-                description="Apply the retention policy after this backup (false: keep "
-                "every snapshot this time)",
-            ),
-            "new_repository": Param(
-                False,
-                type="boolean",
-                description="Create the repository if it is missing although this target "
-                "has backups on record (only after moving or wiping it on purpose)",
-            ),
-        },
     ) as dag:
+        # Added after DAG(): DAG(params=...) checks each default against its JSON schema,
+        # and jsonschema checks the schema itself first, a fifth of the cost of building a
+        # backup DAG. These defaults are booleans of type boolean (a test validates them);
+        # the tasks below still copy them from the DAG as before.
+        dag.params.update(backup_params(plan))
         backup = StashBackupOperator(plan=plan, **limits(settings, "backup", step=plan.backup))
         verify = SnapshotSensor(
             step=plan.verify, **limits(settings, "verify", sensor=True, step=plan.verify)

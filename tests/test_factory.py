@@ -118,6 +118,11 @@ def test_backup_dag_shape(mixed: dict[str, Path]) -> None:
     assert dag.task_dict["retention"].downstream_task_ids == {"verify"}
     assert dag.task_dict["verify"].downstream_task_ids == {"update_status"}
     assert PASSWORD not in (dag.doc_md or "") and PASSWORD not in (dag.description or "")
+    # The params a manual run can change, as the trigger form and every task see them
+    # (set after DAG() to spare a schema check per DAG: still valid, still copied).
+    assert dag.params.validate() == {"retention": True, "new_repository": False}
+    for task in dag.tasks:
+        assert task.params.dump() == dag.params.dump(), task.task_id
 
 
 def test_a_failing_backend_is_retried_with_backoff(

@@ -45,8 +45,11 @@ SUFFIXES = (".yaml", ".yml", ".json")
 # about 250 MiB and 3 s. JSON decodes 100 times faster into less memory, and the file
 # ``stash sync`` writes is JSON, so it may be larger.
 MAX_YAML_BYTES = 1 << 20
-MAX_JSON_BYTES = 16 << 20
-MAX_OBJECTS = 20_000  # documents plus ``kind: List`` items, per file
+MAX_JSON_BYTES = 128 << 20
+MAX_OBJECTS = 20_000  # YAML: documents plus ``kind: List`` items, per file
+#: JSON: ``stash sync``'s snapshot holds the whole cluster's objects in one file (about
+#: 375 bytes each, compact): 10,000 workloads and 10,000 Restics are over 20,000.
+MAX_JSON_OBJECTS = 250_000
 MAX_ALIAS_NODES = 10_000  # values aliases add to a document (PyYAML's dumps use them)
 MAX_INT_CHARS = 64  # far above int64; Python's int() of a long YAML 1.1 1:2:3... is quadratic
 
@@ -256,13 +259,15 @@ def _expand(doc: Any) -> Iterator[Any]:
 
 
 def _decode(path: Path, text: str) -> list[Any]:
-    """The file's objects (``kind: List`` expanded), at most MAX_OBJECTS of them."""
+    """The file's objects (``kind: List`` expanded), at most MAX_OBJECTS of them (of a
+    JSON file, MAX_JSON_OBJECTS)."""
+    limit = MAX_JSON_OBJECTS if path.suffix == ".json" else MAX_OBJECTS
     objects: list[Any] = []
     for doc in _documents(path, text):
         if doc is not None:
             objects.extend(_expand(doc))
-        if len(objects) > MAX_OBJECTS:
-            raise _TooMany(f"more than {MAX_OBJECTS} objects; split the file")
+        if len(objects) > limit:
+            raise _TooMany(f"more than {limit} objects; split the file")
     return objects
 
 

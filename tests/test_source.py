@@ -159,6 +159,23 @@ def test_single_file_source(tmp_path: Path) -> None:
     assert rs.errors == [] and set(rs.repositories) == {("demo", "repo")}
 
 
+def test_a_sync_snapshot_of_ten_thousand_targets_loads(tmp_path: Path) -> None:
+    """``stash sync`` writes the whole cluster into one JSON file: 10,000 workloads with
+    their 10,000 Restics are over the 20,000 objects a YAML file may hold."""
+    from stash_plugin.sync import write_snapshot
+
+    docs = [secret_doc("repo-secret", "demo", RESTIC_PASSWORD=PASSWORD)]
+    docs.append(repository_doc("repo", "demo", GCS))
+    for i in range(10_000):
+        docs.append(deployment_doc(f"app{i}", "demo", tmp_path / "data"))
+        docs.append(restic_doc(f"rs{i}", "demo", "repo", f"app{i}"))
+    snapshot = tmp_path / "cluster.json"
+    write_snapshot([json.dumps(d, separators=(",", ":")) for d in docs], snapshot)
+    rs = load_directory(snapshot)
+    assert rs.errors == []
+    assert len(rs.restics) == 10_000 and len(rs.workloads) == 10_000
+
+
 # --------------------------------------------------------------------------- hostile input
 # Whole hostile folders (every class, through validate, DagBag and a run) are in
 # tests/hostile/test_files.py; these pin the loader's finer points.

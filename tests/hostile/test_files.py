@@ -199,7 +199,7 @@ def structure(folder: Path, outside: Path, marker: Path) -> Expected:
     (folder / "deep-block.yaml").write_text("".join(" " * i + "a:\n" for i in range(1100)))
     (folder / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
     (folder / "docs.yaml").write_text("---\n" * 20_001)
-    items = ",".join(["{}"] * 20_001)
+    items = ",".join(["{}"] * 250_001)
     (folder / "list.json").write_text(f'{{"apiVersion": "v1", "kind": "List", "items": [{items}]}}')
     return {
         "dup.yaml": "malformed YAML: duplicate key 'schedule' (first at line 7) at line 8",
@@ -209,7 +209,7 @@ def structure(folder: Path, outside: Path, marker: Path) -> Expected:
         "deep-block.yaml": "malformed YAML: while increasing block level; exceeded maximum",
         "deep.json": "malformed JSON: nested too deep",
         "docs.yaml": "more than 20000 documents; split the file",
-        "list.json": "more than 20000 objects; split the file",
+        "list.json": "more than 250000 objects; split the file",
     }
 
 

@@ -107,13 +107,13 @@ def special(folder: Path, outside: Path, marker: Path) -> Expected:
         "fifo.yaml": "is a FIFO, not a regular file; not read",
         "socket.yaml": "is a socket, not a regular file; not read",
         "huge.yaml": "is larger than 1 MiB (the limit for .yaml files)",
-        "huge.json": "is larger than 16 MiB (the limit for .json files)",
+        "huge.json": "is larger than 128 MiB (the limit for .json files)",
     }
     os.mkfifo(folder / "fifo.yaml")  # opened for reading, it would block the parse
     sock = socket.socket(socket.AF_UNIX)
     sock.bind(str(folder / "socket.yaml"))
     sock.close()
-    for name, size in (("huge.yaml", (1 << 20) + 1), ("huge.json", (16 << 20) + 1)):
+    for name, size in (("huge.yaml", (1 << 20) + 1), ("huge.json", (128 << 20) + 1)):
         with open(folder / name, "wb") as f:  # sparse: refused by its size, never read
             f.truncate(size)
     try:

@@ -245,6 +245,11 @@ def test_stash_sync_refreshes_the_dag_index_after_writing_a_changed_snapshot(
     kube_cluster.apply(restic_doc("app-backup", "default", "repo", "app-1"))
     index_file = stash_env["state"] / "dag-index.pickle"
     out = stash_env["manifests"] / "cluster.json"
+    # The fake's controller adds the Deployment's ReplicaSet (which sync copies) on its
+    # own time: let it, or the second sync below would rightly see a change.
+    store = kube_cluster.server.store
+    replica_sets = store.type_named("ReplicaSet")
+    wait_until(lambda: bool(store.select(replica_sets, "default")), "the ReplicaSet")
 
     assert main(["sync", "--once", "--output", str(out)]) == 0
     assert capsys.readouterr().out == f"{out} updated\n"

@@ -112,21 +112,26 @@ def snapshot_tree(repo: Path, into: Path) -> dict[str, dict[str, Any]]:
     }
 
 
+def backup_restic() -> dict[str, Any]:
+    """The Cluster Restic both runtimes' tests back up with."""
+    return cluster_restic_doc(
+        "cluster-backup",
+        NS,
+        "repo",
+        SELECTOR,
+        parentsOnly=True,
+        sanitize=True,
+        excludeNamespaces=[NS],  # the test's own namespace: Stash's objects, not the app's
+    )
+
+
 def docs(repo_root: Path, *extra: dict[str, Any]) -> list[dict[str, Any]]:
     return [
         secret_doc("repo-secret", NS, RESTIC_PASSWORD=PASSWORD),
         repository_doc(
             "repo", NS, {"local": {"mountPath": "/repo", "hostPath": {"path": str(repo_root)}}}
         ),
-        cluster_restic_doc(
-            "cluster-backup",
-            NS,
-            "repo",
-            SELECTOR,
-            parentsOnly=True,
-            sanitize=True,
-            excludeNamespaces=[NS],  # the test's own namespace: Stash's objects, not the app's
-        ),
+        backup_restic(),
         *extra,
     ]
 

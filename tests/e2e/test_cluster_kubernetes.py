@@ -17,13 +17,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e.test_cluster_backup import REPO_DIR, _group, parents, snapshot_tree
-from kube.clusterseed import SECRET_PLAIN, SECRET_VALUE, SELECTOR, seed, wipe
+from e2e.test_cluster_backup import (
+    BACKUP_DAG,
+    NS,
+    REPO_DIR,
+    _all_xcom,
+    _group,
+    backup_restic,
+    parents,
+    snapshot_tree,
+)
+from kube.clusterseed import SECRET_PLAIN, SECRET_VALUE, seed, wipe
 from kube.harness import Cluster, start_cluster
 from stashtest import (
     PASSWORD,
     cluster_recovery_doc,
-    cluster_restic_doc,
+    repository_doc,
     run_dag,
     secret_doc,
     task_states,
@@ -31,8 +40,6 @@ from stashtest import (
 )
 
 pytestmark = pytest.mark.slow
-NS = "demo"
-BACKUP_DAG = "stash-backup.demo.cluster-backup.cluster"
 READER = f"system:serviceaccount:{NS}:stash-cluster-reader"
 RESTORER = f"system:serviceaccount:{NS}:stash-cluster-restorer"
 
@@ -75,25 +82,8 @@ def setup_stash(cluster: Cluster, root: Path, monkeypatch: pytest.MonkeyPatch) -
     cluster.pvc("repo-store", NS)
     cluster.apply(secret_doc("repo-secret", NS, RESTIC_PASSWORD=PASSWORD))
     backend = {"mountPath": "/repo", "persistentVolumeClaim": {"claimName": "repo-store"}}
-    cluster.apply(
-        {
-            "apiVersion": "stash.appscode.com/v1alpha1",
-            "kind": "Repository",
-            "metadata": {"name": "repo", "namespace": NS},
-            "spec": {"backend": {"local": backend, "storageSecretName": "repo-secret"}},
-        }
-    )
-    cluster.apply(
-        cluster_restic_doc(
-            "cluster-backup",
-            NS,
-            "repo",
-            SELECTOR,
-            parentsOnly=True,
-            sanitize=True,
-            excludeNamespaces=[NS],
-        )
-    )
+    cluster.apply(repository_doc("repo", NS, {"local": backend}))
+    cluster.apply(backup_restic())
     sync(snapshot)
     return snapshot
 
@@ -211,12 +201,3 @@ def test_cluster_backup_and_restore_through_service_account_pods(
         in failure
     )
     assert "rbac.clusterBackupNamespaces" in failure
-
-
-def _all_xcom() -> str:
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    with create_session() as session:
-        return "".join(json.dumps(v, default=str) for v in session.scalars(select(XComModel.value)))

@@ -41,6 +41,7 @@ from .credentials import credential_files
 from .plan.records import repository_manifest
 from .plan.restic import CA_CERT_DATA, CREDENTIAL_KEYS, PASSWORD_KEY
 from .protocol import REPOSITORY_RECORD_FILE, REPOSITORY_RECORD_TAG, is_record, target_key
+from .sync import current_object
 
 RECORD_LIMIT = 64 * 1024
 """Largest record read back (ours are a few hundred bytes)."""
@@ -479,15 +480,11 @@ def apply_objects(
             lines.append(f"{ident}: skipped (namespace {ns} was not given with --namespace)")
             continue
         try:
-            current = custom_api.get_namespaced_custom_object(
-                GROUP, VERSION, ns, "repositories", name
-            )
+            current = current_object(custom_api, "repositories", ns, name)
         except ApiException as exc:
-            if exc.status != 404:
-                lines.append(f"{ident}: cannot be read (HTTP {exc.status})")
-                ok = False
-                continue
-            current = None
+            lines.append(f"{ident}: cannot be read (HTTP {exc.status})")
+            ok = False
+            continue
         if current is not None:
             same = current.get("spec") == manifest["spec"]
             lines.append(

@@ -398,12 +398,24 @@ def sync_forever(
         follower.join(timeout=1.0)  # one blocked in a quiet watch is a daemon: let it be
 
 
+def current_object(custom_api: Any, plural: str, namespace: str, name: str) -> Any:
+    """The Stash object as the cluster has it, or None when there is none (any other
+    API error is raised)."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        return custom_api.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+        return None
+
+
 def apply_objects(api_client: Any, objects: list[dict[str, Any]]) -> list[str]:
     """Create each Stash object, or replace the one of the same name (a Stash 0.8
     Restic or Recovery becomes its new shape in place); returns what was done, one
     line per object. Stops at the first failure, naming the object."""
     from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
 
     custom = client.CustomObjectsApi(api_client)
     done = []
@@ -411,11 +423,8 @@ def apply_objects(api_client: Any, objects: list[dict[str, Any]]) -> list[str]:
         kind, meta = obj["kind"], obj["metadata"]
         ns, name = meta.get("namespace") or "default", meta["name"]
         where = (GROUP, VERSION, ns, STASH_PLURALS[kind])
-        try:
-            current = custom.get_namespaced_custom_object(*where, name)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
+        current = current_object(custom, STASH_PLURALS[kind], ns, name)
+        if current is None:
             custom.create_namespaced_custom_object(*where, obj)
             done.append(f"created {kind} {ns}/{name}")
             continue

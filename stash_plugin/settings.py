@@ -8,6 +8,7 @@ them.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -107,6 +108,13 @@ class Settings:
     (create them with ``stash pools``): a cap on one tenant's concurrent agents."""
     pool_slots: int = 4
     """Slots of each namespace's pool when ``stash pools`` creates it."""
+    node_slots: int = 0
+    """How many agents may run at once on one node (``runtime.nodeslots``); 0: no cap.
+    Local runtime: every step, on its node or this machine. Kubernetes runtime: agent
+    pods pinned to a node (DaemonSet nodes, pods next to a ReadWriteOnce claim's pod)."""
+    lease_namespace: str = "default"
+    """Namespace of the Leases that hold the kubernetes runtime's node slots (the
+    chart sets Stash's own namespace and lets the tasks' account manage Leases there)."""
     spread_schedules: bool = True
     """Spread ``@hourly``/``@daily``-style presets and ``@every`` schedules over their
     interval by a stable per-DAG offset; cron expressions always run as written."""
@@ -168,6 +176,8 @@ def load_settings() -> Settings:
         pools=_flag("pools", Settings.pools),
         pool_slots=_positive_int("pool_slots", Settings.pool_slots),
         spread_schedules=_flag("spread_schedules", Settings.spread_schedules),
+        node_slots=_whole_number("node_slots", Settings.node_slots, minimum=0),
+        lease_namespace=_namespace("lease_namespace", Settings.lease_namespace),
     )
 
 
@@ -176,11 +186,28 @@ def _flag(option: str, default: bool) -> bool:
 
 
 def _positive_int(option: str, default: int) -> int:
+    return _whole_number(option, default, minimum=1)
+
+
+def _whole_number(option: str, default: int, minimum: int) -> int:
     text = _get(option, str(default)).strip()
     try:
         value = int(text)
     except ValueError:
         raise ValueError(f"[stash] {option} = {text!r}: must be a whole number") from None
-    if value < 1:
-        raise ValueError(f"[stash] {option} = {text!r}: must be 1 or more")
+    if value < minimum:
+        raise ValueError(f"[stash] {option} = {text!r}: must be {minimum} or more")
     return value
+
+
+_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def _namespace(option: str, default: str) -> str:
+    text = _get(option, default).strip()
+    if not _NAMESPACE.match(text):
+        raise ValueError(
+            f"[stash] {option} = {text!r}: must be a Kubernetes namespace name "
+            "(lower-case letters, digits and '-', at most 63)"
+        )
+    return text

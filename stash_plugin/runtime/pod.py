@@ -67,15 +67,24 @@ def with_lock_env(manifest: dict[str, Any], settings: Settings) -> dict[str, Any
     return manifest
 
 
-def build_pod_operator(step: Step, task_id: str, settings: Settings) -> Any:
+def build_pod_operator(
+    step: Step, task_id: str, settings: Settings, slot_holder: str | None = None
+) -> Any:
+    """The operator for ``step``; ``slot_holder`` labels the pod as the holder of a
+    node slot (``runtime.nodeslots``), so that others can tell whether it still runs."""
     step = colocated(step, settings)
     image = step.image or settings.agent_image
+    manifest = pod_manifest(step, image)
+    if slot_holder:
+        from .nodeslots import HOLDER_LABEL
+
+        manifest["metadata"]["labels"][HOLDER_LABEL] = slot_holder
     return _pod_operator_class()(
         task_id=task_id,
         name=f"{AGENT_POD_PREFIX}{task_id}",
         namespace=step.namespace,
         image=image,
-        pod_template_dict=with_lock_env(pod_manifest(step, image), settings),
+        pod_template_dict=with_lock_env(manifest, settings),
         kubernetes_conn_id=settings.kubernetes_conn_id,
         get_logs=True,
         do_xcom_push=False,
@@ -139,27 +148,56 @@ def api_refusal(exc: Any, step: Step) -> str:
 
 def run_pod(step: Step, context: Any, settings: Settings, event: Any = None) -> dict[str, Any]:
     """Run ``step`` as a pod (or, with ``event``, finish a deferred one); returns the
-    agent's result. Deferral propagates as Airflow's ``TaskDeferred``."""
+    agent's result. Deferral propagates as Airflow's ``TaskDeferred``.
+
+    With ``[stash] node_slots``, a pod pinned to a node first takes one of the node's
+    slots (a Lease, ``runtime.nodeslots``), held until the pod has finished: across a
+    deferral too, since the task that resumes from the trigger gives it back."""
     from airflow.sdk.exceptions import AirflowException, TaskDeferred
     from kubernetes.client.exceptions import ApiException
 
-    pod_op = build_pod_operator(step, context["ti"].task_id, settings)
-    _RUNNING.add(pod_op)
+    slots, holder = None, None
+    if settings.node_slots and (step.node_name or step.colocate):
+        from .nodeslots import holder_token, lease_slots
+
+        slots = lease_slots(settings.kubernetes_conn_id, settings.lease_namespace)
+        holder = holder_token(context)
+    pod_op = None
+    deferred = False
     try:
+        if event is None:
+            step = colocated(step, settings)
+            if slots is not None and step.node_name:
+                slots.take(
+                    step.node_name,
+                    settings.node_slots,
+                    holder or "",
+                    step.namespace,
+                    settings.poll_interval,
+                )
+            elif slots is not None:  # the scheduler places it: no node, no slot
+                slots = None
+        pod_op = build_pod_operator(
+            step, context["ti"].task_id, settings, holder if slots is not None else None
+        )
+        _RUNNING.add(pod_op)
         if event is None:
             pod_op.execute(context)
         else:
             pod_op.trigger_reentry(context, event)
     except TaskDeferred:
+        deferred = True
         raise
     except AirflowException as exc:
-        pod = pod_op.final_pod
+        pod = pod_op.final_pod if pod_op is not None else None
         reason = failure_reason(pod) if pod is not None else str(exc)
         raise StepFailed(step.task_id, _exit_code(pod), reason, step.subject) from None
     except ApiException as exc:
         raise StepFailed(step.task_id, 1, api_refusal(exc, step), step.subject) from None
     finally:
         _RUNNING.discard(pod_op)
+        if slots is not None and holder and not deferred:
+            slots.release(holder)
     return result_of(pod_op.final_pod)
 
 

@@ -67,6 +67,19 @@ class BadStatusFile(ValueError):
         self.reason = reason
 
 
+def make_folders(state_dir: Path, folder: Path) -> None:
+    """Create the missing folders from ``state_dir`` down to ``folder`` as 0750,
+    whatever the umask (a 077 umask would lock the group out); folders that exist
+    are left as the administrator made them."""
+    state_dir.parent.mkdir(parents=True, exist_ok=True)
+    parts = folder.relative_to(state_dir).parts
+    for depth in range(len(parts) + 1):
+        path = state_dir.joinpath(*parts[:depth])
+        with suppress(FileExistsError):  # or another run made it meanwhile
+            path.mkdir()
+            os.chmod(path, DIR_MODE)
+
+
 class LocalStatusStore:
     """Status files under ``state_dir``, updated under an exclusive file lock.
 
@@ -85,16 +98,7 @@ class LocalStatusStore:
         return self.state_dir / "recoveries" / namespace / f"{name}.json"
 
     def _make_folders(self, folder: Path) -> None:
-        """Create the missing folders from ``state_dir`` down to ``folder`` as 0750,
-        whatever the umask (a 077 umask would lock the group out); folders that exist
-        are left as the administrator made them."""
-        self.state_dir.parent.mkdir(parents=True, exist_ok=True)
-        parts = folder.relative_to(self.state_dir).parts
-        for depth in range(len(parts) + 1):
-            path = self.state_dir.joinpath(*parts[:depth])
-            with suppress(FileExistsError):  # or another run made it meanwhile
-                path.mkdir()
-                os.chmod(path, DIR_MODE)
+        make_folders(self.state_dir, folder)
 
     @contextmanager
     def _locked(self, path: Path) -> Iterator[None]:

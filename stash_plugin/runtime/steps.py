@@ -7,6 +7,8 @@ nothing here reads it again from the configuration.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from dataclasses import replace
 from typing import Any, NoReturn
 
@@ -37,13 +39,18 @@ def run_step(
     from airflow.sdk.log import mask_secret
 
     from .local import load_secrets, run_process
+    from .nodeslots import local_slot
 
     extra = None
     if step.cluster_access:
         from .kube import agent_api_env
 
         extra = agent_api_env(step, settings)
-    return run_process(step, load_secrets(settings.manifests_dir), log.info, mask_secret, extra)
+    secrets = load_secrets(settings.manifests_dir)
+    node = step.node_name or socket.gethostname()
+    holder = f"pid {os.getpid()}: {step.task_id} of {step.subject or step.namespace}"
+    with local_slot(node, settings.node_slots, settings.state_dir, holder, settings.poll_interval):
+        return run_process(step, secrets, log.info, mask_secret, extra)
 
 
 def resume_step(step: Step, context: Any, event: Any) -> dict[str, Any]:

@@ -83,8 +83,15 @@ def test_default_install_objects() -> None:
         ),
         "Deployment": ["stash-sync"],
         "PersistentVolumeClaim": ["stash-snapshot"],
+        "Role": ["stash-node-slots"],
+        "RoleBinding": ["stash-node-slots"],
         "ServiceAccount": ["stash-airflow-sync", "stash-airflow-tasks"],
     }
+    slots = next(d for d in docs if d["kind"] == "RoleBinding")
+    assert slots["metadata"]["namespace"] == "stash"
+    assert slots["subjects"] == [
+        {"kind": "ServiceAccount", "name": "stash-airflow-tasks", "namespace": "stash"}
+    ]
     agent = next(d for d in docs if d["kind"] == "BackupAgent")
     assert agent["spec"] == {"image": "stash-airflow/agent:0.1.0"}
     values = yaml.safe_load((CHART / "values.yaml").read_text())
@@ -114,7 +121,8 @@ def test_optional_parts_off_leave_only_the_crds() -> None:
 def test_namespaced_rbac_binds_only_in_the_listed_namespaces() -> None:
     docs = render({"rbac": {"create": True, "namespaces": ["team-a", "team-b"]}})
     bindings = [d for d in docs if d["kind"] == "RoleBinding"]
-    assert sorted(d["metadata"]["namespace"] for d in bindings) == ["team-a", "team-b"]
+    # and the node slots' Leases in the release's own namespace
+    assert sorted(d["metadata"]["namespace"] for d in bindings) == ["stash", "team-a", "team-b"]
     assert by_kind(docs)["ClusterRoleBinding"] == ["stash-sync"]
 
 

@@ -16,6 +16,9 @@ Where it knowingly differs from a real server (each difference keeps tests simpl
 and none hides a bug of ours we know of):
 - namespaces spring into being on first use; deletes are immediate (no grace
   period, finalizers or cascading, except workload pods and ReplicaSets);
+- Leases (coordination.k8s.io) are plain objects: nothing expires them; updates
+  with a stale ``resourceVersion`` and deletes with stale ``preconditions`` are
+  409 Conflict, as for every type;
 - strategic merge patches are applied as JSON merge patches (lists replace);
   JSON patch and deletecollection are unhandled (loud);
 - server-side apply (``application/apply-patch+yaml``, JSON bodies only) creates the
@@ -96,7 +99,13 @@ class ResourceType:
     @property
     def builtin(self) -> bool:
         """Built-in types accept an update without resourceVersion; custom ones do not."""
-        return self.group in ("", "apps", "rbac.authorization.k8s.io", "apiextensions.k8s.io")
+        return self.group in (
+            "",
+            "apps",
+            "rbac.authorization.k8s.io",
+            "apiextensions.k8s.io",
+            "coordination.k8s.io",
+        )
 
 
 def crd_types(crd: Obj) -> list[ResourceType]:
@@ -152,6 +161,7 @@ _CORE_AND_APPS = [
     ResourceType("apps", "v1", "daemonsets", "DaemonSet", True, ("status",)),
     ResourceType("", "v1", "services", "Service", True, ("status",)),
     ResourceType("", "v1", "serviceaccounts", "ServiceAccount"),
+    ResourceType("coordination.k8s.io", "v1", "leases", "Lease"),
     ResourceType("rbac.authorization.k8s.io", "v1", "roles", "Role"),
     ResourceType("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding"),
     ResourceType("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", False),
@@ -956,8 +966,21 @@ class FakeKubeServer:
             skip_noop=True,
         )
 
-    def _delete_item(self, rt: ResourceType, ns: str, name: str, *_: Any) -> Any:
-        return 200, self.store.delete(rt, ns, name)
+    def _delete_item(self, rt: ResourceType, ns: str, name: str, q: Any, body: Any, _: Any) -> Any:
+        """DeleteOptions' ``preconditions`` (uid, resourceVersion) are checked: 409 if stale."""
+        wanted = (body or {}).get("preconditions") or {} if isinstance(body, dict) else {}
+        with self.store.cond:
+            meta = self.store.get(rt, ns, name)["metadata"]
+            for key in ("uid", "resourceVersion"):
+                if wanted.get(key) and wanted[key] != meta.get(key):
+                    raise ApiError(
+                        409,
+                        "Conflict",
+                        f'Operation cannot be fulfilled on {rt.plural} "{name}": '
+                        f"Precondition failed: {key} in precondition: {wanted[key]}, "
+                        f"{key} in object meta: {meta.get(key)}",
+                    )
+            return 200, self.store.delete(rt, ns, name)
 
     # -- subresources
     def _get_status(self, rt: ResourceType, ns: str, name: str, *_: Any) -> Any:

@@ -33,6 +33,8 @@ from stashtest import (
     tree_state,
 )
 
+from stash_plugin.runtime.nodeslots import HOLDER_LABEL
+
 pytestmark = pytest.mark.slow
 NS = "demo"
 STASH = "stash.appscode.com/v1alpha1"
@@ -213,6 +215,8 @@ def test_backup_and_recovery_through_pods(
     assert task_states(run) == {
         k: "success" for k in ("backup", "retention", "verify", "update_status")
     }
+    # [stash] node_slots is 0 by default: no cap, not one Lease call.
+    assert not [c for c in cluster.requests if "/leases" in c.path]
     repo = repo_store / "volumes" / "deployment" / "app"
     snaps = restic_snapshots(repo)
     assert [s["paths"] for s in snaps] == [["/source/data"]]
@@ -304,10 +308,27 @@ def test_recovery_into_the_workloads_own_volume_deferrable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Stash issue 600: stop the workload, restore into its own claim, start it again;
-    with ``[stash] deferrable`` the pods are awaited by the trigger, not a worker."""
+    with ``[stash] deferrable`` the pods are awaited by the trigger, not a worker.
+    With ``[stash] node_slots`` each agent pod next to the workload's claim holds a
+    slot of that node (a Lease) from before its creation until it has finished, across
+    the deferral; a slot left by a holder that is gone is taken over."""
     snapshot, source, _ = seed(cluster, stash_env, monkeypatch)
     monkeypatch.setenv("AIRFLOW__STASH__DEFERRABLE", "true")
+    monkeypatch.setenv("AIRFLOW__STASH__NODE_SLOTS", "1")
+    monkeypatch.setenv("AIRFLOW__STASH__LEASE_NAMESPACE", "stash-system")
+    node = cluster.pods(NS, "app=app")[0]["spec"]["nodeName"]
+    stale = lease_of_a_lost_worker(cluster, node)
     assert set(task_states(run_dag(dags()[BACKUP_DAG])).values()) == {"success"}
+    held, pods = slot_holds(cluster), slot_pods(cluster)
+    assert len(pods) == 3  # backup, retention, verify: each with its own slot
+    for pod, holder in pods.items():
+        took, gave_back = held[holder]
+        phases = pod_phases(cluster, pod)
+        assert took < phases["Pending"] and phases["Succeeded"] < gave_back, (pod, held)
+    spans = sorted(span for holder, span in held.items() if holder != stale)
+    assert held[stale][1] == spans[0][0]  # the first pod's task took the lost slot over
+    assert all(a[1] < b[0] for a, b in zip(spans, spans[1:], strict=False))  # one at a time
+    assert cluster.objects("Lease", "stash-system") == []
     original = tree_state(source)
     for child in ("small", "exec.sh", "link-to-exec"):
         path = source / child
@@ -338,6 +359,71 @@ def test_recovery_into_the_workloads_own_volume_deferrable(
     assert cluster.get("recoveries", "in-place", NS)["status"]["phase"] == "Succeeded"
     # The trigger (kubernetes_asyncio) waited for the pods: the deferrable path really ran.
     assert any("OpenAPI-Generator" in r.user_agent for r in cluster.requests)
+
+
+def lease_of_a_lost_worker(cluster: Cluster, node: str) -> str:
+    """The slot Lease of a worker that died an hour ago (its pod is long gone)."""
+    from stash_plugin.runtime.nodeslots import (
+        HOLDER_NAMESPACE_ANNOTATION,
+        NODE_LABEL,
+        lease_name,
+        node_digest,
+    )
+
+    holder = "0" * 32
+    cluster.apply(
+        {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {
+                "name": lease_name(node, 0),
+                "namespace": "stash-system",
+                "labels": {NODE_LABEL: node_digest(node), HOLDER_LABEL: holder},
+                "annotations": {HOLDER_NAMESPACE_ANNOTATION: NS},
+            },
+            "spec": {"holderIdentity": holder, "acquireTime": "2020-01-01T00:00:00.000000Z"},
+        }
+    )
+    return holder
+
+
+def slot_holds(cluster: Cluster) -> dict[str, tuple[int, int]]:
+    """Holder -> (version at which it got a slot Lease, version at which it lost it:
+    deleted, or taken over by another holder)."""
+    spans: dict[str, list[int]] = {}
+    current: dict[str, str] = {}  # Lease name -> its holder now
+    for ev in cluster.server.store.history:
+        if ev.rt.kind != "Lease":
+            continue
+        name, holder = ev.obj["metadata"]["name"], ev.obj["spec"]["holderIdentity"]
+        before = current.get(name)
+        if before is not None and (ev.type == "DELETED" or before != holder):
+            spans[before][1] = ev.rv
+            del current[name]
+        if ev.type != "DELETED" and before != holder:
+            current[name] = holder
+            spans[holder] = [ev.rv, 0]
+    return {k: (v[0], v[1]) for k, v in spans.items()}
+
+
+def slot_pods(cluster: Cluster) -> dict[str, str]:
+    """Agent pods created as a slot's holder (kept or deleted since): name -> holder."""
+    return {
+        ev.obj["metadata"]["name"]: ev.obj["metadata"]["labels"][HOLDER_LABEL]
+        for ev in cluster.server.store.history
+        if ev.rt.kind == "Pod"
+        and ev.type == "ADDED"
+        and HOLDER_LABEL in (ev.obj["metadata"].get("labels") or {})
+    }
+
+
+def pod_phases(cluster: Cluster, pod: str) -> dict[str, int]:
+    """The version at which ``pod`` first had each phase."""
+    seen: dict[str, int] = {}
+    for ev in cluster.server.store.history:
+        if ev.rt.kind == "Pod" and ev.obj["metadata"]["name"] == pod:
+            seen.setdefault(ev.obj["status"].get("phase", ""), ev.rv)
+    return seen
 
 
 def lock_hosts(repo: Path) -> list[str]:
@@ -489,12 +575,15 @@ def chart_rules() -> dict[str, set[tuple[str, str, str]]]:
 
     docs = render()
     values = {"sync": "stash-airflow-sync", "tasks": "stash-airflow-tasks"}
-    roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ClusterRole"}
+    roles = {
+        (d["kind"], d["metadata"]["name"]): d for d in docs if d["kind"] in ("ClusterRole", "Role")
+    }
     out: dict[str, set[tuple[str, str, str]]] = {k: set() for k in values}
     for binding in (d for d in docs if d["kind"] in ("ClusterRoleBinding", "RoleBinding")):
+        ref = binding["roleRef"]
         for who, account in values.items():
             if any(s["name"] == account for s in binding["subjects"]):
-                for rule in roles[binding["roleRef"]["name"]]["rules"]:
+                for rule in roles[(ref["kind"], ref["name"])]["rules"]:
                     out[who] |= {
                         (g, r, v)
                         for g in rule["apiGroups"]

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -91,7 +92,10 @@ def run_all(*calls: Callable[[], Any]) -> None:
 
 
 def wait_for(check: Callable[[], Any], what: str, timeout: float = 30) -> None:
-    Cluster.wait_for(None, check, timeout, what)  # type: ignore[arg-type]
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        time.sleep(0.05)
 
 
 # ----------------------------------------------------------------------------- settings

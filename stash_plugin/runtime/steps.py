@@ -48,7 +48,10 @@ def run_step(
         extra = agent_api_env(step, settings)
     secrets = load_secrets(settings.manifests_dir)
     node = step.node_name or socket.gethostname()
-    holder = f"pid {os.getpid()}: {step.task_id} of {step.subject or step.namespace}"
+    # Who holds the slot, for the log of those who wait (no repository URL: it may
+    # carry credentials).
+    names = "".join(f", {k}={v}" for k, v in step.labels)
+    holder = f"pid {os.getpid()}: {step.task_id} ({step.namespace}{names})"
     with local_slot(node, settings.node_slots, settings.state_dir, holder, settings.poll_interval):
         return run_process(step, secrets, log.info, mask_secret, extra)
 

@@ -137,18 +137,25 @@ def start_airflow(
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
         "AIRFLOW__STASH__TASK_RETRIES": "0",
+        # Airflow's own advice for a loaded machine (CI: 2 cores, every component and
+        # the agents at once): its 5 s default killed a task whose start request took
+        # 10.5 s on a cold api-server.
+        "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60",
         **stash_env,
         **(extra_env or {}),
     }
     airflow = Airflow(home, env, db)
     try:
         airflow.cli("db", "migrate", timeout=600)
+        # The api-server first, answering, before anything can start a task: a worker
+        # whose first execution-API call finds no server retries a few times and is
+        # then killed (an unpaused DAG's first scheduled run comes at once).
         airflow.start("api-server", "api-server", "--port", str(port), "--host", "127.0.0.1")
+        _wait_http(f"http://127.0.0.1:{port}/api/v2/monitor/health", airflow, 180)
         airflow.start("dag-processor", "dag-processor")
         airflow.start("scheduler", "scheduler")
         if worker:
             airflow.start(worker[-1], *worker)
-        _wait_http(f"http://127.0.0.1:{port}/api/v2/monitor/health", airflow, 180)
     except BaseException:
         airflow.stop()
         raise

@@ -14,13 +14,14 @@ import shutil
 import signal
 import subprocess
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from containers import AGENT_IMAGE, Podman
 from kube.fakeapi import Call
-from kube.harness import Cluster, start_cluster
+from kube.harness import Cluster, slot_lease, start_cluster
 from stashtest import (
     PASSWORD,
     deployment_doc,
@@ -362,28 +363,9 @@ def test_recovery_into_the_workloads_own_volume_deferrable(
 
 
 def lease_of_a_lost_worker(cluster: Cluster, node: str) -> str:
-    """The slot Lease of a worker that died an hour ago (its pod is long gone)."""
-    from stash_plugin.runtime.nodeslots import (
-        HOLDER_NAMESPACE_ANNOTATION,
-        NODE_LABEL,
-        lease_name,
-        node_digest,
-    )
-
+    """The slot Lease of a worker that died long ago (its pod is long gone)."""
     holder = "0" * 32
-    cluster.apply(
-        {
-            "apiVersion": "coordination.k8s.io/v1",
-            "kind": "Lease",
-            "metadata": {
-                "name": lease_name(node, 0),
-                "namespace": "stash-system",
-                "labels": {NODE_LABEL: node_digest(node), HOLDER_LABEL: holder},
-                "annotations": {HOLDER_NAMESPACE_ANNOTATION: NS},
-            },
-            "spec": {"holderIdentity": holder, "acquireTime": "2020-01-01T00:00:00.000000Z"},
-        }
-    )
+    cluster.apply(slot_lease(node, holder, datetime(2020, 1, 1, tzinfo=UTC), "stash-system", NS))
     return holder
 
 

@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -193,3 +194,32 @@ def start_cluster(
     cluster = Cluster(server, kubelet, kubeconfig, root / "pv", namespace, env)
     cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
     return cluster
+
+
+def slot_lease(
+    node: str, holder: str, acquired: datetime, namespace: str, pod_namespace: str
+) -> dict[str, Any]:
+    """A node slot Lease (``runtime.nodeslots``) as another worker would have taken it:
+    slot 0 of ``node`` in ``namespace``, held by ``holder`` for a pod in ``pod_namespace``."""
+    from stash_plugin.runtime.nodeslots import (
+        HOLDER_LABEL,
+        HOLDER_NAMESPACE_ANNOTATION,
+        NODE_LABEL,
+        lease_name,
+        node_digest,
+    )
+
+    return {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {
+            "name": lease_name(node, 0),
+            "namespace": namespace,
+            "labels": {NODE_LABEL: node_digest(node), HOLDER_LABEL: holder},
+            "annotations": {HOLDER_NAMESPACE_ANNOTATION: pod_namespace},
+        },
+        "spec": {
+            "holderIdentity": holder,
+            "acquireTime": acquired.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        },
+    }

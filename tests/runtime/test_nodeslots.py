@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 from kube.fakeapi import NO_KUBELET_ANNOTATION
-from kube.harness import Cluster, start_cluster
+from kube.harness import Cluster, slot_lease, start_cluster
 
 from stash_plugin.plan.model import Step
 from stash_plugin.runtime.nodeslots import (
@@ -252,22 +252,7 @@ def agent_pod(name: str, holder: str, command: str, run: bool = True) -> dict[st
 
 
 def lease(node: str, holder: str, acquired: datetime, namespace: str = NS) -> dict[str, Any]:
-    from stash_plugin.runtime.nodeslots import HOLDER_NAMESPACE_ANNOTATION, NODE_LABEL, node_digest
-
-    return {
-        "apiVersion": "coordination.k8s.io/v1",
-        "kind": "Lease",
-        "metadata": {
-            "name": lease_name(node, 0),
-            "namespace": "default",
-            "labels": {NODE_LABEL: node_digest(node), HOLDER_LABEL: holder},
-            "annotations": {HOLDER_NAMESPACE_ANNOTATION: namespace},
-        },
-        "spec": {
-            "holderIdentity": holder,
-            "acquireTime": acquired.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        },
-    }
+    return slot_lease(node, holder, acquired, "default", namespace)
 
 
 def phase_changes(cluster: Cluster, pod: str) -> dict[str, int]:

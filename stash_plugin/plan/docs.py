@@ -9,6 +9,8 @@ it holds), never as Markdown or HTML of its own.
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 from typing import Any
 
@@ -45,7 +47,15 @@ def manifest(obj: Restic | Recovery | Repository | None) -> str:
     if obj is None:
         return "(not available)"
     data = obj.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"status"})
-    return yaml.safe_dump(data, sort_keys=False)
+    return _yaml_of_json(json.dumps(data))
+
+
+@functools.lru_cache(maxsize=256)
+def _yaml_of_json(text: str) -> str:
+    """The YAML of a JSON document, remembered: one Repository shared by 10,000 targets
+    is in each of their docs, and PyYAML's emitter was most of the index build (the C
+    emitter is faster but writes some hostile strings differently)."""
+    return yaml.safe_dump(json.loads(text), sort_keys=False)
 
 
 def secret_references(step: Step) -> str:

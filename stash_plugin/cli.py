@@ -231,11 +231,13 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_index(args: argparse.Namespace) -> int:
     """Build the DAG index now, so that the DAG processor's shards only read it."""
-    from .factory import refresh_index
+    from .factory import build_index_in_background, refresh_index
 
-    settings = _settings()
     start = time.monotonic()
-    index, built = refresh_index(settings)
+    if args.settings_file:  # started by a DAG file, which handed over the build lock
+        index, built = build_index_in_background(Path(args.settings_file))
+    else:
+        index, built = refresh_index(_settings())
     took = time.monotonic() - start
     state = "built" if built else "already up to date"
     print(f"DAG index {state}: {len(index.dag_ids)} DAGs in {took:.2f} s")
@@ -328,6 +330,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--conn-id", help="Airflow Kubernetes connection (default: kubernetes_default)")
     p.set_defaults(func=cmd_migrate)
     p = sub.add_parser("index", help="build the DAG index of [stash] manifests_dir now")
+    # A DAG file's background build: its settings, and the build lock's descriptor it
+    # inherits (held for as long as this process runs).
+    p.add_argument("--settings-file", help=argparse.SUPPRESS)
+    p.add_argument("--held-lock", type=int, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_index)
     p = sub.add_parser("pools", help="create the missing stash-ns-<namespace> Airflow pools")
     p.add_argument("--slots", type=int, help="slots of a new pool (default: [stash] pool_slots)")

@@ -36,7 +36,7 @@ INDEX_FILE = "dag-index.pickle"
 LOCK_FILE = "dag-index.lock"
 SOURCE_CACHE_FILE = "source-cache.pickle"
 MAGIC = b"STASH-DAG-INDEX-1\n"
-LOCK_WAIT_S = 120.0  # a full build of 10,000 targets takes about 15 s on 2 cores
+LOCK_WAIT_S = 120.0  # a full build of 10,000 targets takes about 15-25 s on 2 cores
 _PACKAGE = Path(__file__).resolve().parent
 
 
@@ -141,6 +141,20 @@ def read(state_dir: Path, key: str) -> Index | None:
         return None
 
 
+def build_seconds(state_dir: Path) -> float | None:
+    """How long the last build of the index in ``state_dir`` took, whatever its key
+    (what the next build of about the same source will take), or None if unknown.
+    (Reads the header as ``read`` does, without its key check.)"""
+    try:
+        with (state_dir / INDEX_FILE).open("rb") as fh:
+            if fh.read(len(MAGIC)) != MAGIC:
+                return None
+            size = int.from_bytes(fh.read(8), "big")
+            return float(pickle.loads(fh.read(size))["took"])  # noqa: S301 - our own file
+    except Exception:  # noqa: BLE001 - missing, torn, older format: unknown
+        return None
+
+
 def fresh(state_dir: Path, key: str, source: Path) -> Index | None:
     """The index if it was made with ``key`` from ``source`` exactly as it is now."""
     index = read(state_dir, key)
@@ -156,9 +170,11 @@ def write(
     errors: list[ResourceError],
     entries: dict[str, Entry],
     warnings: list[ResourceError],
+    took: float = 0.0,
 ) -> Index:
     """Record the index (atomically); an index that cannot be written is still
-    returned, held in memory."""
+    returned, held in memory. ``took``: the seconds the build took (see
+    ``build_seconds``)."""
     blobs = {i: pickle.dumps(e, protocol=pickle.HIGHEST_PROTOCOL) for i, e in entries.items()}
     offsets: dict[str, tuple[int, int]] = {}
     position = 0
@@ -171,6 +187,7 @@ def write(
         "errors": errors,
         "warnings": warnings,
         "offsets": offsets,
+        "took": took,
     }
     raw = pickle.dumps(header, protocol=pickle.HIGHEST_PROTOCOL)
     path = state_dir / INDEX_FILE
@@ -214,3 +231,55 @@ def building(state_dir: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def claim(state_dir: Path) -> int | None:
+    """The build lock taken without waiting: its descriptor (the lock lasts while any
+    copy of it is open, so a child process given it holds the lock after this process
+    closes its own), or None when a build holds it. OSError: no lock can be made."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def wait_built(state_dir: Path, seconds: float) -> bool:
+    """Wait up to ``seconds`` until no build holds the lock; True if none does now."""
+    try:
+        fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return False
+    try:
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                time.sleep(min(0.05, left))
+    finally:
+        os.close(fd)
+
+
+def source_smaller_than(source: Path, limit: int) -> bool:
+    """Whether the files of ``source`` (a folder or one file) hold fewer than ``limit``
+    bytes; stops counting at ``limit``."""
+    total = 0
+    try:
+        if not source.is_dir():
+            return source.stat().st_size < limit
+        for folder, _, files in os.walk(source):
+            for name in files:
+                total += os.stat(os.path.join(folder, name)).st_size
+                if total >= limit:
+                    return False
+    except OSError:
+        return True  # unreadable: the build reports it, quickly
+    return True

@@ -15,9 +15,14 @@ import hashlib
 import importlib.metadata
 import json
 import logging
+import math
 import os
+import pickle
 import re
-from collections.abc import Iterator
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -372,13 +377,13 @@ def _guarded(
 def _build(
     plans: PlanSet,
     settings: Settings,
-    wanted: str | None,
+    wanted: Callable[[str], bool],
     resources: ResourceSet | None = None,
 ) -> dict[str, DAG]:
-    """The DAGs of ``plans`` (only ``wanted`` if set); refusals go to ``plans.errors``."""
+    """The DAGs of ``plans`` whose id is ``wanted``; refusals go to ``plans.errors``."""
     dags: dict[str, DAG] = {}
     for dag_id, dag, kind, namespace, name, plan in _owned(plans):
-        if not wanted or dag_id == wanted:
+        if wanted(dag_id):
             entry = Entry(dag, kind, namespace, name, plan, "")
             _guarded(dags, plans.errors, dag_id, entry, settings, resources)
     return dags
@@ -398,9 +403,10 @@ def _build_entries(
 
 
 def _index_key(settings: Settings) -> str:
-    """Everything but the source that a plan depends on: settings, Airflow and Stash
-    versions, Stash's code."""
-    data = repr((_versions(), dagindex.code_stamp(), settings)).encode()
+    """Everything but the source that a plan depends on: settings (but ``index_wait``,
+    which changes no plan), Airflow and Stash versions, Stash's code."""
+    planning = dataclasses.replace(settings, index_wait=0.0)
+    data = repr((_versions(), dagindex.code_stamp(), planning)).encode()
     return hashlib.blake2b(data, digest_size=20).hexdigest()
 
 
@@ -421,23 +427,20 @@ def fresh_index(settings: Settings) -> Index | None:
 def current_index(settings: Settings) -> Index:
     """The index of the source as it is now, planned from the source if there is none
     (one process at a time: the others wait, then read it)."""
+    return refresh_index(settings)[0]
+
+
+def refresh_index(settings: Settings, lock_held: bool = False) -> tuple[Index, bool]:
+    """The index of the source as it is now, built here if it is missing or stale
+    (``stash index``, ``stash sync``: before the DAG processor needs it); True when
+    this call built it. ``lock_held``: the caller holds the build lock already (the
+    background build a DAG file started, see ``parse_index``)."""
     key = _index_key(settings)
     index = dagindex.fresh(settings.state_dir, key, settings.manifests_dir)
     if index is not None:
-        return index
-    with dagindex.building(settings.state_dir):
-        index = dagindex.fresh(settings.state_dir, key, settings.manifests_dir)
-        if index is not None:
-            return index
-        return _make_index(settings, key)
-
-
-def refresh_index(settings: Settings) -> tuple[Index, bool]:
-    """The index of the source as it is now, built here if it is missing or stale
-    (``stash index``, ``stash sync``: before the DAG processor needs it); True when
-    this call built it."""
-    key = _index_key(settings)
-    with dagindex.building(settings.state_dir):
+        return index, False
+    lock = contextlib.nullcontext() if lock_held else dagindex.building(settings.state_dir)
+    with lock:
         index = dagindex.fresh(settings.state_dir, key, settings.manifests_dir)
         if index is not None:
             return index, False
@@ -445,13 +448,130 @@ def refresh_index(settings: Settings) -> tuple[Index, bool]:
 
 
 def _make_index(settings: Settings, key: str) -> Index:
+    start = time.monotonic()
     resources, stamp = _load(settings)
     plans = _plan(resources, settings, None)
     entries = {
         dag_id: Entry(dag, kind, ns, name, plan, _doc(dag, plan, resources, settings))
         for dag_id, dag, kind, ns, name, plan in _owned(plans)
     }
-    return dagindex.write(settings.state_dir, key, stamp, plans.errors, entries, plans.warnings)
+    took = time.monotonic() - start
+    return dagindex.write(
+        settings.state_dir, key, stamp, plans.errors, entries, plans.warnings, took
+    )
+
+
+# A DAG file builds the index itself when the last build took under this share of
+# ``[stash] index_wait`` (or, with no build on record, when the source is small):
+# tests and small folders need no second process.
+INLINE_SHARE = 0.25
+INLINE_SOURCE_BYTES = 256 * 1024
+BUILD_LOG = "dag-index-build.log"
+BUILD_SETTINGS = "dag-index-build-settings.pickle"
+_BUILD_LOG_MAX = 1 << 20
+
+
+def parse_index(settings: Settings) -> Index | None:
+    """The index a DAG file builds its DAGs from, found within about
+    ``settings.index_wait`` seconds however big the source is.
+
+    A fresh index is used as is. A stale or missing one is rebuilt: here when that is
+    quick, else by ``stash index`` in a background process of its own session (the DAG
+    processor's kill of a file that ran out of time does not stop it), one at a time
+    (the lock in ``state_dir``); this file waits for it up to ``index_wait``. When it is
+    not done by then, the previous index made with the same key is returned (its DAGs
+    are as of that index; a task start checks freshness itself and plans from the
+    source, so no task runs a stale plan). None: no usable index at all (first start,
+    or Stash's code or settings changed); the caller plans this file's DAGs from the
+    source.
+    """
+    key = _index_key(settings)
+    state = settings.state_dir
+    index = dagindex.fresh(state, key, settings.manifests_dir)
+    if index is not None:
+        return index
+    if _build_inline(settings):
+        return current_index(settings)
+    _start_build(settings)
+    previous = dagindex.read(state, key)
+    # With nothing to fall back on, waiting would only add to the planning below.
+    wait = settings.index_wait if previous is not None else 0.0
+    if dagindex.wait_built(state, wait):
+        index = dagindex.fresh(state, key, settings.manifests_dir)
+        if index is not None:
+            return index
+    log_file = state / BUILD_LOG
+    if previous is not None:
+        log.warning(
+            "Stash: the DAG index is being rebuilt in the background (log: %s); until it "
+            "is done, these DAGs are as of the previous index (a task start still plans "
+            "from the manifests as they are now)",
+            log_file,
+        )
+        return previous
+    log.warning(
+        "Stash: no DAG index for these settings and this code yet (it is being built in "
+        "the background, log: %s): this file plans its DAGs from the manifests itself",
+        log_file,
+    )
+    return None
+
+
+def _build_inline(settings: Settings) -> bool:
+    if math.isinf(settings.index_wait):
+        return True
+    took = dagindex.build_seconds(settings.state_dir)
+    if took is not None:
+        return took < settings.index_wait * INLINE_SHARE
+    return dagindex.source_smaller_than(settings.manifests_dir, INLINE_SOURCE_BYTES)
+
+
+def _start_build(settings: Settings) -> bool:
+    """Start ``stash index`` in the background unless a build is running; the child
+    inherits the build lock, so exactly one build runs. True if this call started it."""
+    state = settings.state_dir
+    try:
+        fd = dagindex.claim(state)
+    except OSError as exc:
+        log.warning("Stash: cannot lock %s to build the DAG index: %s", state, exc)
+        return False
+    if fd is None:
+        return False  # a build is running
+    try:
+        settings_file = state / BUILD_SETTINGS
+        tmp = settings_file.with_name(f".{settings_file.name}.{os.getpid()}")
+        tmp.write_bytes(pickle.dumps(settings, protocol=pickle.HIGHEST_PROTOCOL))
+        os.replace(tmp, settings_file)
+        log_file = state / BUILD_LOG
+        with contextlib.suppress(OSError):
+            if log_file.stat().st_size > _BUILD_LOG_MAX:
+                log_file.unlink()
+        with log_file.open("ab") as out:
+            out.write(f"{datetime.now(UTC).isoformat()} pid {os.getpid()}: building\n".encode())
+            out.flush()
+            argv = [sys.executable, "-m", "stash_plugin.cli", "index"]
+            argv += ["--held-lock", str(fd), "--settings-file", str(settings_file)]
+            subprocess.Popen(  # noqa: S603 - our own command, no tenant value in argv
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                pass_fds=(fd,),
+                start_new_session=True,
+            )
+    except OSError as exc:
+        log.warning("Stash: cannot start the DAG index build: %s", exc)
+        return False
+    finally:
+        os.close(fd)  # the child's copy keeps the lock until it exits
+    return True
+
+
+def build_index_in_background(settings_file: Path) -> tuple[Index, bool]:
+    """The child ``_start_build`` runs (``stash index --held-lock``): the DAG file's
+    settings, the lock already held."""
+    settings = pickle.loads(settings_file.read_bytes())  # noqa: S301 - written by us in state_dir
+    return refresh_index(settings, lock_held=True)
 
 
 def _doc(dag: str, plan: Any, resources: ResourceSet, settings: Settings) -> str:
@@ -552,16 +672,28 @@ def build_dags(
         if wanted:
             dags, errors, warnings = _build_one(settings, wanted)
         else:
-            index = current_index(settings)
-            mine = [i for i in index.dag_ids if shard_of(i, shards) == (shard or 0)]
-            dags, refused = _build_entries(index, mine, settings)
-            _write_refusals(settings, index, shard or 0, shards, refused)
-            errors, warnings = [*index.errors, *refused], index.warnings
+            dags, errors, warnings = _build_shard(settings, shard or 0, shards)
     for error in errors:
         log.warning("Stash: %s", error)
     for warning in warnings:
         log.warning("Stash: deprecated: %s", warning)
     return dags, errors
+
+
+def _build_shard(
+    settings: Settings, shard: int, shards: int
+) -> tuple[dict[str, DAG], list[ResourceError], list[ResourceError]]:
+    """The DAGs of one shard file, from the index ``parse_index`` finds, else planned
+    from the source (every object is planned, only this shard's DAGs are built)."""
+    index = parse_index(settings)
+    if index is None:
+        resources, plans = load_resources_and_plans(settings)
+        mine = _build(plans, settings, lambda i: shard_of(i, shards) == shard, resources)
+        return mine, plans.errors, plans.warnings
+    ids = [i for i in index.dag_ids if shard_of(i, shards) == shard]
+    dags, refused = _build_entries(index, ids, settings)
+    _write_refusals(settings, index, shard, shards, refused)
+    return dags, [*index.errors, *refused], index.warnings
 
 
 def _build_one(
@@ -570,7 +702,8 @@ def _build_one(
     index = fresh_index(settings)
     if index is None:
         resources, plans = load_resources_and_plans(settings, only_dag_id=wanted)
-        return _build(plans, settings, wanted, resources), plans.errors, plans.warnings
+        dags = _build(plans, settings, lambda i: i == wanted, resources)
+        return dags, plans.errors, plans.warnings
     dags, refused = _build_entries(index, [wanted], settings)
     return dags, [*index.errors, *refused], index.warnings
 
@@ -600,21 +733,33 @@ def raise_resource_errors(settings: Settings | None = None, dags_folder: str | N
     settings = settings or load_settings()
     shards = settings.dag_shards
     with _no_gc():
-        index = current_index(settings)
-        errors = list(index.errors)
-        by_shard: dict[int, list[str]] = {}
-        for dag_id in index.dag_ids:
-            by_shard.setdefault(shard_of(dag_id, shards), []).append(dag_id)
-        for shard in range(shards):
-            refused = _read_refusals(settings, index, shard, shards)
-            if refused is None:
-                _, refused = _build_entries(index, by_shard.get(shard, []), settings)
-                _write_refusals(settings, index, shard, shards, refused)
-            errors += refused
+        index = parse_index(settings)
+        if index is None:
+            # Planned here: the resources' errors. What Airflow refuses shows once the
+            # index is built (the next parse of this file).
+            errors = list(load_plans(settings).errors)
+        else:
+            errors = _index_errors(settings, index)
     if dags_folder is not None:
         errors += _missing_shard_files(Path(dags_folder), shards)
     if errors:
         raise StashResourceErrors(errors)
+
+
+def _index_errors(settings: Settings, index: Index) -> list[ResourceError]:
+    """The index's errors and what Airflow refuses of its DAGs, shard by shard."""
+    shards = settings.dag_shards
+    errors = list(index.errors)
+    by_shard: dict[int, list[str]] = {}
+    for dag_id in index.dag_ids:
+        by_shard.setdefault(shard_of(dag_id, shards), []).append(dag_id)
+    for shard in range(shards):
+        refused = _read_refusals(settings, index, shard, shards)
+        if refused is None:
+            _, refused = _build_entries(index, by_shard.get(shard, []), settings)
+            _write_refusals(settings, index, shard, shards, refused)
+        errors += refused
+    return errors
 
 
 def _missing_shard_files(folder: Path, shards: int) -> list[ResourceError]:

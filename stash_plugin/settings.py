@@ -7,6 +7,7 @@ them.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -118,6 +119,10 @@ class Settings:
     spread_schedules: bool = True
     """Spread ``@hourly``/``@daily``-style presets and ``@every`` schedules over their
     interval by a stable per-DAG offset; cron expressions always run as written."""
+    index_wait: float = 10.0
+    """Seconds a DAG file waits for a DAG index build before it uses the previous index
+    (``[stash] index_wait``; default a third of ``[core] dagbag_import_timeout``, and no
+    limit when that timeout is off). Changes no plan: not part of the index key."""
 
 
 def _get(option: str, default: str) -> str:
@@ -178,7 +183,23 @@ def load_settings() -> Settings:
         spread_schedules=_flag("spread_schedules", Settings.spread_schedules),
         node_slots=_whole_number("node_slots", Settings.node_slots, minimum=0),
         lease_namespace=_namespace("lease_namespace", Settings.lease_namespace),
+        index_wait=_index_wait(),
     )
+
+
+def _index_wait() -> float:
+    """``[stash] index_wait``, else a third of Airflow's import timeout: the DAG file
+    still has two thirds of it to build its DAGs from whichever index it has."""
+    text = _get("index_wait", "").strip()
+    if text:
+        return _seconds("index_wait", text)
+    try:
+        from airflow.configuration import conf
+
+        timeout = conf.getfloat("core", "dagbag_import_timeout", fallback=30.0)
+    except ImportError:
+        timeout = 30.0
+    return timeout / 3 if timeout > 0 else math.inf
 
 
 def _flag(option: str, default: bool) -> bool:

@@ -9,7 +9,11 @@ DAGs between them exactly, and the errors still show once.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -258,3 +262,149 @@ def test_stash_index_builds_the_index_the_task_start_then_reads(
     monkeypatch.undo()
     assert list(dags) == [GOOD] and errors == []
     assert dags[GOOD].get_task("backup").plan == _plan_of(stash_env, GOOD)
+
+
+# --------------------------------------------------------------------------- slow builds
+
+# An index_wait far below what the last build took: the DAG file does not build the
+# index itself but starts `stash index` in the background (what 10,000 targets do with
+# the default wait, a third of [core] dagbag_import_timeout).
+TINY_WAIT = "0.001"
+PARSE_SHARD = """
+import sys
+from stash_plugin.factory import build_shard
+dags = build_shard(sys.argv[1])
+good = dags.get(sys.argv[2])
+print("PARSED", len(dags), good.get_task("backup").plan.schedule.value if good else "-", flush=True)
+if sys.argv[3] == "linger":
+    import time
+    time.sleep(600)
+"""
+
+
+def _build_log(env: dict[str, Path]) -> str:
+    from stash_plugin.factory import BUILD_LOG
+
+    path = env["state"] / BUILD_LOG
+    return path.read_text() if path.exists() else ""
+
+
+def _wait_for_fresh_index(env: dict[str, Path], timeout: float = 240.0) -> None:
+    """Until no build holds the lock (the background build ended) and the index is fresh."""
+    from stash_plugin import dagindex
+    from stash_plugin.factory import fresh_index
+    from stash_plugin.settings import load_settings
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if dagindex.wait_built(env["state"], 1.0):
+            if fresh_index(load_settings()) is not None:
+                return
+            time.sleep(0.2)
+    pytest.fail(f"no fresh index after {timeout} s; build log:\n{_build_log(env)}")
+
+
+def _parse_in_child(shard_file: str, linger: bool = False) -> subprocess.Popen[str]:
+    """A shard file parsed in a process of its own session (as the DAG processor's
+    parsing process, which it may kill with its whole group)."""
+    env = {k: v for k, v in os.environ.items() if k != PARSING_DAG_ID}
+    argv = [sys.executable, "-c", PARSE_SHARD, shard_file, GOOD, "linger" if linger else "exit"]
+    return subprocess.Popen(  # noqa: S603 - fixed argv
+        argv, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+
+
+def _parsed(lines: Iterable[str]) -> tuple[int, str]:
+    """(DAGs built, GOOD's schedule in seconds or "-") from the child's output (its
+    log lines go there too)."""
+    for line in lines:
+        if line.startswith("PARSED "):
+            _, count, schedule = line.split()
+            return int(count), schedule
+    raise AssertionError("the shard file's parse printed no result")
+
+
+def test_stale_index_and_a_slow_build_give_the_previous_dags_then_the_new_ones(
+    stash_env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parse does not wait for the build: it serves the previous index's DAGs while
+    `stash index` runs in the background, a task start in that window plans the edit,
+    and the next parse after the build has it."""
+    folder = _folder(stash_env)
+    before, _ = _full_build()
+    assert _build_log(stash_env) == ""  # a small source is built inline, no process
+    _edit_in_place(folder)
+    monkeypatch.setenv("AIRFLOW__STASH__INDEX_WAIT", TINY_WAIT)
+    during, _ = _full_build()
+    assert set(during) == set(before)
+    assert during[GOOD].get_task("backup").plan.schedule.value == 60  # as of the old index
+    started, _ = _task_start(monkeypatch, GOOD)
+    assert started[GOOD].get_task("backup").plan.schedule.value == 7 * 60  # never the old plan
+    _wait_for_fresh_index(stash_env)
+    assert _build_log(stash_env).count("DAG index built: 6 DAGs") == 1
+    after, _ = _full_build()
+    assert after[GOOD].get_task("backup").plan.schedule.value == 7 * 60
+
+
+def test_background_build_outlives_the_killed_parsing_process(
+    stash_env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The DAG processor kills a file that ran out of time (here: its process group);
+    the build it started goes on and writes the index."""
+    from stash_plugin.dagindex import shard_of
+    from stash_plugin.factory import shard_file_name
+
+    folder = _folder(stash_env)
+    _full_build()
+    _edit_in_place(folder)
+    monkeypatch.setenv("AIRFLOW__STASH__INDEX_WAIT", TINY_WAIT)
+    proc = _parse_in_child(str(DAGS_FOLDER / shard_file_name(shard_of(GOOD, 8))), linger=True)
+    try:
+        assert proc.stdout is not None
+        _, schedule = _parsed(proc.stdout)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert schedule == "60"  # it returned the previous index's DAG, the build still running
+    _wait_for_fresh_index(stash_env)
+    assert "DAG index built: 6 DAGs" in _build_log(stash_env)
+
+
+def test_two_shards_parsed_at_once_start_one_build(
+    stash_env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stash_plugin.factory import shard_file_name
+
+    folder = _folder(stash_env)
+    _full_build()
+    _edit_in_place(folder)
+    monkeypatch.setenv("AIRFLOW__STASH__INDEX_WAIT", TINY_WAIT)
+    procs = [_parse_in_child(str(DAGS_FOLDER / shard_file_name(i))) for i in range(2)]
+    outputs = [p.communicate()[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert all(_parsed(out.splitlines()) for out in outputs)
+    _wait_for_fresh_index(stash_env)
+    log = _build_log(stash_env)
+    assert log.count(": building") == 1 and log.count("DAG index built") == 1, log
+    assert "already up to date" not in log, log
+
+
+def test_no_usable_index_and_a_slow_build_plan_the_shard_from_the_source(
+    stash_env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Settings that change plans change the key: the previous index is not used, the
+    file plans its own DAGs from the manifests (exactly what the build will index) and
+    the build runs in the background."""
+    _many(stash_env, 12)
+    before, _ = _full_build()
+    monkeypatch.setenv("AIRFLOW__STASH__TASK_RETRIES", "5")
+    monkeypatch.setenv("AIRFLOW__STASH__INDEX_WAIT", TINY_WAIT)
+    monkeypatch.setenv("AIRFLOW__STASH__DAG_SHARDS", "3")
+    seen: list[str] = []
+    for shard in range(3):
+        dags, _ = _full_build(shard)
+        assert all(d.default_args["retries"] == 5 for d in dags.values())
+        seen += dags
+    assert sorted(seen) == sorted(before)  # none twice, none missing
+    _wait_for_fresh_index(stash_env)
+    assert _build_log(stash_env).count("DAG index built") == 1

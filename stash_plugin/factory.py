@@ -449,12 +449,13 @@ def refresh_index(settings: Settings, lock_held: bool = False) -> tuple[Index, b
 
 def _make_index(settings: Settings, key: str) -> Index:
     start = time.monotonic()
-    resources, stamp = _load(settings)
-    plans = _plan(resources, settings, None)
-    entries = {
-        dag_id: Entry(dag, kind, ns, name, plan, _doc(dag, plan, resources, settings))
-        for dag_id, dag, kind, ns, name, plan in _owned(plans)
-    }
+    with _no_gc():  # as in build_dags: `stash index` spent a third of its time in the GC
+        resources, stamp = _load(settings)
+        plans = _plan(resources, settings, None)
+        entries = {
+            dag_id: Entry(dag, kind, ns, name, plan, _doc(dag, plan, resources, settings))
+            for dag_id, dag, kind, ns, name, plan in _owned(plans)
+        }
     took = time.monotonic() - start
     return dagindex.write(
         settings.state_dir, key, stamp, plans.errors, entries, plans.warnings, took
@@ -479,7 +480,8 @@ def parse_index(settings: Settings) -> Index | None:
     quick, else by ``stash index`` in a background process of its own session (the DAG
     processor's kill of a file that ran out of time does not stop it), one at a time
     (the lock in ``state_dir``); this file waits for it up to ``index_wait``. When it is
-    not done by then, the previous index made with the same key is returned (its DAGs
+    not done by then (or when the last build took longer than that, so waiting is
+    pointless), the previous index made with the same key is returned (its DAGs
     are as of that index; a task start checks freshness itself and plans from the
     source, so no task runs a stale plan). None: no usable index at all (first start,
     or Stash's code or settings changed); the caller plans this file's DAGs from the
@@ -490,12 +492,15 @@ def parse_index(settings: Settings) -> Index | None:
     index = dagindex.fresh(state, key, settings.manifests_dir)
     if index is not None:
         return index
-    if _build_inline(settings):
+    took = dagindex.build_seconds(state)
+    if _build_inline(settings, took):
         return current_index(settings)
     _start_build(settings)
     previous = dagindex.read(state, key)
-    # With nothing to fall back on, waiting would only add to the planning below.
-    wait = settings.index_wait if previous is not None else 0.0
+    # Waiting helps only when the build may be done in time; with nothing to fall back
+    # on it would only add to the planning below.
+    hopeless = took is not None and took > settings.index_wait
+    wait = 0.0 if previous is None or hopeless else settings.index_wait
     if dagindex.wait_built(state, wait):
         index = dagindex.fresh(state, key, settings.manifests_dir)
         if index is not None:
@@ -517,10 +522,10 @@ def parse_index(settings: Settings) -> Index | None:
     return None
 
 
-def _build_inline(settings: Settings) -> bool:
+def _build_inline(settings: Settings, took: float | None) -> bool:
+    """Whether this DAG file builds the index itself; ``took``: the last build's seconds."""
     if math.isinf(settings.index_wait):
         return True
-    took = dagindex.build_seconds(settings.state_dir)
     if took is not None:
         return took < settings.index_wait * INLINE_SHARE
     return dagindex.source_smaller_than(settings.manifests_dir, INLINE_SOURCE_BYTES)

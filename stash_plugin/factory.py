@@ -473,8 +473,8 @@ _BUILD_LOG_MAX = 1 << 20
 
 
 def parse_index(settings: Settings) -> Index | None:
-    """The index a DAG file builds its DAGs from, found within about
-    ``settings.index_wait`` seconds however big the source is.
+    """The index a DAG file builds its DAGs from, waiting at most
+    ``settings.index_wait`` seconds for a build however big the source is.
 
     A fresh index is used as is. A stale or missing one is rebuilt: here when that is
     quick, else by ``stash index`` in a background process of its own session (the DAG

@@ -730,8 +730,10 @@ def raise_resource_errors(settings: Settings | None = None, dags_folder: str | N
     processor parses each file in its own process: each shard records what it refused
     (in ``state_dir``, keyed by the index it built from) and this file reuses those
     records; for a shard without a matching one it builds that shard's DAGs itself and
-    drops them, so a refusal is never unreported. ``dags_folder`` (this file's folder)
-    is checked for a missing shard file, whose DAGs would silently be missing.
+    drops them, while within ``[stash] index_wait`` (the rest are reported once their
+    files have recorded them), so a refusal is never left unreported. ``dags_folder``
+    (this file's folder) is checked for a missing shard file, whose DAGs would silently
+    be missing.
     """
     if get_parsing_context().dag_id:
         return
@@ -758,12 +760,26 @@ def _index_errors(settings: Settings, index: Index) -> list[ResourceError]:
     by_shard: dict[int, list[str]] = {}
     for dag_id in index.dag_ids:
         by_shard.setdefault(shard_of(dag_id, shards), []).append(dag_id)
+    # Building a shard's DAGs costs what parsing its file does (all of them: about 25 s
+    # at 10,000 targets): only while this file is within ``index_wait``; the others'
+    # refusals show once their own files have recorded them (the next parse of this one).
+    deadline = time.monotonic() + settings.index_wait
+    later = []
     for shard in range(shards):
         refused = _read_refusals(settings, index, shard, shards)
         if refused is None:
+            if time.monotonic() > deadline:
+                later.append(shard_file_name(shard))
+                continue
             _, refused = _build_entries(index, by_shard.get(shard, []), settings)
             _write_refusals(settings, index, shard, shards, refused)
         errors += refused
+    if later:
+        log.warning(
+            "Stash: what Airflow refuses of the DAGs of %s is reported once those files "
+            "have been parsed (at the next parse of this file)",
+            ", ".join(later),
+        )
     return errors
 
 

@@ -408,3 +408,46 @@ def test_no_usable_index_and_a_slow_build_plan_the_shard_from_the_source(
     assert sorted(seen) == sorted(before)  # none twice, none missing
     _wait_for_fresh_index(stash_env)
     assert _build_log(stash_env).count("DAG index built") == 1
+
+
+def test_the_errors_file_builds_shards_only_within_its_budget(
+    stash_env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``stash_errors.py`` reports what Airflow refuses, which only building the DAGs
+    shows; at 10,000 targets building every shard's DAGs there took as long as all the
+    shard files together. Within ``index_wait`` it builds the shards that have not
+    recorded their refusals yet; the others are reported once their files are parsed."""
+    import logging
+
+    from stash_plugin import factory
+    from stash_plugin.factory import StashResourceErrors, build_dags, raise_resource_errors
+    from stash_plugin.settings import load_settings
+
+    logged: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = logged.append  # type: ignore[method-assign]
+    monkeypatch.setattr(factory.log, "disabled", False)
+    factory.log.addHandler(handler)  # whatever Airflow's logging config did to the root
+    folder = _folder(stash_env)
+    write_manifests(folder, bad_docs(), "bad.yaml")
+    _age(folder)
+    _full_build()  # the index, fresh
+    records = lambda: sorted(stash_env["state"].glob("dag-refusals-*-of-8.json"))  # noqa: E731
+    assert records() == []
+    monkeypatch.setenv("AIRFLOW__STASH__INDEX_WAIT", TINY_WAIT)
+    try:
+        with pytest.raises(StashResourceErrors) as within_budget:
+            raise_resource_errors()
+    finally:
+        factory.log.removeHandler(handler)
+    assert len(records()) < 8  # not every shard built here
+    text = "\n".join(r.getMessage() for r in logged)
+    assert "stash_dags_07.py is reported once those files have been parsed" in text
+    for shard in range(8):  # the DAG processor parses the shard files
+        build_dags(load_settings(), shard)
+    assert len(records()) == 8
+    with pytest.raises(StashResourceErrors) as after:
+        raise_resource_errors()
+    assert str(within_budget.value) == str(after.value)
+    for err in _fresh_plans(folder).errors:
+        assert str(err) in str(after.value)

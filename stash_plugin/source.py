@@ -26,17 +26,22 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode
 
 from .api.errors import ResourceError
-from .api.kubeobjects import Secret
-from .api.parse import Parsed, parse_document
-from .api.resourceset import ResourceSet
+
+if TYPE_CHECKING:
+    # The pydantic models are imported where a file is parsed, not here: the freshness
+    # check of the DAG index (``source_unchanged``) runs before a worker's one DAG is
+    # built and needs none of them (their classes are most of the import cost).
+    from .api.parse import Parsed
+    from .api.resourceset import ResourceSet
 
 SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -212,7 +217,8 @@ def _yaml_error(exc: yaml.YAMLError) -> str:
 # decoding YAML plus validating is most of the cost. An entry is used only for the same
 # bytes at the same path, so an edited file (whatever its mtime) is always read afresh.
 # The parsed models are immutable; each call still builds its own ResourceSet.
-_Parsed = tuple[tuple[str, Parsed | list[ResourceError]], ...] | ResourceError
+if TYPE_CHECKING:
+    _Parsed = tuple[tuple[str, Parsed | list[ResourceError]], ...] | ResourceError
 _CACHE: OrderedDict[str, dict[str, tuple[bytes, _Parsed]]] = OrderedDict()
 _CACHE_ROOTS = 16
 
@@ -273,6 +279,8 @@ def _decode(path: Path, text: str) -> list[Any]:
 
 def _parse_file(path: Path, rel: str, data: bytes) -> _Parsed:
     """Every object of one file with its origin (``file.yaml#2``), or the file's error."""
+    from .api.parse import parse_document
+
     fmt = path.suffix[1:].upper()
 
     def file_error(message: str) -> ResourceError:
@@ -302,48 +310,6 @@ def _parse_file(path: Path, rel: str, data: bytes) -> _Parsed:
 
 
 # --------------------------------------------------------------------------- files
-
-
-def manifest_files(root: Path) -> tuple[list[Path], list[ResourceError]]:
-    """The candidate files under ``root`` (links included, not followed), and the
-    folders that could not be listed."""
-    if not root.is_dir():
-        return [root], []
-    entries, errors = _walk(str(root))
-    return [Path(entry.path) for _, entry in entries], errors
-
-
-def _walk(root: str) -> tuple[list[tuple[str, os.DirEntry[str]]], list[ResourceError]]:
-    """Each candidate file under the folder ``root`` as (relative path, entry), in a
-    stable order: a folder's files by name, then its sub-folders by name (dot-folders
-    and links to folders are not entered)."""
-    files: list[tuple[str, os.DirEntry[str]]] = []
-    errors: list[ResourceError] = []
-    pending: list[tuple[str, str]] = [(root, "")]
-    while pending:
-        top, rel = pending.pop()
-        try:
-            with os.scandir(top) as listing:
-                entries = sorted(listing, key=lambda e: e.name)
-        except OSError as exc:
-            where = os.path.relpath(exc.filename, root) if exc.filename else root
-            errors.append(
-                ResourceError("folder", None, where, None, f"cannot be listed: {exc.strerror}")
-            )
-            continue
-        folders = []
-        for entry in entries:
-            try:
-                is_dir = entry.is_dir()
-            except OSError:
-                is_dir = False
-            if is_dir:
-                if not entry.name.startswith(".") and not entry.is_symlink():
-                    folders.append((entry.path, f"{rel}{entry.name}{os.sep}"))
-            elif entry.name.endswith(SUFFIXES):
-                files.append((rel + entry.name, entry))
-        pending.extend(reversed(folders))
-    return files, errors
 
 
 class _Unreadable(Exception):
@@ -519,63 +485,107 @@ def _stamp(path: Path, folder: str | None) -> Stamp:
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev, real)
 
 
-def _entry_stamp(entry: os.DirEntry[str], folder: str) -> Stamp:
-    """``_stamp`` with one lstat for a plain file (the common case)."""
-    if not entry.is_symlink():
-        try:
-            st = entry.stat(follow_symlinks=False)
-        except OSError:
-            st = None
-        if st is not None and stat.S_ISREG(st.st_mode):
-            return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev, "")
-    return _stamp(Path(entry.path), folder)
-
-
 def _is_racy(stamp: Stamp, taken_ns: int) -> bool:
     return stamp[0] != "!" and max(stamp[1], stamp[2]) >= taken_ns - RACY_NS
 
 
-Scanned = list[tuple[str, Path | os.DirEntry[str], Stamp]]
+Listing = list[tuple[str, Stamp]]
+_BY_NAME = attrgetter("name")
 
 
-def _scan(root: Path) -> tuple[Scanned, list[ResourceError], int]:
-    """Every candidate file with its stamp, the listing errors, and when it started."""
+def _scan(root: Path) -> tuple[Listing, list[str], list[ResourceError], int]:
+    """Every candidate file as (relative path, stamp) with its path, the folders that
+    could not be listed, and when the scan started.
+
+    The order is stable: a folder's files by name, then its sub-folders by name
+    (dot-folders and links to folders are not entered). A task start runs this over
+    every manifest (the index's freshness check), so a plain file costs one ``lstat``
+    and no call: only a link or an odd file goes through ``_stamp``.
+    """
     taken_ns = time.time_ns()
     if not root.is_dir():
         if not root.exists():
             error = ResourceError("manifests", None, str(root), None, "folder does not exist")
-            return [], [error], taken_ns
-        return [(root.name, root, _stamp(root, None))], [], taken_ns
+            return [], [], [error], taken_ns
+        return [(root.name, _stamp(root, None))], [str(root)], [], taken_ns
+    top_root = str(root)
     folder = os.path.realpath(root)
-    entries, errors = _walk(str(root))
-    return [(rel, e, _entry_stamp(e, folder)) for rel, e in entries], errors, taken_ns
+    listing: Listing = []
+    paths: list[str] = []
+    errors: list[ResourceError] = []
+    pending: list[tuple[str, str]] = [(top_root, "")]
+    while pending:
+        top, rel = pending.pop()
+        try:
+            with os.scandir(top) as found:
+                entries = sorted(found, key=_BY_NAME)
+        except OSError as exc:
+            where = os.path.relpath(exc.filename, top_root) if exc.filename else top_root
+            errors.append(
+                ResourceError("folder", None, where, None, f"cannot be listed: {exc.strerror}")
+            )
+            continue
+        folders = []
+        for entry in entries:
+            name = entry.name
+            try:
+                is_dir = entry.is_dir()  # the entry's type: no system call for a file
+            except OSError:
+                is_dir = False
+            if is_dir:
+                if not name.startswith(".") and not entry.is_symlink():
+                    folders.append((entry.path, f"{rel}{name}{os.sep}"))
+                continue
+            if not name.endswith(SUFFIXES):
+                continue
+            stamp: Stamp | None = None
+            if not entry.is_symlink():
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    pass
+                else:
+                    if stat.S_ISREG(st.st_mode):
+                        stamp = (
+                            st.st_size,
+                            st.st_mtime_ns,
+                            st.st_ctime_ns,
+                            st.st_ino,
+                            st.st_dev,
+                            "",
+                        )
+            listing.append((rel + name, stamp or _stamp(Path(entry.path), folder)))
+            paths.append(entry.path)
+        pending.extend(reversed(folders))
+    return listing, paths, errors, taken_ns
 
 
-def _path(item: Path | os.DirEntry[str]) -> Path:
-    return item if isinstance(item, Path) else Path(item.path)
-
-
-def _scan_digest(root: Path, scanned: Scanned, errors: list[ResourceError]) -> str:
-    listing = [(rel, stamp) for rel, _, stamp in scanned]
-    data = marshal.dumps((str(root), [str(e) for e in errors], listing))
+def _digest(root: Path, listing: Listing, errors: list[ResourceError]) -> str:
+    """Names and stamps in one string of bytes. marshal format 2: from format 3 on, an
+    object that something else also references is written as a back-reference, so
+    the same listing would digest differently in ``load_stamped`` (whose disk cache
+    holds the stamps too) and in ``source_unchanged``."""
+    data = marshal.dumps((str(root), [str(e) for e in errors], listing), 2)
     return hashlib.blake2b(data, digest_size=20).hexdigest()
 
 
 def source_unchanged(root: str | Path, recorded: SourceStamp) -> bool:
     """Whether ``root`` still holds exactly what was read when ``recorded`` was taken.
 
-    A stat of every file (about 2 us each) and a read of the racy ones only; False as
+    A stat of every file (about 3 us each) and a read of the racy ones only; False as
     soon as anything differs, so a stale record is never taken for a fresh one.
     """
     root = Path(root)
-    scanned, errors, _ = _scan(root)
-    if _scan_digest(root, scanned, errors) != recorded.digest:
+    listing, paths, errors, _ = _scan(root)
+    if _digest(root, listing, errors) != recorded.digest:
         return False
-    items = {rel: item for rel, item, _ in scanned} if recorded.racy else {}
+    if not recorded.racy:
+        return True
+    where = {rel: path for (rel, _), path in zip(listing, paths, strict=True)}
     folder = os.path.realpath(root) if root.is_dir() else None
     for rel, want in recorded.racy:
         try:
-            data = read_manifest(_path(items[rel]), folder)
+            data = read_manifest(Path(where[rel]), folder)
         except (_Unreadable, KeyError):
             return False
         if hashlib.blake2b(data, digest_size=20).digest() != want:
@@ -587,11 +597,14 @@ def source_unchanged(root: str | Path, recorded: SourceStamp) -> bool:
 # stamp is unchanged (and not racy) is not read again. The parsed models are plain
 # data; the cache file lives in ``[stash] state_dir``, which only Airflow writes. A file
 # that holds a Secret is left out (read each time): its values stay in the manifests.
-_DiskCache = dict[str, tuple[Stamp, bytes, _Parsed]]
+if TYPE_CHECKING:
+    _DiskCache = dict[str, tuple[Stamp, bytes, _Parsed]]
 CACHE_FORMAT = 1
 
 
 def _holds_secret(parsed: _Parsed) -> bool:
+    from .api.kubeobjects import Secret
+
     return not isinstance(parsed, ResourceError) and any(
         isinstance(result, Secret) for _, result in parsed
     )
@@ -629,9 +642,11 @@ def _write_disk_cache(cache: Path, root: Path, files: _DiskCache) -> None:
 def load_stamped(root: str | Path, cache: Path | None = None) -> tuple[ResourceSet, SourceStamp]:
     """``load_directory`` plus the stamp of what was read; with ``cache`` (a file), the
     files whose stamp did not change since the last call are not read again."""
+    from .api.resourceset import ResourceSet
+
     root = Path(root)
     resources = ResourceSet()
-    scanned, listing_errors, taken_ns = _scan(root)
+    listing, paths, listing_errors, taken_ns = _scan(root)
     resources.errors.extend(listing_errors)
     # The folder as configured may be a link (trusted: the operator set it); what is
     # inside must stay inside its real path. A single-file source is that file.
@@ -642,8 +657,8 @@ def load_stamped(root: str | Path, cache: Path | None = None) -> tuple[ResourceS
     kept: _DiskCache = {}
     changed = False
     racy: list[tuple[str, bytes]] = []
-    for rel, item, stamp in scanned:
-        path = _path(item)
+    for (rel, stamp), name in zip(listing, paths, strict=True):
+        path = Path(name)
         if stamp[0] == "!":
             resources.errors.append(ResourceError("file", None, rel, None, stamp[1]))
             continue
@@ -681,4 +696,4 @@ def load_stamped(root: str | Path, cache: Path | None = None) -> tuple[ResourceS
         _CACHE.popitem(last=False)
     if cache is not None and (changed or kept.keys() != on_disk.keys()):
         _write_disk_cache(cache, root, kept)
-    return resources, SourceStamp(_scan_digest(root, scanned, listing_errors), tuple(racy))
+    return resources, SourceStamp(_digest(root, listing, listing_errors), tuple(racy))

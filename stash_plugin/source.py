@@ -26,7 +26,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from operator import attrgetter
+from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -490,74 +490,88 @@ def _is_racy(stamp: Stamp, taken_ns: int) -> bool:
 
 
 Listing = list[tuple[str, Stamp]]
-_BY_NAME = attrgetter("name")
+_NAME = itemgetter(0)
+_LIST_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
-def _scan(root: Path) -> tuple[Listing, list[str], list[ResourceError], int]:
-    """Every candidate file as (relative path, stamp) with its path, the folders that
+def _scan(root: Path) -> tuple[Listing, list[ResourceError], int]:
+    """Every candidate file as (path relative to ``root``, stamp), the folders that
     could not be listed, and when the scan started.
 
     The order is stable: a folder's files by name, then its sub-folders by name
-    (dot-folders and links to folders are not entered). A task start runs this over
-    every manifest (the index's freshness check), so a plain file costs one ``lstat``
-    and no call: only a link or an odd file goes through ``_stamp``.
+    (dot-folders and links to folders are not entered; a sub-folder swapped for a
+    link after it was listed fails to open, O_NOFOLLOW). A task start runs this over
+    every manifest (the index's freshness check), so a plain file costs one
+    ``fstatat`` on the open folder and no call of ours; only a link or an odd file
+    goes through ``_stamp``.
     """
     taken_ns = time.time_ns()
     if not root.is_dir():
         if not root.exists():
             error = ResourceError("manifests", None, str(root), None, "folder does not exist")
-            return [], [], [error], taken_ns
-        return [(root.name, _stamp(root, None))], [str(root)], [], taken_ns
+            return [], [error], taken_ns
+        return [(root.name, _stamp(root, None))], [], taken_ns
     top_root = str(root)
     folder = os.path.realpath(root)
     listing: Listing = []
-    paths: list[str] = []
     errors: list[ResourceError] = []
-    pending: list[tuple[str, str]] = [(top_root, "")]
+    pending = [""]  # folders to list, relative to root ("sub/"); the root may be a link
     while pending:
-        top, rel = pending.pop()
+        rel = pending.pop()
+        top = os.path.join(top_root, rel)
+        folders: list[str] = []
+        files: Listing = []
         try:
-            with os.scandir(top) as found:
-                entries = sorted(found, key=_BY_NAME)
+            fd = os.open(top, _LIST_FLAGS | (os.O_NOFOLLOW if rel else 0))
+            try:
+                with os.scandir(fd) as found:
+                    for entry in found:
+                        name = entry.name
+                        # The common case first: a manifest that is a plain file (one
+                        # fstatat, the entry's type says it is no link).
+                        if name.endswith(SUFFIXES) and not entry.is_symlink():
+                            try:
+                                st = entry.stat(follow_symlinks=False)
+                            except OSError:
+                                st = None
+                            if st is not None and stat.S_ISREG(st.st_mode):
+                                stamp = (
+                                    st.st_size,
+                                    st.st_mtime_ns,
+                                    st.st_ctime_ns,
+                                    st.st_ino,
+                                    st.st_dev,
+                                    "",
+                                )
+                                files.append((rel + name, stamp))
+                                continue
+                        try:
+                            is_dir = entry.is_dir()  # a link to a folder counts as one
+                        except OSError:
+                            is_dir = False
+                        if is_dir:
+                            if not name.startswith(".") and not entry.is_symlink():
+                                folders.append(f"{rel}{name}{os.sep}")
+                        elif name.endswith(SUFFIXES):
+                            files.append((rel + name, _stamp(Path(top, name), folder)))
+            finally:
+                os.close(fd)
         except OSError as exc:
-            where = os.path.relpath(exc.filename, top_root) if exc.filename else top_root
+            where = rel.rstrip(os.sep) or "."
             errors.append(
                 ResourceError("folder", None, where, None, f"cannot be listed: {exc.strerror}")
             )
             continue
-        folders = []
-        for entry in entries:
-            name = entry.name
-            try:
-                is_dir = entry.is_dir()  # the entry's type: no system call for a file
-            except OSError:
-                is_dir = False
-            if is_dir:
-                if not name.startswith(".") and not entry.is_symlink():
-                    folders.append((entry.path, f"{rel}{name}{os.sep}"))
-                continue
-            if not name.endswith(SUFFIXES):
-                continue
-            stamp: Stamp | None = None
-            if not entry.is_symlink():
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except OSError:
-                    pass
-                else:
-                    if stat.S_ISREG(st.st_mode):
-                        stamp = (
-                            st.st_size,
-                            st.st_mtime_ns,
-                            st.st_ctime_ns,
-                            st.st_ino,
-                            st.st_dev,
-                            "",
-                        )
-            listing.append((rel + name, stamp or _stamp(Path(entry.path), folder)))
-            paths.append(entry.path)
-        pending.extend(reversed(folders))
-    return listing, paths, errors, taken_ns
+        files.sort(key=_NAME)
+        listing += files
+        pending.extend(sorted(folders, reverse=True))
+    return listing, errors, taken_ns
+
+
+def _path_of(root: Path, rel: str, folder: str | None) -> Path:
+    """The file ``rel`` names in the source ``root``: a folder (``folder``, its real
+    path), or that one file (``folder`` None)."""
+    return root if folder is None else root / rel
 
 
 def _digest(root: Path, listing: Listing, errors: list[ResourceError]) -> str:
@@ -576,17 +590,16 @@ def source_unchanged(root: str | Path, recorded: SourceStamp) -> bool:
     soon as anything differs, so a stale record is never taken for a fresh one.
     """
     root = Path(root)
-    listing, paths, errors, _ = _scan(root)
+    listing, errors, _ = _scan(root)
     if _digest(root, listing, errors) != recorded.digest:
         return False
     if not recorded.racy:
         return True
-    where = {rel: path for (rel, _), path in zip(listing, paths, strict=True)}
     folder = os.path.realpath(root) if root.is_dir() else None
     for rel, want in recorded.racy:
         try:
-            data = read_manifest(Path(where[rel]), folder)
-        except (_Unreadable, KeyError):
+            data = read_manifest(_path_of(root, rel, folder), folder)
+        except _Unreadable:
             return False
         if hashlib.blake2b(data, digest_size=20).digest() != want:
             return False
@@ -646,7 +659,7 @@ def load_stamped(root: str | Path, cache: Path | None = None) -> tuple[ResourceS
 
     root = Path(root)
     resources = ResourceSet()
-    listing, paths, listing_errors, taken_ns = _scan(root)
+    listing, listing_errors, taken_ns = _scan(root)
     resources.errors.extend(listing_errors)
     # The folder as configured may be a link (trusted: the operator set it); what is
     # inside must stay inside its real path. A single-file source is that file.
@@ -657,8 +670,8 @@ def load_stamped(root: str | Path, cache: Path | None = None) -> tuple[ResourceS
     kept: _DiskCache = {}
     changed = False
     racy: list[tuple[str, bytes]] = []
-    for (rel, stamp), name in zip(listing, paths, strict=True):
-        path = Path(name)
+    for rel, stamp in listing:
+        path = _path_of(root, rel, folder)
         if stamp[0] == "!":
             resources.errors.append(ResourceError("file", None, rel, None, stamp[1]))
             continue

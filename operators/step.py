@@ -1,7 +1,10 @@
 """Operators that run one planned step (backup, retention, restore).
 
 The step stays plain data until ``execute``: constructing the task is cheap, which
-keeps parsing a thousand backup DAGs fast. At run time the step runner
+keeps parsing a thousand backup DAGs fast. What only running needs (the history
+guard, the status store, the result document) is imported when the task runs: a
+worker builds the DAG before every task, and those modules' pydantic models and
+dataclasses were most of that import. At run time the step runner
 (``stash_plugin.runtime.steps``) runs it where the plan placed it: a local process, or
 a pod run by the real KubernetesPodOperator.
 """
@@ -14,16 +17,7 @@ from airflow.sdk import BaseOperator
 
 from stash_plugin.plan.maintenance import CHECK_TASK_ID, MaintenancePlan
 from stash_plugin.plan.model import BackupPlan, RecoveryPlan, Step
-from stash_plugin.protocol import RunResult
 from stash_plugin.runtime.errors import StepFailed
-from stash_plugin.runtime.guard import (
-    HISTORY_KEY,
-    TargetHistory,
-    guarded_backup_and_history,
-    retention_skip_reason,
-)
-from stash_plugin.runtime.outcomes import running_status
-from stash_plugin.runtime.status import status_store
 from stash_plugin.runtime.steps import (
     ERROR_KEY,
     report_failure,
@@ -86,6 +80,8 @@ class StashBackupOperator(StashStepOperator):
         self.plan = plan
 
     def step_to_run(self, context: Any) -> Step:
+        from stash_plugin.runtime.guard import HISTORY_KEY, guarded_backup_and_history
+
         new_repository = bool(context["params"].get("new_repository", False))
         step, history = guarded_backup_and_history(
             self.plan, load_settings(), new_repository=new_repository
@@ -105,6 +101,9 @@ class StashRetentionOperator(StashStepOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowSkipException
+
+        from stash_plugin.protocol import RunResult
+        from stash_plugin.runtime.guard import HISTORY_KEY, TargetHistory, retention_skip_reason
 
         if not context["params"].get("retention", True):
             raise AirflowSkipException(
@@ -128,6 +127,9 @@ class StashRestoreOperator(StashStepOperator):
         self.plan = plan
 
     def execute(self, context: Any) -> dict[str, Any]:
+        from stash_plugin.runtime.outcomes import running_status
+        from stash_plugin.runtime.status import status_store
+
         settings = load_settings()
         store = status_store(self.plan.runtime, settings.state_dir, settings.kubernetes_conn_id)
         store.record_recovery(self.plan.namespace, self.plan.name, running_status(self.plan))

@@ -3,28 +3,32 @@
 It runs whatever happened upstream (trigger rule ``all_done``), because the record
 of a failed backup matters as much as that of a good one. This operator only gathers
 what each upstream task left (state, result, failure reason); what that means for the
-status and the metrics is decided by ``stash_plugin.runtime.outcomes``.
+status and the metrics is decided by ``stash_plugin.runtime.outcomes``, imported when
+the task runs: a worker builds the DAG before every task, and those modules' models
+were most of that import.
 """
 
 from __future__ import annotations
 
 import time
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, TriggerRule
 
 from stash_plugin.plan.maintenance import CHECK_TASK_ID, MaintenancePlan
 from stash_plugin.plan.model import BackupPlan, RecoveryPlan, Runtime
-from stash_plugin.runtime import metrics
-from stash_plugin.runtime.checks import maintenance_report
-from stash_plugin.runtime.outcomes import TaskReport, backup_report, recovery_report
-from stash_plugin.runtime.status import StatusStore, now, status_store
 from stash_plugin.runtime.steps import ERROR_KEY
 from stash_plugin.settings import load_settings
 
+if TYPE_CHECKING:
+    from stash_plugin.runtime.outcomes import TaskReport
+    from stash_plugin.runtime.status import StatusStore
+
 
 def _store(runtime: Runtime) -> StatusStore:
+    from stash_plugin.runtime.status import status_store
+
     settings = load_settings()
     return status_store(runtime, settings.state_dir, settings.kubernetes_conn_id)
 
@@ -43,6 +47,8 @@ def _states(context: Any, task_ids: tuple[str, ...]) -> dict[str, str]:
 
 
 def gather(context: Any, task_ids: tuple[str, ...]) -> dict[str, TaskReport]:
+    from stash_plugin.runtime.outcomes import TaskReport
+
     ti = context["ti"]
     states = _states(context, task_ids)
     return {
@@ -59,6 +65,8 @@ def gather(context: Any, task_ids: tuple[str, ...]) -> dict[str, TaskReport]:
 def gather_checks(context: Any, plan: MaintenancePlan) -> dict[str, TaskReport]:
     """Every mapped ``check`` instance's result and reason, keyed by the check's step
     (two XCom reads for the whole DAG, whatever its number of repoDirs)."""
+    from stash_plugin.runtime.outcomes import TaskReport
+
     ti = context["ti"]
     reports: dict[str, TaskReport] = {}
     for key in (None, ERROR_KEY):
@@ -79,6 +87,8 @@ def gather_checks(context: Any, plan: MaintenancePlan) -> dict[str, TaskReport]:
 
 
 def _started(context: Any) -> datetime:
+    from stash_plugin.runtime.status import now
+
     run = context.get("dag_run")
     start = getattr(run, "start_date", None) if run is not None else None
     return start.replace(microsecond=0) if start else now()
@@ -96,6 +106,9 @@ class StashBackupStatusOperator(BaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowException
+
+        from stash_plugin.runtime import metrics
+        from stash_plugin.runtime.outcomes import backup_report
 
         reports = gather(context, self.plan.task_ids)
         shrink_fails = load_settings().shrink_action == "fail"
@@ -121,6 +134,9 @@ class StashRecoveryStatusOperator(BaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowException
+
+        from stash_plugin.runtime import metrics
+        from stash_plugin.runtime.outcomes import recovery_report
 
         report = recovery_report(self.plan, gather(context, self.plan.task_ids))
         for path in report.status.stats:
@@ -149,6 +165,9 @@ class StashMaintenanceStatusOperator(BaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowException
+
+        from stash_plugin.runtime import metrics
+        from stash_plugin.runtime.checks import maintenance_report
 
         reports = gather_checks(context, self.plan)
         report = maintenance_report(self.plan, reports, _started(context), time.time())

@@ -13,7 +13,6 @@ from airflow.sdk import BaseOperator, TriggerRule
 
 from stash_plugin import GROUP
 from stash_plugin.plan.model import QuiescedWorkload
-from stash_plugin.runtime.kube import workloads
 from stash_plugin.runtime.steps import report_failure
 
 ANNOTATION = f"{GROUP}/original-replicas"
@@ -29,6 +28,8 @@ class StashQuiesceOperator(BaseOperator):
         self.workload = workload
 
     def execute(self, context: Any) -> dict[str, Any]:
+        from stash_plugin.runtime.kube import workloads  # run time only (see the sensors)
+
         ref = self.workload
         wl = workloads()
         remembered = wl.annotation(ref.kind, ref.namespace, ref.name, ANNOTATION)
@@ -53,6 +54,8 @@ class StashResumeOperator(BaseOperator):
         self.workload = workload
 
     def execute(self, context: Any) -> dict[str, Any]:
+        from stash_plugin.runtime.kube import workloads
+
         ref = self.workload
         wl = workloads()
         saved = (context["ti"].xcom_pull(task_ids="quiesce") or {}).get("replicas")

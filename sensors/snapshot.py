@@ -17,9 +17,7 @@ from typing import Any
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
 from stash_plugin.plan.model import Step
-from stash_plugin.protocol import RunResult
 from stash_plugin.runtime.errors import StepFailed
-from stash_plugin.runtime.guard import HISTORY_KEY, TargetHistory, listing_due
 from stash_plugin.runtime.steps import report_failure, run_step
 from stash_plugin.settings import load_settings
 
@@ -40,6 +38,11 @@ class SnapshotSensor(BaseSensorOperator):
         self.step = step
 
     def poke(self, context: Any) -> PokeReturnValue:
+        # Imported here, not at the top: a worker builds this task's DAG before every
+        # task, and these modules are only needed when the sensor runs.
+        from stash_plugin.protocol import RunResult
+        from stash_plugin.runtime.guard import HISTORY_KEY, TargetHistory, listing_due
+
         ti = context["ti"]
         made = RunResult.from_dict(ti.xcom_pull(task_ids="backup"))
         wanted = {b.snapshot_id for b in made.backups if b.snapshot_id}

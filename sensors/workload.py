@@ -7,7 +7,6 @@ from typing import Any
 from airflow.sdk import BaseSensorOperator
 
 from stash_plugin.plan.model import QuiescedWorkload
-from stash_plugin.runtime.kube import workloads
 
 
 class WorkloadStoppedSensor(BaseSensorOperator):
@@ -22,6 +21,10 @@ class WorkloadStoppedSensor(BaseSensorOperator):
         self.workload = workload
 
     def poke(self, context: Any) -> bool:
+        # Imported when the sensor runs: a worker builds the DAG before every task, and
+        # the client module (with the status models) is not needed for that.
+        from stash_plugin.runtime.kube import workloads
+
         wl = workloads()
         left = wl.pods(self.workload.namespace, dict(self.workload.pod_labels))
         if left:
@@ -44,6 +47,8 @@ class WorkloadReadySensor(BaseSensorOperator):
         replicas = (context["ti"].xcom_pull(task_ids="resume") or {}).get("replicas")
         if replicas is None:
             return True
+        from stash_plugin.runtime.kube import workloads
+
         wl = workloads()
         ref = self.workload
         return bool(wl.ready(ref.kind, ref.namespace, ref.name, int(replicas)))

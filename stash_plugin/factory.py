@@ -2,7 +2,9 @@
 
 Parsing makes no network call: it reads the manifest folder (or the cluster source's
 snapshot file), plans, and builds DAGs whose tasks hold their steps as data. A worker
-that parses for one task (``get_parsing_context().dag_id``) builds only that DAG.
+that parses for one task (``get_parsing_context().dag_id``) builds only that DAG, from
+the index when it is fresh: then the planner, the docs and the resource models are
+never imported (they are imported where a plan or a doc is made, below).
 """
 
 from __future__ import annotations
@@ -25,14 +27,13 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow import __version__ as airflow_version
 from airflow.sdk import DAG, DeltaTriggerTimetable, Param, get_parsing_context
 
 from stash_plugin import dagindex
 from stash_plugin.api.errors import ResourceError
-from stash_plugin.api.resourceset import ResourceSet
 from stash_plugin.dagindex import Entry, Index, shard_of
 from stash_plugin.operators.step import (
     StashBackupOperator,
@@ -46,14 +47,24 @@ from stash_plugin.operators.update_status import (
     StashRecoveryStatusOperator,
 )
 from stash_plugin.operators.workload import StashQuiesceOperator, StashResumeOperator
-from stash_plugin.plan import BackupPlan, PlanSet, RecoveryPlan, Schedule, docs, make_plans, naming
+from stash_plugin.plan import naming
 from stash_plugin.plan.maintenance import CHECK_TASK_ID, MaintenanceOptions, MaintenancePlan
-from stash_plugin.plan.model import QuiescedWorkload, Step
+from stash_plugin.plan.model import (
+    BackupPlan,
+    PlanSet,
+    QuiescedWorkload,
+    RecoveryPlan,
+    Schedule,
+    Step,
+)
 from stash_plugin.plan.schedules import parse_schedule, spread_schedule
 from stash_plugin.sensors.snapshot import SnapshotSensor
 from stash_plugin.sensors.workload import WorkloadReadySensor, WorkloadStoppedSensor
 from stash_plugin.settings import Settings, load_settings
 from stash_plugin.source import SourceStamp, load_stamped
+
+if TYPE_CHECKING:
+    from stash_plugin.api.resourceset import ResourceSet
 
 log = logging.getLogger(__name__)
 START_DATE = datetime(2024, 1, 1, tzinfo=UTC)
@@ -121,6 +132,9 @@ def _spread(plan: Any, settings: Settings) -> Any:
 
 
 def backup_doc(plan: BackupPlan, resources: ResourceSet | None) -> str:
+    from stash_plugin.api.resourceset import ResourceSet
+    from stash_plugin.plan import docs
+
     t = plan.target
     rs = resources or ResourceSet()
     return docs.backup_doc(
@@ -132,6 +146,9 @@ def backup_doc(plan: BackupPlan, resources: ResourceSet | None) -> str:
 
 
 def recovery_doc(plan: RecoveryPlan, resources: ResourceSet | None) -> str:
+    from stash_plugin.api.resourceset import ResourceSet
+    from stash_plugin.plan import docs
+
     rs = resources or ResourceSet()
     return docs.recovery_doc(
         plan,
@@ -142,6 +159,9 @@ def recovery_doc(plan: RecoveryPlan, resources: ResourceSet | None) -> str:
 
 
 def maintenance_doc(plan: MaintenancePlan, resources: ResourceSet | None) -> str:
+    from stash_plugin.api.resourceset import ResourceSet
+    from stash_plugin.plan import docs
+
     repository = (resources or ResourceSet()).repositories.get((plan.namespace, plan.name))
     return docs.maintenance_doc(plan, repository)
 
@@ -313,6 +333,8 @@ def _load(settings: Settings) -> tuple[ResourceSet, SourceStamp]:
 
 
 def _plan(resources: ResourceSet, settings: Settings, only_dag_id: str | None) -> PlanSet:
+    from stash_plugin.plan import make_plans
+
     return make_plans(
         resources,
         settings.runtime,

@@ -110,6 +110,25 @@ def _second_restic(folder: Path) -> None:
     write_manifests(folder, [restic_doc("second", NS, "repo", "app")], "09-second.yaml")
 
 
+def _second_restic_in_a_new_subfolder(folder: Path) -> None:
+    """The same, in a sub-folder that did not exist (old times: only the listing differs)."""
+    write_manifests(folder / "more", [restic_doc("second", NS, "repo", "app")], "09-second.yaml")
+    _age(folder)
+
+
+def _replaced_by_a_link(folder: Path) -> None:
+    """The Restic's file becomes a link to an edited copy in a hidden folder (which the
+    walk does not list), every time set back: only where the link points differs."""
+    path = folder / "03-restic.yaml"
+    hidden = folder / ".edits" / "restic.yaml"
+    hidden.parent.mkdir()
+    hidden.write_text(path.read_text().replace("@every 1m", "@every 7m"))
+    path.unlink()
+    path.symlink_to(hidden)
+    for p in (hidden, path):
+        os.utime(p, ns=(AGED, AGED), follow_symlinks=False)
+
+
 def _repository_deleted(folder: Path) -> None:
     (folder / "02-repository.yaml").unlink()
 
@@ -121,7 +140,15 @@ def _new_workload_twice(folder: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "change", [_edit_in_place, _second_restic, _repository_deleted, _new_workload_twice]
+    "change",
+    [
+        _edit_in_place,
+        _second_restic,
+        _second_restic_in_a_new_subfolder,
+        _repository_deleted,
+        _new_workload_twice,
+        _replaced_by_a_link,
+    ],
 )
 def test_task_start_never_serves_a_stale_plan(
     stash_env: dict[str, Path],
@@ -143,9 +170,56 @@ def test_task_start_never_serves_a_stale_plan(
         assert named and set(named) <= {str(e) for e in errors}
     else:
         assert dags[GOOD].get_task("backup").plan == want
-        assert want != old_plan or change is _second_restic
-    if change is _edit_in_place:
+        assert want != old_plan or change in (_second_restic, _second_restic_in_a_new_subfolder)
+    if change in (_second_restic, _second_restic_in_a_new_subfolder):
+        second = BACKUP.format("second")  # its own task start finds it, or its error
+        seen, seen_errors = _task_start(monkeypatch, second)
+        assert second in seen or [e for e in seen_errors if e.name == "second"]
+    if change in (_edit_in_place, _replaced_by_a_link):
         assert dags[GOOD].get_task("backup").plan.schedule.value == 7 * 60
+
+
+def test_an_edit_behind_an_unchanged_link_is_seen_at_task_start(
+    stash_env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The link stays as it was; the file it points to is edited in place, its mtime
+    set back: the link's own stat is not enough, its target's is checked."""
+    folder = _folder(stash_env)
+    _replaced_by_a_link(folder)
+    before, _ = _full_build()
+    assert before[GOOD].get_task("backup").plan.schedule.value == 7 * 60
+    target = folder / ".edits" / "restic.yaml"
+    target.write_text(target.read_text().replace("@every 7m", "@every 9m"))
+    os.utime(target, ns=(AGED, AGED))
+    dags, _ = _task_start(monkeypatch, GOOD)
+    assert dags[GOOD].get_task("backup").plan.schedule.value == 9 * 60
+
+
+def test_files_written_just_before_the_index_are_read_again_not_parsed(
+    stash_env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file written within RACY_NS of the scan could change again within the same
+    timestamp tick, size unchanged: the task start checks its bytes (and only its)."""
+    from stash_plugin import source
+
+    monkeypatch.setattr(source, "RACY_NS", 1_000_000_000)
+    folder = _folder(stash_env)
+    _full_build()  # Airflow imported, the index built from files all racy (utime set ctime)
+    time.sleep(1.1)  # all settled now
+    racy = folder / "03-restic.yaml"
+    racy.write_text(racy.read_text())  # just now: racy when the index is rebuilt
+    _full_build()
+    read: list[str] = []
+    real_read = source.read_manifest
+
+    def reading(path: Path, where: str | None) -> bytes:
+        read.append(path.name)
+        return real_read(path, where)
+
+    monkeypatch.setattr(source, "read_manifest", reading)
+    monkeypatch.setattr(source, "_parse_file", lambda *a: pytest.fail("parsed a manifest"))
+    dags, errors = _task_start(monkeypatch, GOOD)
+    assert read == ["03-restic.yaml"] and list(dags) == [GOOD] and errors == []
 
 
 def test_second_restic_on_the_same_folder_is_seen_at_task_start(

@@ -249,3 +249,32 @@ def test_a_file_at_the_size_limit_is_read(tmp_path: Path) -> None:
     (tmp_path / "repo.yaml").write_text(padded + "\n")
     (err,) = load_directory(tmp_path).errors
     assert "is larger than 1 MiB" in str(err)
+
+
+def test_the_stamp_of_a_load_holds_until_the_folder_changes(tmp_path: Path) -> None:
+    """What ``load_stamped`` records (with its disk cache, which holds every stamp too)
+    is what ``source_unchanged`` finds again, read twice from the cache or not; then
+    each kind of change is seen."""
+    from stash_plugin.source import load_stamped, source_unchanged
+
+    folder = tmp_path / "manifests"
+    write_manifests(folder, [repository_doc("repo", "demo", GCS)], "repo.yaml")
+    write_manifests(folder / "sub", [restic_doc("r", "demo", "repo", "app")], "r.yaml")
+    write_manifests(folder / ".hidden", [deployment_doc("app", "demo", tmp_path)], "app.yaml")
+    os.symlink(".hidden/app.yaml", folder / "app.yaml")
+    cache = tmp_path / "state" / "cache.pickle"
+    for _ in range(2):  # the second load takes every file from the cache
+        resources, stamp = load_stamped(folder, cache)
+        assert resources.errors == [] and source_unchanged(folder, stamp)
+    changes = [
+        lambda: (folder / "sub" / "more.yaml").write_text("{}\n"),
+        lambda: (folder / "sub" / "more.yaml").unlink(),
+        lambda: (folder / "new").mkdir(),  # an empty folder: nothing to read, not a change
+        lambda: (folder / ".hidden" / "app.yaml").write_text("{}\n"),  # behind the link
+        lambda: (folder / "repo.yaml").rename(folder / "sub" / "repo.yaml"),
+    ]
+    for i, change in enumerate(changes):
+        change()
+        assert source_unchanged(folder, stamp) is (i == 2), i
+        stamp = load_stamped(folder, cache)[1]
+        assert source_unchanged(folder, stamp)

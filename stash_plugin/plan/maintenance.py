@@ -8,12 +8,14 @@ its backup targets write to), clears stale locks and measures them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from ..api.resources import Repository
-from ..protocol import AGENT
 from . import naming
 from .model import BackupPlan, Runtime, Schedule, Step, TargetRef
-from .placement import Placement
+
+if TYPE_CHECKING:  # planning only: unpickling a plan or building its DAG needs neither
+    from ..api.resources import Repository
+    from .placement import Placement
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,8 @@ def plan_maintenance(
 ) -> MaintenancePlan | None:
     """The maintenance plan of ``repository`` from the backup plans that write into it;
     None when no target uses it (nothing to check)."""
+    from ..protocol import AGENT
+
     ns = repository.metadata.namespace or "default"
     name = repository.metadata.name
     by_dir: dict[str, list[BackupPlan]] = {}

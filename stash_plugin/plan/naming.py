@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import TYPE_CHECKING
 
-from ..api.kubeobjects import Workload
+if TYPE_CHECKING:  # the models are not needed to name things (a worker's one DAG)
+    from ..api.kubeobjects import Workload
 
 
 def backup_dag_id(namespace: str, restic: str, target: str) -> str:

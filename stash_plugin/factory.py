@@ -61,7 +61,7 @@ from stash_plugin.plan.schedules import parse_schedule, spread_schedule
 from stash_plugin.sensors.snapshot import SnapshotSensor
 from stash_plugin.sensors.workload import WorkloadReadySensor, WorkloadStoppedSensor
 from stash_plugin.settings import Settings, load_settings
-from stash_plugin.source import SourceStamp, load_stamped
+from stash_plugin.source import SourceStamp, load_stamped, settled
 
 if TYPE_CHECKING:
     from stash_plugin.api.resourceset import ResourceSet
@@ -479,6 +479,9 @@ def _make_index(settings: Settings, key: str) -> Index:
             for dag_id, dag, kind, ns, name, plan in _owned(plans)
         }
     took = time.monotonic() - start
+    # A big build outlasts the racy window of a file written just before it (the
+    # snapshot `stash sync` writes): then task starts need not read that file again.
+    stamp = settled(settings.manifests_dir, stamp)
     return dagindex.write(
         settings.state_dir, key, stamp, plans.errors, entries, plans.warnings, took
     )

@@ -614,6 +614,30 @@ def source_unchanged(root: str | Path, recorded: SourceStamp) -> bool:
     return True
 
 
+def settled(root: str | Path, recorded: SourceStamp) -> SourceStamp:
+    """``recorded`` without its racy files once none of them is racy any more and the
+    source still holds what was read, else ``recorded`` as it is (never waits).
+
+    A racy file (``stash sync``'s snapshot, written right before ``stash index`` read it)
+    is read and hashed again by every later check: 9.3 MB at 10,000 targets, at every
+    task start. Once a scan finds every file older than ``RACY_NS`` with the same
+    stats as when it was read, and the racy files' bytes are still those read, a write
+    after now changes a stat (ctime, which no user can set back), so the stats alone
+    tell from then on.
+    """
+    if not recorded.racy:
+        return recorded
+    root = Path(root)
+    listing, errors, taken_ns = _scan(root)
+    if _digest(root, listing, errors) != recorded.digest:
+        return recorded
+    if any(_is_racy(stamp, taken_ns) for _, stamp in listing):
+        return recorded
+    if not source_unchanged(root, recorded):  # the bytes too, after that scan
+        return recorded
+    return SourceStamp(recorded.digest, ())
+
+
 # What each file parsed to, kept on disk between processes (``cache``): a file whose
 # stamp is unchanged (and not racy) is not read again. The parsed models are plain
 # data; the cache file lives in ``[stash] state_dir``, which only Airflow writes. A file

@@ -525,3 +525,45 @@ def test_the_errors_file_builds_shards_only_within_its_budget(
     assert str(within_budget.value) == str(after.value)
     for err in _fresh_plans(folder).errors:
         assert str(err) in str(after.value)
+
+
+def test_an_index_built_past_the_racy_window_reads_no_manifest_at_task_start(
+    stash_env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`stash sync` writes its snapshot right before `stash index` reads it: a racy file,
+    whose bytes every later check reads again (9.3 MB at 10,000 targets). A build that
+    ends after the racy window has passed, the file unchanged, records plain stats."""
+    from stash_plugin import dagindex, factory, source
+    from stash_plugin.factory import _index_key
+    from stash_plugin.settings import load_settings
+
+    folder = _folder(stash_env)
+    source.load_stamped(folder)  # imports done: the scans below follow the writes at once
+    monkeypatch.setattr(source, "RACY_NS", 300_000_000)
+    time.sleep(0.4)  # _folder's utime set every ctime: let them all settle first
+    racy = folder / "03-restic.yaml"
+    racy.write_text(racy.read_text())  # just now
+    _, stamp = source.load_stamped(folder)
+    assert [rel for rel, _ in stamp.racy] == ["03-restic.yaml"]
+    assert source.settled(folder, stamp) == stamp  # still within the window: kept
+    time.sleep(0.4)
+    assert source.settled(folder, stamp) == source.SourceStamp(stamp.digest, ())
+    _edit_in_place(folder)  # a change after the read: nothing is settled
+    assert source.settled(folder, stamp) == stamp
+
+    # A build that takes longer than the window (as 10,000 targets' does).
+    plan = factory._plan
+    monkeypatch.setattr(factory, "_plan", lambda *a: (time.sleep(0.4), plan(*a))[1])
+    racy.write_text(racy.read_text())
+    _full_build()
+    index = dagindex.read(stash_env["state"], _index_key(load_settings()))
+    assert index is not None and index.source.racy == ()
+    real_read = source.read_manifest
+    monkeypatch.setattr(source, "read_manifest", lambda *a: pytest.fail("read a manifest"))
+    dags, errors = _task_start(monkeypatch, GOOD)
+    assert list(dags) == [GOOD] and errors == []
+    monkeypatch.setattr(source, "read_manifest", real_read)
+    racy.write_text(racy.read_text().replace("@every 7m", "@every 9m"))
+    os.utime(racy, ns=(AGED, AGED))  # and an edit after the build is still seen
+    dags, _ = _task_start(monkeypatch, GOOD)
+    assert dags[GOOD].get_task("backup").plan.schedule.value == 9 * 60

@@ -120,14 +120,9 @@ def read(state_dir: Path, key: str) -> Index | None:
     """The index in ``state_dir`` if it was made with ``key`` (its source unchecked)."""
     path = state_dir / INDEX_FILE
     try:
-        with path.open("rb") as fh:
-            if fh.read(len(MAGIC)) != MAGIC:
-                return None
-            size = int.from_bytes(fh.read(8), "big")
-            header = pickle.loads(fh.read(size))  # noqa: S301 - our own file
+        header, base = _header(path)
         if header["key"] != key:
             return None
-        base = len(MAGIC) + 8 + size
         return Index(
             key,
             header["source"],
@@ -144,15 +139,22 @@ def read(state_dir: Path, key: str) -> Index | None:
 def build_seconds(state_dir: Path) -> float | None:
     """How long the last build of the index in ``state_dir`` took, whatever its key
     (what the next build of about the same source will take), or None if unknown.
-    (Reads the header as ``read`` does, without its key check.)"""
+    (The header as ``read`` reads it, without its key check.)"""
     try:
-        with (state_dir / INDEX_FILE).open("rb") as fh:
-            if fh.read(len(MAGIC)) != MAGIC:
-                return None
-            size = int.from_bytes(fh.read(8), "big")
-            return float(pickle.loads(fh.read(size))["took"])  # noqa: S301 - our own file
+        return float(_header(state_dir / INDEX_FILE)[0]["took"])
     except Exception:  # noqa: BLE001 - missing, torn, older format: unknown
         return None
+
+
+def _header(path: Path) -> tuple[dict[str, Any], int]:
+    """The index file's header and where the first DAG's pickle starts. Raises on a
+    missing, torn or foreign file (the callers treat all of those as no index)."""
+    with path.open("rb") as fh:
+        if fh.read(len(MAGIC)) != MAGIC:
+            raise ValueError(f"{path}: not a DAG index")
+        size = int.from_bytes(fh.read(8), "big")
+        header = pickle.loads(fh.read(size))  # noqa: S301 - our own file
+    return header, len(MAGIC) + 8 + size
 
 
 def fresh(state_dir: Path, key: str, source: Path) -> Index | None:
@@ -213,35 +215,44 @@ def building(state_dir: Path) -> Iterator[None]:
     parsing processes wait for it and read it instead of planning everything again.
     Gives up waiting after LOCK_WAIT_S (then both build: slower, still right)."""
     try:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = _lock_file(state_dir)
     except OSError:
         yield
         return
     try:
-        deadline = time.monotonic() + LOCK_WAIT_S
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    break
-                time.sleep(0.05)
+        _flock_within(fd, fcntl.LOCK_EX, LOCK_WAIT_S)
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def _lock_file(state_dir: Path) -> int:
+    """A descriptor of the build lock's file (made if missing)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    return os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+
+def _flock_within(fd: int, operation: int, seconds: float) -> bool:
+    """Take the ``flock`` ``operation`` on ``fd``, trying every 50 ms for up to
+    ``seconds`` (once with 0); True if taken."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(fd, operation | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(0.05, left))
 
 
 def claim(state_dir: Path) -> int | None:
     """The build lock taken without waiting: its descriptor (the lock lasts while any
     copy of it is open, so a child process given it holds the lock after this process
     closes its own), or None when a build holds it. OSError: no lock can be made."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    fd = _lock_file(state_dir)
+    if not _flock_within(fd, fcntl.LOCK_EX, 0.0):
         os.close(fd)
         return None
     return fd
@@ -250,20 +261,11 @@ def claim(state_dir: Path) -> int | None:
 def wait_built(state_dir: Path, seconds: float) -> bool:
     """Wait up to ``seconds`` until no build holds the lock; True if none does now."""
     try:
-        fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = _lock_file(state_dir)
     except OSError:
         return False
     try:
-        deadline = time.monotonic() + seconds
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                return True
-            except BlockingIOError:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                time.sleep(min(0.05, left))
+        return _flock_within(fd, fcntl.LOCK_SH, seconds)
     finally:
         os.close(fd)
 

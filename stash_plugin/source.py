@@ -601,6 +601,11 @@ def source_unchanged(root: str | Path, recorded: SourceStamp) -> bool:
     listing, errors, _ = _scan(root)
     if _digest(root, listing, errors) != recorded.digest:
         return False
+    return _racy_bytes_hold(root, recorded)
+
+
+def _racy_bytes_hold(root: Path, recorded: SourceStamp) -> bool:
+    """Whether each racy file of ``recorded`` still holds the bytes that were read."""
     if not recorded.racy:
         return True
     folder = os.path.realpath(root) if root.is_dir() else None
@@ -633,7 +638,7 @@ def settled(root: str | Path, recorded: SourceStamp) -> SourceStamp:
         return recorded
     if any(_is_racy(stamp, taken_ns) for _, stamp in listing):
         return recorded
-    if not source_unchanged(root, recorded):  # the bytes too, after that scan
+    if not _racy_bytes_hold(root, recorded):  # the bytes too, after that scan
         return recorded
     return SourceStamp(recorded.digest, ())
 

@@ -70,9 +70,9 @@ def with_lock_env(manifest: dict[str, Any], settings: Settings) -> dict[str, Any
 def build_pod_operator(
     step: Step, task_id: str, settings: Settings, slot_holder: str | None = None
 ) -> Any:
-    """The operator for ``step``; ``slot_holder`` labels the pod as the holder of a
-    node slot (``runtime.nodeslots``), so that others can tell whether it still runs."""
-    step = colocated(step, settings)
+    """The operator for ``step``, placed already (``colocated``); ``slot_holder`` labels
+    the pod as the holder of a node slot (``runtime.nodeslots``), so that others can
+    tell whether it still runs."""
     image = step.image or settings.agent_image
     manifest = pod_manifest(step, image)
     if slot_holder:
@@ -165,9 +165,11 @@ def run_pod(step: Step, context: Any, settings: Settings, event: Any = None) -> 
     pod_op = None
     deferred = False
     try:
-        if event is None:
-            step = colocated(step, settings)
-            if slots is not None and step.node_name:
+        # Placed once: a second lookup could pin the pod to a node whose slot was not
+        # taken (its workload pod started in between).
+        step = colocated(step, settings)
+        if event is None and slots is not None:
+            if step.node_name:
                 slots.take(
                     step.node_name,
                     settings.node_slots,
@@ -175,7 +177,7 @@ def run_pod(step: Step, context: Any, settings: Settings, event: Any = None) -> 
                     step.namespace,
                     settings.poll_interval,
                 )
-            elif slots is not None:  # the scheduler places it: no node, no slot
+            else:  # the scheduler places it: no node, no slot
                 slots = None
         pod_op = build_pod_operator(
             step, context["ti"].task_id, settings, holder if slots is not None else None

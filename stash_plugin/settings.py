@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import cast
 
+from .api.names import dns_label
 from .plan.model import Runtime
 
 RUNTIMES = ("local", "kubernetes")
@@ -221,14 +221,12 @@ def _whole_number(option: str, default: int, minimum: int) -> int:
     return value
 
 
-_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-
-
 def _namespace(option: str, default: str) -> str:
     text = _get(option, default).strip()
-    if not _NAMESPACE.match(text):
+    try:
+        return dns_label(text)
+    except ValueError:
         raise ValueError(
             f"[stash] {option} = {text!r}: must be a Kubernetes namespace name "
             "(lower-case letters, digits and '-', at most 63)"
-        )
-    return text
+        ) from None

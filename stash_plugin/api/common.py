@@ -7,11 +7,12 @@ retention policy is worse than one that refuses to start).
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+
+from .names import dns_label, dns_subdomain
 
 
 class Model(BaseModel):
@@ -23,24 +24,6 @@ class Model(BaseModel):
         alias_generator=to_camel,
         populate_by_name=True,
     )
-
-
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-
-
-def dns_subdomain(value: str) -> str:
-    if len(value) > 253 or not _DNS_SUBDOMAIN.match(value):
-        raise ValueError(
-            f"{value!r} is not a valid Kubernetes name (lower-case letters, digits, '-' and '.')"
-        )
-    return value
-
-
-def dns_label(value: str) -> str:
-    if len(value) > 63 or not _DNS_LABEL.match(value):
-        raise ValueError(f"{value!r} is not a valid namespace (lower-case letters, digits, '-')")
-    return value
 
 
 PATH_MAX = 4096

@@ -12,8 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .common import clean_path, dns_label, dns_subdomain
+from .common import clean_path
 from .errors import FieldError
+from .names import dns_label, dns_subdomain
 
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "ReplicationController")
 

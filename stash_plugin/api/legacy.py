@@ -19,8 +19,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .common import clean_path, dns_subdomain, path_under
+from .common import clean_path, path_under
 from .errors import FieldError
+from .names import dns_subdomain
 
 LEGACY_MARKERS = {
     "Restic": frozenset({"selector", "fileGroups", "backend", "volumeMounts", "type"}),

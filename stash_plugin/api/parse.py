@@ -10,7 +10,6 @@ from pydantic import ValidationError
 
 from .. import API_VERSION, GROUP
 from .appbinding import APPBINDING_API_VERSION, AppBinding, parse_appbinding
-from .common import dns_subdomain
 from .errors import FieldError, ResourceError, field_path
 from .kubeobjects import (
     WORKLOAD_KINDS,
@@ -22,6 +21,7 @@ from .kubeobjects import (
     parse_workload,
 )
 from .legacy import Converted, convert, is_legacy
+from .names import dns_subdomain
 from .resources import (
     BackupAgent,
     BackupTemplate,

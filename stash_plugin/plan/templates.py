@@ -15,9 +15,10 @@ from dataclasses import dataclass, replace
 from pydantic import ValidationError
 
 from .. import API_VERSION
-from ..api.common import ObjectMeta, ObjectRef, clean_path, dns_subdomain, path_under
+from ..api.common import ObjectMeta, ObjectRef, clean_path, path_under
 from ..api.errors import field_path
 from ..api.kubeobjects import Workload
+from ..api.names import dns_subdomain
 from ..api.resources import (
     BackupTemplate,
     Directory,

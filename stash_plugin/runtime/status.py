@@ -97,12 +97,9 @@ class LocalStatusStore:
     def recovery_file(self, namespace: str, name: str) -> Path:
         return self.state_dir / "recoveries" / namespace / f"{name}.json"
 
-    def _make_folders(self, folder: Path) -> None:
-        make_folders(self.state_dir, folder)
-
     @contextmanager
     def _locked(self, path: Path) -> Iterator[None]:
-        self._make_folders(path.parent)
+        make_folders(self.state_dir, path.parent)
         fd = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, FILE_MODE)
         with os.fdopen(fd, "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)

@@ -398,17 +398,27 @@ def _parsed(lines: Iterable[str]) -> tuple[int, str]:
     raise AssertionError("the shard file's parse printed no result")
 
 
+def _stale_index_and_slow_builds(
+    env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> dict[str, Any]:
+    """An index of the folder (built inline: a small source starts no process), then an
+    edit, and a wait too short for any build: the next parse has to start one in the
+    background. Returns the DAGs as first built."""
+    folder = _folder(env)
+    before, _ = _full_build()
+    assert _build_log(env) == ""  # a small source is built inline, no process
+    _edit_in_place(folder)
+    monkeypatch.setenv("AIRFLOW__STASH__INDEX_WAIT", TINY_WAIT)
+    return before
+
+
 def test_stale_index_and_a_slow_build_give_the_previous_dags_then_the_new_ones(
     stash_env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The parse does not wait for the build: it serves the previous index's DAGs while
     `stash index` runs in the background, a task start in that window plans the edit,
     and the next parse after the build has it."""
-    folder = _folder(stash_env)
-    before, _ = _full_build()
-    assert _build_log(stash_env) == ""  # a small source is built inline, no process
-    _edit_in_place(folder)
-    monkeypatch.setenv("AIRFLOW__STASH__INDEX_WAIT", TINY_WAIT)
+    before = _stale_index_and_slow_builds(stash_env, monkeypatch)
     during, _ = _full_build()
     assert set(during) == set(before)
     assert during[GOOD].get_task("backup").plan.schedule.value == 60  # as of the old index
@@ -428,10 +438,7 @@ def test_background_build_outlives_the_killed_parsing_process(
     from stash_plugin.dagindex import shard_of
     from stash_plugin.factory import shard_file_name
 
-    folder = _folder(stash_env)
-    _full_build()
-    _edit_in_place(folder)
-    monkeypatch.setenv("AIRFLOW__STASH__INDEX_WAIT", TINY_WAIT)
+    _stale_index_and_slow_builds(stash_env, monkeypatch)
     proc = _parse_in_child(str(DAGS_FOLDER / shard_file_name(shard_of(GOOD, 8))), linger=True)
     try:
         assert proc.stdout is not None
@@ -449,10 +456,7 @@ def test_two_shards_parsed_at_once_start_one_build(
 ) -> None:
     from stash_plugin.factory import shard_file_name
 
-    folder = _folder(stash_env)
-    _full_build()
-    _edit_in_place(folder)
-    monkeypatch.setenv("AIRFLOW__STASH__INDEX_WAIT", TINY_WAIT)
+    _stale_index_and_slow_builds(stash_env, monkeypatch)
     procs = [_parse_in_child(str(DAGS_FOLDER / shard_file_name(i))) for i in range(2)]
     outputs = [p.communicate()[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
